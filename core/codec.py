@@ -1,0 +1,128 @@
+"""The wire format: every payload is an envelope, msgpack-encoded.
+
+``{"v": 1, "kind": "...", "id": "<uuid>", "ts": <unix float>, "src": "<service/instance>",
+"body": {...}, "reply_to": "<topic>"?, "re": "<request id>"?}``
+
+Command topics also accept the same envelope as JSON, told apart by its first byte
+(``{``; a msgpack map never starts with it), so ``mosquitto_pub`` can drive Shoal.
+An empty payload is the MQTT convention for "retained value deleted" and decodes to None.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, TypeVar
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from core.commands import ApplyCommand, DeleteCommand, Reply, RollbackCommand, ScaleCommand
+from core.errors import CodecError
+from core.state import (
+    AppHealth,
+    AppState,
+    Event,
+    LbMetrics,
+    NodeAssignment,
+    NodeInfo,
+    NodeMetrics,
+    NodeReplicas,
+    Presence,
+    WakeUp,
+)
+
+WIRE_VERSION = 1
+
+#: Every kind of body, by the name carried in ``Envelope.kind``.
+KINDS: dict[str, type[BaseModel]] = {
+    "apply": ApplyCommand,
+    "delete": DeleteCommand,
+    "scale": ScaleCommand,
+    "rollback": RollbackCommand,
+    "reply": Reply,
+    "app": AppState,
+    "node": NodeInfo,
+    "assign": NodeAssignment,
+    "replicas": NodeReplicas,
+    "health": AppHealth,
+    "presence": Presence,
+    "event": Event,
+    "lb_metrics": LbMetrics,
+    "node_metrics": NodeMetrics,
+    "wake": WakeUp,
+}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: int = WIRE_VERSION
+    kind: str
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    ts: float = Field(default_factory=time.time)
+    src: str = ""
+    body: dict[str, Any] = Field(default_factory=dict)
+    reply_to: str | None = None
+    re: str | None = None
+    _json: bool = PrivateAttr(default=False)
+
+    @property
+    def was_json(self) -> bool:
+        """True when this envelope arrived as JSON rather than msgpack."""
+        return self._json
+
+    def open(self, model: type[M]) -> M:
+        """Validate the body as ``model``; raise ``CodecError`` on mismatch."""
+        try:
+            return model.model_validate(self.body)
+        except ValidationError as err:
+            raise CodecError(f"{self.kind} body is invalid: {err}") from err
+
+    def open_kind(self) -> BaseModel:
+        """Validate the body as the model registered for ``kind``."""
+        model = KINDS.get(self.kind)
+        if model is None:
+            raise CodecError(f"unknown message kind {self.kind!r}")
+        return self.open(model)
+
+
+def make(kind: str, body: BaseModel | dict[str, Any], *, src: str = "", **extra: Any) -> Envelope:
+    data = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+    return Envelope(kind=kind, body=data, src=src, **extra)
+
+
+def encode(envelope: Envelope) -> bytes:
+    return msgpack.packb(envelope.model_dump(mode="json", exclude_none=True), use_bin_type=True)
+
+
+def encode_json(envelope: Envelope) -> bytes:
+    return envelope.model_dump_json(exclude_none=True).encode()
+
+
+def decode(payload: bytes, *, allow_json: bool = True) -> Envelope | None:
+    """Decode one payload; None for an empty (deleted) retained value."""
+    if not payload:
+        return None
+    try:
+        if payload.lstrip()[:1] == b"{":
+            if not allow_json:
+                raise CodecError("JSON payloads are accepted on command topics only")
+            raw = json.loads(payload)
+        else:
+            raw = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+        raise CodecError(f"payload is neither msgpack nor JSON: {err}") from err
+    if not isinstance(raw, dict):
+        raise CodecError(f"payload must be a map, got {type(raw).__name__}")
+    if raw.get("v", WIRE_VERSION) != WIRE_VERSION:
+        raise CodecError(f"unsupported wire version {raw.get('v')!r}")
+    try:
+        env = Envelope.model_validate(raw)
+    except ValidationError as err:
+        raise CodecError(f"not a Shoal envelope: {err}") from err
+    env._json = payload.lstrip()[:1] == b"{"
+    return env

@@ -1,0 +1,61 @@
+"""Command bodies (``cmd/...`` topics) and the reply every command gets."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from core.spec import Model, check_dns_label
+
+
+class ApplyCommand(Model):
+    """Apps stay raw here: the controller validates each and reports every error."""
+
+    apps: list[Any]
+    dry_run: bool = False
+    source: str = ""
+
+
+class DeleteCommand(Model):
+    namespace: str = "default"
+    name: str
+
+    _ns = field_validator("namespace")(classmethod(lambda cls, v: check_dns_label(v, "namespace")))
+    _name = field_validator("name")(classmethod(lambda cls, v: check_dns_label(v, "name")))
+
+
+class ScaleCommand(Model):
+    namespace: str = "default"
+    name: str
+    replicas: int = Field(ge=0, le=10_000)
+    source: Literal["manual", "autoscaler"] = "manual"
+    reason: str = ""
+
+    _ns = field_validator("namespace")(classmethod(lambda cls, v: check_dns_label(v, "namespace")))
+    _name = field_validator("name")(classmethod(lambda cls, v: check_dns_label(v, "name")))
+
+
+class RollbackCommand(Model):
+    namespace: str = "default"
+    name: str
+    to_revision: int | None = Field(default=None, ge=1)
+
+
+AppChange = Literal["created", "updated", "scaled", "unchanged", "deleted"]
+
+
+class AppResult(Model):
+    namespace: str
+    name: str
+    revision: int
+    change: AppChange
+
+
+class Reply(Model):
+    """The answer to every command: success, or the exact validation errors."""
+
+    ok: bool
+    revision: int | None = None
+    errors: list[str] = Field(default_factory=list)
+    results: list[AppResult] = Field(default_factory=list)

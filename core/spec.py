@@ -1,0 +1,398 @@
+"""The app spec: what users write (YAML or JSON), validated.
+
+``AppSpec`` is frozen and forbids unknown fields, so a typo (``replcias: 3``) is an
+error instead of a silently ignored key. ``load_specs`` turns a file's text into specs
+or raises ``SpecError`` with one line per problem, each naming the document, the app and
+the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from core.errors import SpecError
+from core.units import parse_cpu, parse_duration, parse_memory
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]{0,61}[A-Za-z0-9])?$")
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Memory = Annotated[int, BeforeValidator(parse_memory)]
+Cpu = Annotated[float, BeforeValidator(parse_cpu)]
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise ValueError(f"env values must be strings or numbers, got {type(value).__name__}")
+
+
+EnvValue = Annotated[str, BeforeValidator(_env_value)]
+
+
+class Model(BaseModel):
+    """Base of every Shoal model: immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def check_dns_label(value: str, what: str) -> str:
+    if not DNS_LABEL.match(value):
+        raise ValueError(
+            f"{what} {value!r} must be a DNS label: 1-63 lowercase letters, digits or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+class Resources(Model):
+    """Requests, also applied as Docker limits."""
+
+    cpu: Cpu = Field(default=0.1, gt=0, description="cores")
+    memory: Memory = Field(default=64 * 1024**2, gt=0, description="bytes")
+
+    @field_validator("memory")
+    @classmethod
+    def _min_memory(cls, v: int) -> int:
+        if v < 6 * 1024**2:
+            raise ValueError("memory must be at least 6Mi (Docker's minimum)")
+        return v
+
+
+class Probe(Model):
+    """One health probe: exactly one of ``http``, ``tcp`` or ``exec``."""
+
+    http: str | None = None
+    tcp: str | int | None = None
+    exec: list[str] | None = None
+    port: str | int | None = None
+    interval: Duration = 1.0
+    timeout: Duration = 1.0
+    failures: int = Field(default=3, ge=1)
+    successes: int = Field(default=1, ge=1)
+    initial_delay: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Probe:
+        kinds = [k for k in ("http", "tcp", "exec") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a probe needs exactly one of http, tcp or exec")
+        if self.http is not None and not self.http.startswith("/"):
+            raise ValueError(f"http probe path {self.http!r} must start with '/'")
+        if self.exec is not None and not self.exec:
+            raise ValueError("exec probe needs a command")
+        if self.timeout <= 0 or self.interval <= 0:
+            raise ValueError("probe interval and timeout must be positive")
+        return self
+
+    @property
+    def kind(self) -> Literal["http", "tcp", "exec"]:
+        if self.http is not None:
+            return "http"
+        if self.tcp is not None:
+            return "tcp"
+        return "exec"
+
+    @property
+    def target_port(self) -> str | int | None:
+        """The port the probe connects to (a port name, a number, or None for the default)."""
+        return self.tcp if self.tcp is not None else self.port
+
+
+class Health(Model):
+    readiness: Probe | None = None
+    liveness: Probe | None = None
+
+
+class Route(Model):
+    """How the balancer reaches the app: by Host header and path prefix."""
+
+    host: str | None = None
+    path: str = "/"
+    port: str | int | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"route path {v!r} must start with '/'")
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.lower()
+        if not re.match(r"^[a-z0-9*]([a-z0-9.\-]*[a-z0-9])?$", v):
+            raise ValueError(f"route host {v!r} is not a valid host name")
+        return v
+
+
+class Placement(Model):
+    strategy: Literal["spread", "binpack"] = "spread"
+    constraints: dict[str, list[str]] = Field(default_factory=dict)
+    spread_by: str | None = None
+    max_per_node: int | None = Field(default=None, ge=1)
+
+    @field_validator("constraints", mode="before")
+    @classmethod
+    def _constraint_lists(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: [val] if isinstance(val, str) else val for k, val in v.items()}
+        return v
+
+
+class Update(Model):
+    max_surge: int = Field(default=1, ge=0)
+    max_unavailable: int = Field(default=0, ge=0)
+    auto_rollback: bool = True
+    progress_deadline: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> Update:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("max_surge and max_unavailable cannot both be 0")
+        return self
+
+
+class ScaleTarget(Model):
+    rps_per_replica: float | None = Field(default=None, gt=0)
+    inflight_per_replica: float | None = Field(default=None, gt=0)
+    p95_latency_ms: float | None = Field(default=None, gt=0)
+    cpu_utilization: float | None = Field(default=None, gt=0, le=1)
+    memory_utilization: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _some_target(self) -> ScaleTarget:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError("autoscale target needs at least one metric")
+        return self
+
+
+class Autoscale(Model):
+    min: int = Field(default=1, ge=0)
+    max: int = Field(ge=1)
+    target: ScaleTarget
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscale:
+        if self.min > self.max:
+            raise ValueError(f"autoscale min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class Termination(Model):
+    drain: Duration = 1.0
+    grace: Duration = 10.0
+
+
+class AppSpec(Model):
+    """One app, as the user declares it."""
+
+    name: str
+    namespace: str = "default"
+    image: str = Field(min_length=1)
+    command: list[str] | None = None
+    args: list[str] | None = None
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    replicas: int = Field(default=1, ge=0, le=10_000)
+    resources: Resources = Field(default_factory=Resources)
+    ports: dict[str, int] = Field(default_factory=dict)
+    health: Health = Field(default_factory=Health)
+    route: Route | None = None
+    placement: Placement = Field(default_factory=Placement)
+    update: Update = Field(default_factory=Update)
+    autoscale: Autoscale | None = None
+    termination: Termination = Field(default_factory=Termination)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_dns_label(v, "name")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        return check_dns_label(v, "namespace")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if any(c.isspace() for c in v) or v != v.strip():
+            raise ValueError(f"image {v!r} must not contain white space")
+        return v
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, port in v.items():
+            check_dns_label(name, "port name")
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {name!r}: {port} is not in 1-65535")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise ValueError(f"env name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> AppSpec:
+        def check_port(ref: str | int | None, where: str) -> None:
+            if ref is None:
+                if not self.ports:
+                    raise ValueError(f"{where} needs a port, and the app declares no ports")
+                return
+            if isinstance(ref, str) and ref not in self.ports:
+                known = ", ".join(sorted(self.ports)) or "none"
+                raise ValueError(f"{where} refers to port {ref!r}, not among ports ({known})")
+
+        if self.route is not None:
+            check_port(self.route.port, "route")
+        for which in ("readiness", "liveness"):
+            probe: Probe | None = getattr(self.health, which)
+            if probe is not None and probe.kind != "exec":
+                check_port(probe.target_port, f"{which} probe")
+        return self
+
+    # -- derived values ---------------------------------------------------------------
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def port_number(self, ref: str | int | None) -> int | None:
+        """Resolve a port reference (name, number or None = first declared port)."""
+        if ref is None:
+            return next(iter(self.ports.values()), None)
+        if isinstance(ref, int):
+            return ref
+        return self.ports.get(ref)
+
+    def port_name(self, ref: str | int | None) -> str | None:
+        """The declared name for a port reference, if it has one."""
+        if ref is None:
+            return next(iter(self.ports), None)
+        if isinstance(ref, str):
+            return ref
+        return next((n for n, p in self.ports.items() if p == ref), None)
+
+    def template_hash(self) -> str:
+        """A digest of what the containers are made from: a change makes a new revision.
+
+        Replica count, autoscaling, routing, placement and update policy are left out:
+        changing them does not replace a running container.
+        """
+        fields = self.model_dump(
+            mode="json",
+            include={"image", "command", "args", "env", "resources", "ports", "health",
+                     "termination", "labels"},
+        )
+        blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# -- loading and error formatting -----------------------------------------------------
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def format_validation_error(err: ValidationError, where: str) -> list[str]:
+    """One line per problem: ``where: field.path: message``."""
+    lines = []
+    for e in err.errors(include_url=False):
+        msg = e["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            if msg.startswith(prefix):
+                msg = msg[len(prefix):]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        loc = _loc(tuple(e["loc"]))
+        lines.append(f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}")
+    return lines
+
+
+def _describe(doc: Any, index: int, source: str) -> str:
+    name = doc.get("name") if isinstance(doc, dict) else None
+    label = f"{source} document {index + 1}" if source else f"app {index + 1}"
+    return f"{label} ({name})" if isinstance(name, str) else label
+
+
+def validate_apps(docs: list[Any], source: str = "") -> list[AppSpec]:
+    """Validate raw documents into specs; raise ``SpecError`` listing every problem.
+
+    Duplicate (namespace, name) pairs in one batch are an error too.
+    """
+    specs: list[AppSpec] = []
+    errors: list[str] = []
+    for i, doc in enumerate(docs):
+        where = _describe(doc, i, source)
+        if not isinstance(doc, dict):
+            errors.append(f"{where}: expected a mapping, got {type(doc).__name__}")
+            continue
+        try:
+            specs.append(AppSpec.model_validate(doc))
+        except ValidationError as err:
+            errors.extend(format_validation_error(err, where))
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.key in seen:
+            errors.append(f"app {spec.key} is declared more than once")
+        seen.add(spec.key)
+    if not docs:
+        errors.append(f"{source or 'input'}: no app found")
+    if errors:
+        raise SpecError(errors)
+    return specs
+
+
+def parse_documents(text: str, source: str = "") -> list[Any]:
+    """YAML (several ``---`` documents) or JSON (one app, a list, or ``{"apps": [...]}``)."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as err:
+        raise SpecError([f"{source or 'input'}: not valid YAML or JSON: {err}"]) from err
+    out: list[Any] = []
+    for doc in docs:
+        if isinstance(doc, list):
+            out.extend(doc)
+        elif isinstance(doc, dict) and set(doc) == {"apps"} and isinstance(doc["apps"], list):
+            out.extend(doc["apps"])
+        else:
+            out.append(doc)
+    return out
+
+
+def load_specs(text: str, source: str = "") -> list[AppSpec]:
+    return validate_apps(parse_documents(text, source), source)

@@ -1,0 +1,263 @@
+"""Models of what travels on state topics: apps, nodes, assignments, replicas, health.
+
+Each model is the *whole* value of one retained topic (level-triggered: a reader that
+missed a hundred updates needs only the last one).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from core.spec import AppSpec, Model, Resources
+
+NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+
+
+def check_node_id(value: str) -> str:
+    if not NODE_ID.match(value):
+        raise ValueError(
+            f"node id {value!r} must be 1-63 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+# -- apps (writer: controller) ---------------------------------------------------------
+
+
+class AppVersion(Model):
+    """One revision of an app that should have ``replicas`` running right now.
+
+    Normally an app has one version; during a rollout or a canary it has two.
+    """
+
+    revision: int = Field(ge=1)
+    spec: AppSpec
+    replicas: int = Field(ge=0)
+    weight: int | None = Field(default=None, ge=0, le=100)
+
+
+AppPhase = Literal["stable", "progressing", "rolling_back", "rolled_back", "paused", "failed"]
+
+
+class AppState(Model):
+    """Retained on ``apps/<ns>/<name>``: the desired state of one app."""
+
+    namespace: str
+    name: str
+    revision: int = Field(ge=1, description="the revision the app converges to")
+    generation: int = Field(ge=1, description="bumped on every change to this record")
+    spec: AppSpec
+    replicas: int = Field(ge=0, description="desired replica count (manual or autoscaled)")
+    versions: list[AppVersion]
+    phase: AppPhase = "stable"
+    message: str = ""
+    updated: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+# -- nodes (writer: each agent for itself) ---------------------------------------------
+
+NodeStatus = Literal["ready", "not_ready", "offline"]
+
+
+class NodeInfo(Model):
+    """Retained on ``nodes/<node>/info``; the agent's last will sets ``status=offline``."""
+
+    node: str
+    address: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    capacity: Resources
+    status: NodeStatus = "ready"
+    reason: str = ""
+    version: str = ""
+    heartbeat: float = 0.0
+    heartbeat_interval: float = 2.0
+
+    _check_node = field_validator("node")(classmethod(lambda cls, v: check_node_id(v)))
+
+
+# -- assignments (writer: scheduler) ---------------------------------------------------
+
+
+class AssignedReplica(Model):
+    id: str
+    namespace: str
+    app: str
+    revision: int
+
+    @property
+    def spec_key(self) -> str:
+        return spec_key(self.namespace, self.app, self.revision)
+
+
+def spec_key(namespace: str, app: str, revision: int) -> str:
+    return f"{namespace}/{app}@{revision}"
+
+
+class NodeAssignment(Model):
+    """Retained on ``nodes/<node>/assign``: every replica the node must run.
+
+    Specs are listed once per (app, revision) under ``specs`` and referenced by
+    ``AssignedReplica.spec_key``, so a node running 50 replicas of one app carries one spec.
+    """
+
+    node: str
+    replicas: list[AssignedReplica] = Field(default_factory=list)
+    specs: dict[str, AppSpec] = Field(default_factory=dict)
+    generation: int = 0
+
+    def spec_for(self, replica: AssignedReplica) -> AppSpec:
+        return self.specs[replica.spec_key]
+
+
+# -- observed replicas (writer: each agent for itself) ---------------------------------
+
+ReplicaPhase = Literal[
+    "pending",
+    "pulling",
+    "creating",
+    "running",
+    "exited",
+    "backoff",
+    "terminating",
+    "image_pull_failed",
+    "failed",
+]
+
+
+class ReplicaStatus(Model):
+    id: str
+    namespace: str
+    app: str
+    revision: int
+    node: str
+    phase: ReplicaPhase
+    container_id: str = ""
+    endpoints: dict[str, str] = Field(default_factory=dict, description="port name -> host:port")
+    restarts: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    started_at: float | None = None
+    since: float = 0.0
+
+
+class NodeReplicas(Model):
+    """Retained on ``nodes/<node>/replicas``: what the agent observes on its node."""
+
+    node: str
+    replicas: list[ReplicaStatus] = Field(default_factory=list)
+    ts: float = 0.0
+
+
+# -- health (writer: health monitor) ---------------------------------------------------
+
+
+class ReplicaHealth(Model):
+    id: str
+    revision: int
+    node: str
+    endpoint: str = Field(description="host:port the balancer should send traffic to")
+    ready: bool
+    terminating: bool = False
+    since: float = 0.0
+    reason: str = ""
+
+
+class AppHealth(Model):
+    """Retained on ``health/<ns>/<app>``: readiness of every replica of one app."""
+
+    namespace: str
+    name: str
+    replicas: list[ReplicaHealth] = Field(default_factory=list)
+    ts: float = 0.0
+
+    @property
+    def ready(self) -> list[ReplicaHealth]:
+        return [r for r in self.replicas if r.ready and not r.terminating]
+
+
+# -- presence (writer: every service for itself) ---------------------------------------
+
+
+class Presence(Model):
+    """Retained on ``services/<service>/<instance>``; the last will says ``offline``."""
+
+    service: str
+    instance: str
+    status: Literal["online", "offline"] = "online"
+    version: str = ""
+    host: str = ""
+    pid: int = 0
+    started: float = 0.0
+    leader: bool = False
+
+
+# -- events (anyone; not retained) -----------------------------------------------------
+
+
+class Event(Model):
+    kind: str
+    message: str
+    namespace: str | None = None
+    app: str | None = None
+    node: str | None = None
+    replica: str | None = None
+    severity: Literal["info", "warning", "error"] = "info"
+    data: dict[str, object] = Field(default_factory=dict)
+
+
+# -- metrics (not retained; QoS 0) -----------------------------------------------------
+
+
+class RouteMetrics(Model):
+    """One balancer instance's view of one app over the last window."""
+
+    rps: float = 0.0
+    inflight: int = 0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: int = 0
+    requests: int = 0
+    held: int = Field(default=0, description="requests waiting for a replica (scale from zero)")
+    replicas: dict[str, float] = Field(default_factory=dict, description="replica id -> rps")
+
+
+class LbMetrics(Model):
+    """``metrics/lb/<instance>``, every second: per app ``<ns>/<name>``."""
+
+    instance: str
+    window: float = 1.0
+    apps: dict[str, RouteMetrics] = Field(default_factory=dict)
+    ts: float = 0.0
+
+
+class ReplicaUsage(Model):
+    cpu: float = Field(description="cores in use")
+    memory: int = Field(description="bytes in use")
+    memory_limit: int = 0
+    namespace: str = ""
+    app: str = ""
+
+
+class NodeMetrics(Model):
+    """``metrics/nodes/<node>``, every few seconds: usage of every replica on the node."""
+
+    node: str
+    replicas: dict[str, ReplicaUsage] = Field(default_factory=dict)
+    ts: float = 0.0
+
+
+class WakeUp(Model):
+    """``wake/<ns>/<app>``: the balancer holds requests for an app scaled to zero."""
+
+    namespace: str
+    name: str
+    held: int = 0

@@ -1,0 +1,3 @@
+from services.broker.command import command
+
+command()

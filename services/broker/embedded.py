@@ -1,0 +1,55 @@
+"""Run amqtt as Shoal's embedded broker: retained messages, last wills, QoS 0/1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from core.logs import get_logger, setup_logging
+
+log = get_logger("shoal.broker")
+
+
+def broker_config(host: str, port: int, *, allow_anonymous: bool = True) -> dict[str, Any]:
+    return {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+        "timeout_disconnect_delay": 0,
+        "plugins": {
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {
+                "allow_anonymous": allow_anonymous},
+        },
+    }
+
+
+async def serve(host: str, port: int, stop: asyncio.Event | None = None) -> None:
+    from amqtt.broker import Broker
+
+    # amqtt logs every packet at INFO; keep it to warnings.
+    logging.getLogger("amqtt").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    broker = Broker(broker_config(host, port))
+    await broker.start()
+    log.info("embedded broker listening", address=f"{host}:{port}")
+    try:
+        await (stop.wait() if stop else asyncio.Event().wait())
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(broker.shutdown(), 5)
+        log.info("embedded broker stopped")
+
+
+def run(host: str, port: int, log_level: str = "info", log_format: str = "console") -> None:
+    setup_logging(log_level, log_format, service="broker")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(host, port, stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Helpers shared by integration and e2e tests: brokers, service processes, bus probes."""
