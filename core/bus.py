@@ -121,8 +121,12 @@ class Bus:
                     if time.monotonic() - started > 10:
                         backoff.reset()
                     delay = backoff.next()
-                    log.warning("broker connection lost", broker=str(self.broker),
-                                error=str(err), retry_in=round(delay, 2))
+                    log.warning(
+                        "broker connection lost",
+                        broker=str(self.broker),
+                        error=str(err),
+                        retry_in=round(delay, 2),
+                    )
                     await asyncio.sleep(delay)
         finally:
             dispatcher.cancel()
@@ -215,8 +219,7 @@ class Bus:
         try:
             env = codec.decode(payload, allow_json=sub.allow_json)
         except CodecError as err:
-            log.warning("malformed message dropped", topic=topic, error=str(err),
-                        size=len(payload))
+            log.warning("malformed message dropped", topic=topic, error=str(err), size=len(payload))
             return
         if sub.cache:
             if env is None:
@@ -228,8 +231,12 @@ class Bus:
             if inspect.isawaitable(result):
                 await result
         except Exception as err:
-            log.exception("handler failed; message dropped", topic=topic,
-                          kind=env.kind if env else None, error=str(err))
+            log.exception(
+                "handler failed; message dropped",
+                topic=topic,
+                kind=env.kind if env else None,
+                error=str(err),
+            )
 
     # -- subscribing --------------------------------------------------------------------
 
@@ -276,7 +283,12 @@ class Bus:
         return env
 
     async def publish_raw(
-        self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1,
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        qos: int = 1,
         timeout: float | None = 10.0,
     ) -> None:
         await self.wait_connected(timeout)
@@ -324,8 +336,11 @@ class Bus:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending[marker] = fut  # type: ignore[assignment]
         try:
-            await self.publish_raw(self.reply_topic, codec.encode(
-                self.envelope("sync", {}, re=marker)), timeout=timeout)
+            await self.publish_raw(
+                self.reply_topic,
+                codec.encode(self.envelope("sync", {}, re=marker)),
+                timeout=timeout,
+            )
             await asyncio.wait_for(fut, timeout)
         except TimeoutError as err:
             raise RequestTimeout("bus sync timed out") from err

@@ -15,19 +15,49 @@ from core.config import DEFAULT_BROKER, BrokerURL, ConfigError, ServiceConfig, d
 def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--broker --prefix --instance --log-level --log-format``; pass ``config``."""
 
-    @click.option("--broker", envvar="SHOAL_BROKER", default=DEFAULT_BROKER, show_default=True,
-                  help="mqtt://[user:pass@]host[:port] or mqtts://...[?ca=FILE]")
-    @click.option("--prefix", envvar="SHOAL_PREFIX", default="shoal", show_default=True,
-                  help="topic prefix; two clusters can share a broker under two prefixes")
-    @click.option("--instance", envvar="SHOAL_INSTANCE", default=None,
-                  help="instance name (default: host-pid-random)")
-    @click.option("--log-level", envvar="SHOAL_LOG_LEVEL", default="info", show_default=True,
-                  type=click.Choice(["debug", "info", "warning", "error"]))
-    @click.option("--log-format", envvar="SHOAL_LOG_FORMAT", default="console",
-                  show_default=True, type=click.Choice(["console", "json"]))
+    @click.option(
+        "--broker",
+        envvar="SHOAL_BROKER",
+        default=DEFAULT_BROKER,
+        show_default=True,
+        help="mqtt://[user:pass@]host[:port] or mqtts://...[?ca=FILE]",
+    )
+    @click.option(
+        "--prefix",
+        envvar="SHOAL_PREFIX",
+        default="shoal",
+        show_default=True,
+        help="topic prefix; two clusters can share a broker under two prefixes",
+    )
+    @click.option(
+        "--instance",
+        envvar="SHOAL_INSTANCE",
+        default=None,
+        help="instance name (default: host-pid-random)",
+    )
+    @click.option(
+        "--log-level",
+        envvar="SHOAL_LOG_LEVEL",
+        default="info",
+        show_default=True,
+        type=click.Choice(["debug", "info", "warning", "error"]),
+    )
+    @click.option(
+        "--log-format",
+        envvar="SHOAL_LOG_FORMAT",
+        default="console",
+        show_default=True,
+        type=click.Choice(["console", "json"]),
+    )
     @functools.wraps(func)
-    def wrapper(broker: str, prefix: str, instance: str | None, log_level: str,
-                log_format: str, **kwargs: Any) -> Any:
+    def wrapper(
+        broker: str,
+        prefix: str,
+        instance: str | None,
+        log_level: str,
+        log_format: str,
+        **kwargs: Any,
+    ) -> Any:
         try:
             config = ServiceConfig(
                 broker=BrokerURL.parse(broker),

@@ -101,16 +101,25 @@ class Reconciler(Generic[K]):
         except Exception as err:
             backoff = self._backoffs.setdefault(key, Backoff(self._initial, self._cap))
             delay = backoff.next()
-            log.warning("reconcile failed; will retry", runner=self.name, key=str(key),
-                        error=f"{type(err).__name__}: {err}", retry_in=round(delay, 2),
-                        exc_info=not getattr(err, "retryable", False))
+            log.warning(
+                "reconcile failed; will retry",
+                runner=self.name,
+                key=str(key),
+                error=f"{type(err).__name__}: {err}",
+                retry_in=round(delay, 2),
+                exc_info=not getattr(err, "retryable", False),
+            )
             self.mark_later(key, delay)
             return
         self._backoffs.pop(key, None)
         if again is not None:
             self.mark_later(key, again)
-        log.debug("reconciled", runner=self.name, key=str(key),
-                  ms=round((time.perf_counter() - started) * 1000, 2))
+        log.debug(
+            "reconciled",
+            runner=self.name,
+            key=str(key),
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
 
     async def _resync_loop(self) -> None:
         if not self._resync or self._keys is None:

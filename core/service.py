@@ -46,8 +46,12 @@ class Service:
     # -- overridable -----------------------------------------------------------------
 
     def last_will(self) -> LastWill:
-        return LastWill(self.presence_topic, codec.encode(codec.make(
-            "presence", self.presence("offline"), src=f"{self.name}/{self.instance}")))
+        return LastWill(
+            self.presence_topic,
+            codec.encode(
+                codec.make("presence", self.presence("offline"), src=f"{self.name}/{self.instance}")
+            ),
+        )
 
     async def setup(self) -> None:
         """Subscribe to topics; called once before ``main``."""
@@ -97,15 +101,17 @@ class Service:
         self._stop.set()
 
     async def run(self) -> None:
-        self.log.info("starting", service=self.name, broker=str(self.config.broker),
-                      prefix=self.config.prefix)
+        self.log.info(
+            "starting", service=self.name, broker=str(self.config.broker), prefix=self.config.prefix
+        )
         bus_task = asyncio.create_task(self.bus.run(), name=f"{self.name}-bus")
         try:
             await self.setup()
             main_task = asyncio.create_task(self.main(), name=f"{self.name}-main")
             stop_task = asyncio.create_task(self._stop.wait(), name=f"{self.name}-stop")
             done, _ = await asyncio.wait(
-                {main_task, stop_task, bus_task}, return_when=asyncio.FIRST_COMPLETED)
+                {main_task, stop_task, bus_task}, return_when=asyncio.FIRST_COMPLETED
+            )
             for task in (main_task, stop_task):
                 task.cancel()
             for task in (main_task, stop_task):
@@ -129,8 +135,13 @@ class Service:
             self.log.exception("shutdown hook failed")
         if self.bus.connected:
             with contextlib.suppress(Exception):
-                await self.bus.publish(self.presence_topic, "presence",
-                                       self.presence("offline"), retain=True, timeout=2)
+                await self.bus.publish(
+                    self.presence_topic,
+                    "presence",
+                    self.presence("offline"),
+                    retain=True,
+                    timeout=2,
+                )
 
 
 def install_event_loop_policy() -> None:

@@ -306,8 +306,17 @@ class AppSpec(Model):
         """
         fields = self.model_dump(
             mode="json",
-            include={"image", "command", "args", "env", "resources", "ports", "health",
-                     "termination", "labels"},
+            include={
+                "image",
+                "command",
+                "args",
+                "env",
+                "resources",
+                "ports",
+                "health",
+                "termination",
+                "labels",
+            },
         )
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -333,7 +342,7 @@ def format_validation_error(err: ValidationError, where: str) -> list[str]:
         msg = e["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
             if msg.startswith(prefix):
-                msg = msg[len(prefix):]
+                msg = msg[len(prefix) :]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif e["type"] == "missing":

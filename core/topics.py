@@ -122,7 +122,7 @@ class Topics:
         head = self.prefix + "/"
         if not topic.startswith(head):
             raise TopicError(f"topic {topic!r} is not under {self.prefix!r}")
-        return topic[len(head):].split("/")
+        return topic[len(head) :].split("/")
 
     def node_of(self, topic: str) -> str:
         parts = self.parts(topic)

@@ -19,7 +19,8 @@ def broker_config(host: str, port: int, *, allow_anonymous: bool = True) -> dict
         "timeout_disconnect_delay": 0,
         "plugins": {
             "amqtt.plugins.authentication.AnonymousAuthPlugin": {
-                "allow_anonymous": allow_anonymous},
+                "allow_anonymous": allow_anonymous
+            },
         },
     }
 

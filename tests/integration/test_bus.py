@@ -16,8 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def make_bus(broker: Broker, prefix: str, name: str, will: LastWill | None = None) -> Bus:
-    return Bus(BrokerURL.parse(broker.url), Topics(prefix), client_id=f"{name}-{prefix}",
-               will=will)
+    return Bus(BrokerURL.parse(broker.url), Topics(prefix), client_id=f"{name}-{prefix}", will=will)
 
 
 async def test_request_reply_and_retained_cache(broker: Broker, prefix: str) -> None:
@@ -50,8 +49,9 @@ async def test_request_reply_and_retained_cache(broker: Broker, prefix: str) -> 
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def test_reconnects_and_resubscribes_after_broker_restart(broker: Broker,
-                                                                prefix: str) -> None:
+async def test_reconnects_and_resubscribes_after_broker_restart(
+    broker: Broker, prefix: str
+) -> None:
     topics = Topics(prefix)
     got: list[str] = []
     sub, pub = make_bus(broker, prefix, "sub"), make_bus(broker, prefix, "pub")
@@ -92,8 +92,9 @@ async def test_last_will_is_published_when_a_client_dies(broker: Broker, prefix:
     from core import codec
 
     dying = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dying-{prefix}")
-    dying.will_set(will_topic, codec.encode(codec.make("presence", {"service": "x"})),
-                   qos=1, retain=True)
+    dying.will_set(
+        will_topic, codec.encode(codec.make("presence", {"service": "x"})), qos=1, retain=True
+    )
     dying.keepalive = 1  # type: ignore[attr-defined]
     try:
         await watcher.wait_connected(10)

@@ -23,8 +23,9 @@ class Observer:
 
     def __init__(self, broker_url: str, prefix: str = "shoal") -> None:
         self.topics = Topics(prefix)
-        self.bus = Bus(BrokerURL.parse(broker_url), self.topics,
-                       client_id=f"observer-{uuid.uuid4().hex[:8]}")
+        self.bus = Bus(
+            BrokerURL.parse(broker_url), self.topics, client_id=f"observer-{uuid.uuid4().hex[:8]}"
+        )
         self.seen: list[tuple[float, str, Envelope | None]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -54,8 +55,9 @@ class Observer:
     def all(self, pattern: str, model: type[M]) -> dict[str, M]:
         return {t: e.open(model) for t, e in self.bus.cached(pattern).items()}
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0,
-                       message: str = "condition") -> Any:
+    async def wait_for(
+        self, predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition"
+    ) -> Any:
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()

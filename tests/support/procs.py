@@ -32,7 +32,10 @@ class Proc:
     def start(self) -> Proc:
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             start_new_session=True,
         )
@@ -81,16 +84,26 @@ class ProcGroup:
         self.procs: list[Proc] = []
 
     def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(name, list(argv), self.workdir / f"{name}-{len(self.procs)}.log",
-                    env=env or {})
+        proc = Proc(name, list(argv), self.workdir / f"{name}-{len(self.procs)}.log", env=env or {})
         self.procs.append(proc.start())
         return proc
 
-    def service(self, service: str, broker: str, *args: str, prefix: str = "shoal",
-                name: str | None = None) -> Proc:
+    def service(
+        self, service: str, broker: str, *args: str, prefix: str = "shoal", name: str | None = None
+    ) -> Proc:
         """``python -m services.<service> --broker URL --prefix P ARGS``."""
-        argv = [sys.executable, "-m", f"services.{service}", "--broker", broker,
-                "--prefix", prefix, "--log-level", "debug", *args]
+        argv = [
+            sys.executable,
+            "-m",
+            f"services.{service}",
+            "--broker",
+            broker,
+            "--prefix",
+            prefix,
+            "--log-level",
+            "debug",
+            *args,
+        ]
         return self.spawn(name or service, argv)
 
     def close(self) -> None:
@@ -98,8 +111,9 @@ class ProcGroup:
             proc.stop()
 
     def dump(self) -> str:
-        return "\n".join(f"===== {p.name} ({p.log_path.name})\n{p.output()[-6000:]}"
-                         for p in self.procs)
+        return "\n".join(
+            f"===== {p.name} ({p.log_path.name})\n{p.output()[-6000:]}" for p in self.procs
+        )
 
 
 @dataclass
@@ -128,8 +142,10 @@ def start_broker(group: ProcGroup, kind: str, port: int | None = None) -> Broker
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         proc = group.spawn(f"mosquitto-{port}", [exe, "-c", str(conf)])
     elif kind == "embedded":
-        proc = group.spawn(f"amqtt-{port}", [sys.executable, "-m", "services.broker",
-                                             "--listen", f"127.0.0.1:{port}"])
+        proc = group.spawn(
+            f"amqtt-{port}",
+            [sys.executable, "-m", "services.broker", "--listen", f"127.0.0.1:{port}"],
+        )
     else:
         raise ValueError(kind)
     wait_port("127.0.0.1", port, timeout=15)
@@ -146,8 +162,9 @@ def proc_group(prefix: str = "shoal-test-") -> Iterator[ProcGroup]:
         group.close()
 
 
-def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.1,
-               message: str = "condition") -> None:
+def wait_until(
+    predicate: object, timeout: float = 10.0, interval: float = 0.1, message: str = "condition"
+) -> None:
     """Poll a zero-argument callable until it returns truthy (sync tests)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
