@@ -1,0 +1,1 @@
+"""The ``shoal`` command: a bus client for users, and the ``up`` supervisor."""
