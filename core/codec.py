@@ -96,7 +96,12 @@ def make(kind: str, body: BaseModel | dict[str, Any], *, src: str = "", **extra:
 
 
 def encode(envelope: Envelope) -> bytes:
-    return msgpack.packb(envelope.model_dump(mode="json", exclude_none=True), use_bin_type=True)
+    try:
+        return msgpack.packb(
+            envelope.model_dump(mode="json", exclude_none=True), use_bin_type=True
+        )
+    except (OverflowError, TypeError, ValueError) as err:
+        raise CodecError(f"{envelope.kind} cannot be encoded: {err}") from err
 
 
 def encode_json(envelope: Envelope) -> bytes:

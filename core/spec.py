@@ -126,6 +126,21 @@ class Route(Model):
     host: str | None = None
     path: str = "/"
     port: str | int | None = None
+    algorithm: Literal["round_robin", "least_conn", "weighted", "hash"] = "round_robin"
+    hash_on: str = Field(
+        default="client_ip",
+        description="for algorithm hash: 'client_ip' or 'header:<Name>' (falls back to client IP)",
+    )
+
+    @field_validator("hash_on")
+    @classmethod
+    def _hash_on(cls, v: str) -> str:
+        if v == "client_ip":
+            return v
+        kind, _, name = v.partition(":")
+        if kind != "header" or not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", name):
+            raise ValueError(f"route hash_on {v!r} must be 'client_ip' or 'header:<Name>'")
+        return v
 
     @field_validator("path")
     @classmethod

@@ -146,6 +146,10 @@ class ReplicaStatus(Model):
     reason: str = ""
     started_at: float | None = None
     since: float = 0.0
+    exec_ready: bool | None = Field(
+        default=None,
+        description="verdict of an exec readiness probe, run by the agent (None: no verdict yet)",
+    )
 
 
 class NodeReplicas(Model):
@@ -168,6 +172,10 @@ class ReplicaHealth(Model):
     terminating: bool = False
     since: float = 0.0
     reason: str = ""
+    live: bool = Field(default=True, description="False once the liveness probe failed")
+    started_at: float | None = Field(
+        default=None, description="the container start the verdicts apply to (its incarnation)"
+    )
 
 
 class AppHealth(Model):

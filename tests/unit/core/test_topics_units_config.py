@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+
+from core.config import BrokerURL, ConfigError
+from core.errors import TopicError
+from core.topics import Topics, matches
+from core.units import format_memory, parse_cpu, parse_duration, parse_memory
+
+
+def test_topic_map_and_parsing() -> None:
+    t = Topics("shoal")
+    assert t.app("prod", "web") == "shoal/apps/prod/web"
+    assert t.node_assign("n1") == "shoal/nodes/n1/assign"
+    assert t.node_of("shoal/nodes/n1/replicas") == "n1"
+    assert t.app_of("shoal/health/prod/web") == ("prod", "web")
+    assert Topics("a/b").cmd("apply") == "a/b/cmd/apply"
+
+
+@pytest.mark.parametrize("bad", ["a/b", "+", "#", ""])
+def test_names_cannot_escape_their_topic_level(bad: str) -> None:
+    with pytest.raises(TopicError):
+        Topics().app("default", bad)
+
+
+def test_bad_prefix_and_unknown_command() -> None:
+    with pytest.raises(TopicError):
+        Topics("a/#")
+    with pytest.raises(TopicError):
+        Topics().cmd("explode")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "topic", "expected"),
+    [
+        ("s/apps/+/+", "s/apps/p/web", True),
+        ("s/apps/+/+", "s/apps/p/web/x", False),
+        ("s/#", "s/apps/p/web", True),
+        ("$share/g/s/nodes/+/info", "s/nodes/n1/info", True),
+        ("s/nodes/+/info", "s/nodes/n1/assign", False),
+    ],
+)
+def test_wildcards(pattern: str, topic: str, expected: bool) -> None:
+    assert matches(pattern, topic) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("500ms", 0.5), ("2s", 2.0), ("1m", 60.0), (3, 3.0), ("1.5", 1.5)]
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_memory_cpu_and_formatting() -> None:
+    assert parse_memory("128Mi") == 128 * 1024**2
+    assert parse_memory("1G") == 10**9
+    assert parse_cpu("250m") == 0.25
+    assert format_memory(128 * 1024**2) == "128Mi"
+    for bad in ("x", True, -1):
+        with pytest.raises(ValueError):
+            parse_memory(bad)
+
+
+def test_broker_urls() -> None:
+    url = BrokerURL.parse("mqtts://user:p%40ss@broker.example?ca=/etc/ca.pem")
+    assert (url.host, url.port, url.tls, url.username, url.password, url.ca_file) == (
+        "broker.example", 8883, True, "user", "p@ss", "/etc/ca.pem")
+    assert "p@ss" not in str(url)
+    assert BrokerURL.parse("10.0.0.1:1884").port == 1884
+    assert BrokerURL.parse("mqtt://h").port == 1883
+    with pytest.raises(ConfigError):
+        BrokerURL.parse("http://h")
