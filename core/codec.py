@@ -18,7 +18,16 @@ from typing import Any, TypeVar
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from core.commands import ApplyCommand, DeleteCommand, Reply, RollbackCommand, ScaleCommand
+from core.commands import (
+    ApplyCommand,
+    DeleteCommand,
+    History,
+    HistoryQuery,
+    Reply,
+    RollbackCommand,
+    RolloutCommand,
+    ScaleCommand,
+)
 from core.errors import CodecError
 from core.state import (
     AppHealth,
@@ -41,6 +50,9 @@ KINDS: dict[str, type[BaseModel]] = {
     "delete": DeleteCommand,
     "scale": ScaleCommand,
     "rollback": RollbackCommand,
+    "history": HistoryQuery,
+    "rollout": RolloutCommand,
+    "revisions": History,
     "reply": Reply,
     "app": AppState,
     "node": NodeInfo,
@@ -97,9 +109,7 @@ def make(kind: str, body: BaseModel | dict[str, Any], *, src: str = "", **extra:
 
 def encode(envelope: Envelope) -> bytes:
     try:
-        return msgpack.packb(
-            envelope.model_dump(mode="json", exclude_none=True), use_bin_type=True
-        )
+        return msgpack.packb(envelope.model_dump(mode="json", exclude_none=True), use_bin_type=True)
     except (OverflowError, TypeError, ValueError) as err:
         raise CodecError(f"{envelope.kind} cannot be encoded: {err}") from err
 

@@ -42,6 +42,44 @@ class RollbackCommand(Model):
     to_revision: int | None = Field(default=None, ge=1)
 
 
+class HistoryQuery(Model):
+    """``cmd/history``: the revision history of one app (answered with kind ``revisions``)."""
+
+    namespace: str = "default"
+    name: str
+
+
+class RolloutCommand(Model):
+    """``cmd/rollout``: ``promote`` a paused canary to a full rollout, or ``abort`` it
+    (back to the last good revision)."""
+
+    namespace: str = "default"
+    name: str
+    action: Literal["promote", "abort"]
+
+
+class RevisionInfo(Model):
+    revision: int
+    created: float
+    source: str = ""
+    template_hash: str = ""
+    image: str = ""
+    changes: list[str] = Field(default_factory=list)
+    status: str = Field(default="", description="'' or e.g. 'failed: ...' after a rollback")
+    current: bool = False
+
+
+class History(Model):
+    """The answer to ``history``: revisions oldest first."""
+
+    namespace: str
+    name: str
+    revision: int
+    phase: str = ""
+    message: str = ""
+    revisions: list[RevisionInfo] = Field(default_factory=list)
+
+
 AppChange = Literal["created", "updated", "scaled", "unchanged", "deleted"]
 
 
@@ -50,6 +88,9 @@ class AppResult(Model):
     name: str
     revision: int
     change: AppChange
+    changes: list[str] = Field(
+        default_factory=list, description="field-level diff summary, e.g. 'image: a -> b'"
+    )
 
 
 class Reply(Model):

@@ -179,6 +179,9 @@ class Update(Model):
     max_unavailable: int = Field(default=0, ge=0)
     auto_rollback: bool = True
     progress_deadline: Duration = 60.0
+    canary: int | None = Field(
+        default=None, ge=1, description="start N replicas of a new revision, then pause"
+    )
 
     @model_validator(mode="after")
     def _can_progress(self) -> Update:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from core.errors import TopicError
 
-COMMANDS = ("apply", "delete", "scale", "rollback", "node")
+COMMANDS = ("apply", "delete", "scale", "rollback", "node", "history", "rollout")
 
 
 def level(name: str) -> str:

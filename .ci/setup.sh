@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Prepare this machine for Shoal: system packages, a Docker engine, the Python venv and the
+# test workload image. Idempotent: what is already there is used as it is.
+#   bash .ci/setup.sh            # everything the demo needs
+#   SHOAL_TEST_DEPS=1 bash ...   # plus what the tests and benchmarks need
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+STATE_DIR=${SHOAL_STATE_DIR:-$ROOT/.shoal}
+mkdir -p "$STATE_DIR"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# -- system packages (Debian/Ubuntu) ---------------------------------------------------
+need=()
+command -v docker >/dev/null || need+=(docker.io)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+command -v curl >/dev/null || need+=(curl)
+if [ "${SHOAL_TEST_DEPS:-0}" = 1 ]; then
+  command -v docker-registry >/dev/null || [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+  command -v htpasswd >/dev/null || need+=(apache2-utils)
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+  command -v docker-compose >/dev/null || need+=(docker-compose)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null; then
+    echo "missing: ${need[*]} — install them with your package manager" >&2; exit 1
+  fi
+  say "installing ${need[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${need[@]}" >"$STATE_DIR/apt.log" 2>&1 || { tail -20 "$STATE_DIR/apt.log"; exit 1; }
+fi
+
+# -- a Docker engine -------------------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+  say "starting dockerd (log: $STATE_DIR/dockerd.log)"
+  as_root sh -c "nohup dockerd >'$STATE_DIR/dockerd.log' 2>&1 &"
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { tail -30 "$STATE_DIR/dockerd.log"; echo "dockerd did not start" >&2; exit 1; }
+fi
+
+# -- Python environment ----------------------------------------------------------------
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.shoal-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing shoal into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -i "warning" || true
+  .venv/bin/python -c "import core, services, aiomqtt, aiodocker" 
+  touch "$stamp"
+fi
+
+# -- the test workload image (no registry is reachable: built locally) -----------------
+if ! docker image inspect shoal-test/echo:v1 >/dev/null 2>&1 \
+   || ! docker image inspect shoal-test/echo:v2 >/dev/null 2>&1; then
+  say "building shoal-test/echo:v1 and :v2"
+  bash configs/images/echo/build.sh
+fi
+say "ready: $(docker version --format 'docker {{.Server.Version}}'), $(.venv/bin/python --version)"

@@ -1,0 +1,31 @@
+# The two commands of the README, plus a few for development.
+.PHONY: demo test lint unit integration e2e bench clean
+
+PY := .venv/bin/python
+PYTEST := $(PY) -m pytest
+
+demo:  ## set up this machine and run the demo
+	bash .ci/demo.sh
+
+test:  ## set up this machine and run every test (unit, integration, e2e), then lint
+	SHOAL_TEST_DEPS=1 bash .ci/setup.sh
+	$(PY) -m ruff check .
+	$(PYTEST) -p no:cacheprovider
+
+lint:
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+unit:
+	$(PYTEST) tests/unit
+
+integration:
+	$(PYTEST) tests/integration
+
+e2e:
+	$(PYTEST) tests/e2e
+
+bench:  ## print performance figures (see tests/benchmarks)
+	for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:  ## remove containers of every Shoal cluster on this engine
+	docker ps -aq --filter label=shoal.managed=true | xargs -r docker rm -f

@@ -1,0 +1,3 @@
+from services.health.command import command
+
+command()

@@ -1,0 +1,304 @@
+"""The health monitor's pure logic: what to probe, the probe state machine, and the
+``AppHealth`` value that results. No I/O here: the service feeds probe results and the
+current time in, and publishes what comes out.
+
+Vocabulary:
+
+- a *target* is one replica of one app, as observed by its agent, with the probes its
+  revision declares and the endpoints they reach;
+- a probe's *state* counts consecutive successes and failures; ``ok`` flips only when a
+  threshold (``successes`` / ``failures``) is reached;
+- an *owner* is the health instance that probes an app: rendezvous hashing of the app key
+  over the live instances, so each app is probed (and its ``health/`` topic written) by
+  exactly one instance, and an instance's share moves to the others when it dies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from core.spec import AppSpec, Probe
+from core.state import AppHealth, AppState, ReplicaHealth, ReplicaStatus
+
+ProbeRole = Literal["readiness", "liveness"]
+
+
+# -- targets ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One replica to watch: where traffic goes and what to probe."""
+
+    replica: str
+    namespace: str
+    app: str
+    revision: int
+    node: str
+    phase: str
+    endpoint: str  # route port, "" when the agent reports none
+    started_at: float | None
+    readiness: Probe | None
+    readiness_endpoint: str
+    liveness: Probe | None
+    liveness_endpoint: str
+    exec_ready: bool | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.app}"
+
+    def probe(self, role: ProbeRole) -> tuple[Probe | None, str]:
+        if role == "readiness":
+            return self.readiness, self.readiness_endpoint
+        return self.liveness, self.liveness_endpoint
+
+    def incarnation(self) -> tuple[str, float | None]:
+        """Probe state belongs to one container start: a restart starts it afresh."""
+        return self.replica, self.started_at
+
+
+def spec_for(app: AppState, revision: int) -> AppSpec:
+    for version in app.versions:
+        if version.revision == revision:
+            return version.spec
+    return app.spec
+
+
+def _endpoint(spec: AppSpec, status: ReplicaStatus, ref: str | int | None) -> str:
+    name = spec.port_name(ref)
+    if name is not None and name in status.endpoints:
+        return status.endpoints[name]
+    number = spec.port_number(ref)
+    if number is not None and str(number) in status.endpoints:
+        return status.endpoints[str(number)]
+    return ""
+
+
+def targets_for(app: AppState, statuses: Iterable[ReplicaStatus]) -> list[Target]:
+    """Every observed replica of ``app``, sorted by replica id."""
+    out: list[Target] = []
+    for st in statuses:
+        if st.namespace != app.namespace or st.app != app.name:
+            continue
+        spec = spec_for(app, st.revision)
+        route_port = spec.route.port if spec.route is not None else None
+        ready_p, live_p = spec.health.readiness, spec.health.liveness
+        out.append(
+            Target(
+                replica=st.id,
+                namespace=st.namespace,
+                app=st.app,
+                revision=st.revision,
+                node=st.node,
+                phase=st.phase,
+                endpoint=_endpoint(spec, st, route_port),
+                started_at=st.started_at,
+                readiness=ready_p,
+                readiness_endpoint=_endpoint(spec, st, ready_p.target_port) if ready_p else "",
+                liveness=live_p,
+                liveness_endpoint=_endpoint(spec, st, live_p.target_port) if live_p else "",
+                exec_ready=st.exec_ready,
+            )
+        )
+    out.sort(key=lambda t: t.replica)
+    return out
+
+
+def probes_to_run(target: Target) -> list[ProbeRole]:
+    """The probes this monitor runs for a target: http/tcp ones on running replicas.
+
+    Exec probes run inside the container, so the agent runs them (see core/README.md).
+    """
+    if target.phase != "running":
+        return []
+    roles: list[ProbeRole] = []
+    for role in ("readiness", "liveness"):
+        probe, endpoint = target.probe(role)  # type: ignore[arg-type]
+        if probe is not None and probe.kind != "exec" and endpoint:
+            roles.append(role)  # type: ignore[arg-type]
+    return roles
+
+
+# -- the probe state machine -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeState:
+    """Consecutive results of one probe of one container start."""
+
+    ok: bool
+    successes: int = 0
+    failures: int = 0
+    since: float = 0.0
+    reason: str = ""
+    results: int = 0  # probes done so far
+
+    @classmethod
+    def initial(cls, role: ProbeRole, now: float, *, seeded_ok: bool | None = None) -> ProbeState:
+        """Readiness starts not ready (unless seeded from a previously published verdict);
+        liveness starts alive: a container is presumed live until proven otherwise."""
+        if seeded_ok is not None:
+            return cls(ok=seeded_ok, since=now, reason="" if seeded_ok else "not ready")
+        if role == "readiness":
+            return cls(ok=False, since=now, reason="no successful probe yet")
+        return cls(ok=True, since=now)
+
+
+def step(state: ProbeState, probe: Probe, success: bool, reason: str, now: float) -> ProbeState:
+    """Feed one probe result; ``ok`` flips when the matching threshold is reached."""
+    if success:
+        successes, failures = state.successes + 1, 0
+        ok = state.ok or successes >= probe.successes
+    else:
+        successes, failures = 0, state.failures + 1
+        ok = state.ok and failures < probe.failures
+    flipped = ok != state.ok
+    return ProbeState(
+        ok=ok,
+        successes=successes,
+        failures=failures,
+        since=now if flipped else state.since,
+        reason="" if success else reason,
+        results=state.results + 1,
+    )
+
+
+# -- building AppHealth ----------------------------------------------------------------
+
+StateKey = tuple[str, float | None, ProbeRole]
+
+
+def replica_health(
+    target: Target,
+    states: Mapping[StateKey, ProbeState],
+    previous: ReplicaHealth | None,
+    now: float,
+) -> ReplicaHealth:
+    """The verdict for one replica; ``since`` is kept while ``ready`` does not change."""
+    ready, reason = _readiness(target, states)
+    live = True
+    live_state = states.get((target.replica, target.started_at, "liveness"))
+    if target.liveness is not None and live_state is not None and not live_state.ok:
+        live = False
+        reason = reason or f"liveness: {live_state.reason}"
+    terminating = target.phase == "terminating"
+    if terminating:
+        ready, reason = False, "terminating"
+    since = now
+    if previous is not None and previous.ready == ready and previous.terminating == terminating:
+        since = previous.since
+    return ReplicaHealth(
+        id=target.replica,
+        revision=target.revision,
+        node=target.node,
+        endpoint=target.endpoint,
+        ready=ready,
+        terminating=terminating,
+        since=since,
+        reason=reason,
+        live=live,
+        started_at=target.started_at,
+    )
+
+
+def _readiness(target: Target, states: Mapping[StateKey, ProbeState]) -> tuple[bool, str]:
+    if target.phase != "running":
+        return False, f"phase {target.phase}"
+    if not target.endpoint:
+        return False, "no endpoint published for the route port"
+    probe = target.readiness
+    if probe is None:
+        return True, ""
+    if probe.kind == "exec":
+        if target.exec_ready is None:
+            return False, "waiting for the agent's exec probe verdict"
+        return target.exec_ready, "" if target.exec_ready else "exec probe failing"
+    if not target.readiness_endpoint:
+        return False, "no endpoint published for the probe port"
+    state = states.get((target.replica, target.started_at, "readiness"))
+    if state is None:
+        return False, "not probed yet"
+    return state.ok, "" if state.ok else state.reason or "readiness probe failing"
+
+
+def app_health(
+    app: AppState,
+    targets: Iterable[Target],
+    states: Mapping[StateKey, ProbeState],
+    previous: AppHealth | None,
+    now: float,
+) -> AppHealth:
+    before = {r.id: r for r in previous.replicas} if previous is not None else {}
+    replicas = [replica_health(t, states, before.get(t.replica), now) for t in targets]
+    return AppHealth(namespace=app.namespace, name=app.name, replicas=replicas, ts=now)
+
+
+def same_health(a: AppHealth | None, b: AppHealth | None) -> bool:
+    """Equal apart from the publication time."""
+    if a is None or b is None:
+        return a is b
+    return a.model_copy(update={"ts": 0.0}) == b.model_copy(update={"ts": 0.0})
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    replica: str
+    kind: Literal["ready", "unready", "terminating", "liveness_failed", "gone"]
+    reason: str
+
+
+def transitions(previous: AppHealth | None, current: AppHealth | None) -> list[Transition]:
+    """What changed between two published values, for events."""
+    before = {r.id: r for r in previous.replicas} if previous is not None else {}
+    after = {r.id: r for r in current.replicas} if current is not None else {}
+    out: list[Transition] = []
+    for rid, now in after.items():
+        was = before.get(rid)
+        if now.terminating and (was is None or not was.terminating):
+            out.append(Transition(rid, "terminating", now.reason))
+        elif now.ready and (was is None or not was.ready):
+            out.append(Transition(rid, "ready", now.reason))
+        elif not now.ready and not now.terminating and was is not None and was.ready:
+            out.append(Transition(rid, "unready", now.reason))
+        if not now.live and (was is None or was.live):
+            out.append(Transition(rid, "liveness_failed", now.reason))
+    for rid in before.keys() - after.keys():
+        out.append(Transition(rid, "gone", ""))
+    return out
+
+
+def seeded_state(previous: AppHealth | None, target: Target, role: ProbeRole) -> bool | None:
+    """A verdict another instance (or this one before a restart) already published for the
+    same container start: a takeover continues from it instead of flapping to unready."""
+    if previous is None:
+        return None
+    for r in previous.replicas:
+        if r.id == target.replica and r.started_at == target.started_at:
+            if role == "readiness":
+                return r.ready if not r.terminating else None
+            return r.live
+    return None
+
+
+# -- sharing the work ------------------------------------------------------------------
+
+
+def owner(key: str, instances: Iterable[str]) -> str | None:
+    """Rendezvous (highest random weight) hashing: the instance that probes ``key``.
+
+    When an instance leaves, only its keys move; when one joins, it takes about 1/n.
+    """
+    best: tuple[bytes, str] | None = None
+    for inst in instances:
+        weight = hashlib.blake2b(f"{inst}\0{key}".encode(), digest_size=8).digest()
+        if best is None or (weight, inst) > best:
+            best = (weight, inst)
+    return best[1] if best is not None else None
+
+
+def http_success(status: int) -> bool:
+    return 200 <= status < 400
