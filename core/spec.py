@@ -221,6 +221,48 @@ class Termination(Model):
     grace: Duration = 10.0
 
 
+VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class Mount(Model):
+    """A named volume (``source: data``) or a bind mount (``source: /abs/host/path``)."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if not (v.startswith("/") or VOLUME_NAME.match(v)):
+            raise ValueError(
+                f"volume source {v!r} must be an absolute host path or a volume name "
+                "([A-Za-z0-9][A-Za-z0-9_.-]*)"
+            )
+        return v
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"volume target {v!r} must be an absolute path")
+        return v
+
+    @property
+    def is_bind(self) -> bool:
+        return self.source.startswith("/")
+
+
+class Security(Model):
+    """Container hardening; safe by default, each default can be opted out of."""
+
+    no_new_privileges: bool = True
+    read_only_rootfs: bool = False
+    privileged: bool = False
+    cap_add: list[str] = Field(default_factory=list)
+    cap_drop: list[str] = Field(default_factory=list)
+
+
 class AppSpec(Model):
     """One app, as the user declares it."""
 
@@ -240,6 +282,10 @@ class AppSpec(Model):
     autoscale: Autoscale | None = None
     termination: Termination = Field(default_factory=Termination)
     labels: dict[str, str] = Field(default_factory=dict)
+    volumes: list[Mount] = Field(default_factory=list)
+    working_dir: str | None = None
+    user: str | None = None
+    security: Security = Field(default_factory=Security)
 
     @field_validator("name")
     @classmethod
@@ -336,6 +382,11 @@ class AppSpec(Model):
                 "labels",
             },
         )
+        # Container fields added later count only when not default, so hashes stay stable.
+        extras = {"volumes": [], "working_dir": None, "user": None, "security": Security()}
+        for extra, default in extras.items():
+            if getattr(self, extra) != default:
+                fields[extra] = self.model_dump(mode="json", include={extra})[extra]
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

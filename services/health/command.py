@@ -8,24 +8,14 @@ from core.service import run_service
 
 
 @click.command("health")
-@click.option(
-    "--resync", default=10.0, show_default=True, help="seconds between full reconciles"
-)
+@click.option("--resync", default=10.0, show_default=True, help="seconds between full reconciles")
 @service_options
 def command(config: ServiceConfig, resync: float) -> None:
     """Probe every replica's readiness and liveness; publish health/<ns>/<app>."""
-    from services.health.service import HealthService
-
-    run_service(lambda cfg: HealthService(cfg, resync=resync), config) if False else run_service(
-        _factory(resync), config
-    )
-
-
-def _factory(resync: float) -> object:
     from services.health.service import HealthService
 
     class Configured(HealthService):
         def __init__(self, cfg: ServiceConfig) -> None:
             super().__init__(cfg, resync=resync)
 
-    return Configured
+    run_service(Configured, config)
