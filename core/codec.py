@@ -23,6 +23,7 @@ from core.commands import (
     DeleteCommand,
     History,
     HistoryQuery,
+    NodeCommand,
     Reply,
     RollbackCommand,
     RolloutCommand,
@@ -34,11 +35,16 @@ from core.state import (
     AppState,
     Event,
     LbMetrics,
+    LogChunk,
+    LogsRequest,
     NodeAssignment,
+    NodeCordon,
     NodeInfo,
     NodeMetrics,
     NodeReplicas,
     Presence,
+    ScalerStatus,
+    SchedulerStatus,
     WakeUp,
 )
 
@@ -64,6 +70,12 @@ KINDS: dict[str, type[BaseModel]] = {
     "lb_metrics": LbMetrics,
     "node_metrics": NodeMetrics,
     "wake": WakeUp,
+    "node_command": NodeCommand,
+    "cordon": NodeCordon,
+    "scheduler_status": SchedulerStatus,
+    "scaler_status": ScalerStatus,
+    "logs_request": LogsRequest,
+    "logs": LogChunk,
 }
 
 M = TypeVar("M", bound=BaseModel)

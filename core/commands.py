@@ -80,6 +80,19 @@ class History(Model):
     revisions: list[RevisionInfo] = Field(default_factory=list)
 
 
+class NodeCommand(Model):
+    """``cmd/node``: maintenance of one node, handled by the scheduler (its leader replies).
+
+    ``cordon`` stops new placements on the node; ``drain`` cordons it and moves every
+    replica off, each replacement ready before the replica it replaces is stopped;
+    ``uncordon`` undoes both.
+    """
+
+    node: str
+    action: Literal["cordon", "uncordon", "drain"]
+    reason: str = ""
+
+
 AppChange = Literal["created", "updated", "scaled", "unchanged", "deleted"]
 
 

@@ -190,23 +190,44 @@ class Update(Model):
         return self
 
 
+def _fraction(value: object) -> object:
+    """Utilisation targets: a fraction (``0.7``) or a percentage string (``"70%"``)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"invalid percentage {value!r}: use e.g. 70% or 0.7") from None
+    if isinstance(value, int | float) and not isinstance(value, bool) and not 0 < value <= 1:
+        raise ValueError(
+            f"utilisation target {value} must be a fraction of the request in (0, 1], "
+            "e.g. 0.7 or '70%'"
+        )
+    return value
+
+
+Fraction = Annotated[float, BeforeValidator(_fraction)]
+
+
 class ScaleTarget(Model):
     rps_per_replica: float | None = Field(default=None, gt=0)
     inflight_per_replica: float | None = Field(default=None, gt=0)
     p95_latency_ms: float | None = Field(default=None, gt=0)
-    cpu_utilization: float | None = Field(default=None, gt=0, le=1)
-    memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    cpu_utilization: Fraction | None = Field(default=None, gt=0, le=1)
+    memory_utilization: Fraction | None = Field(default=None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _some_target(self) -> ScaleTarget:
         if all(getattr(self, name) is None for name in type(self).model_fields):
-            raise ValueError("autoscale target needs at least one metric")
+            raise ValueError(
+                "autoscale target needs at least one metric: "
+                + ", ".join(type(self).model_fields)
+            )
         return self
 
 
 class Autoscale(Model):
-    min: int = Field(default=1, ge=0)
-    max: int = Field(ge=1)
+    min: int = Field(default=1, ge=0, le=10_000)
+    max: int = Field(ge=1, le=10_000)
     target: ScaleTarget
 
     @model_validator(mode="after")
@@ -334,6 +355,11 @@ class AppSpec(Model):
 
         if self.route is not None:
             check_port(self.route.port, "route")
+        if self.autoscale is not None and self.autoscale.min == 0 and self.route is None:
+            raise ValueError(
+                "autoscale min 0 (scale to zero) needs a route: only the balancer can hold "
+                "a request and wake the app"
+            )
         for which in ("readiness", "liveness"):
             probe: Probe | None = getattr(self.health, which)
             if probe is not None and probe.kind != "exec":

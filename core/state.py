@@ -117,6 +117,37 @@ class NodeAssignment(Model):
         return self.specs[replica.spec_key]
 
 
+class NodeCordon(Model):
+    """Retained on ``nodes/<node>/cordon`` (writer: scheduler); absent = schedulable.
+
+    A cordoned node gets no new replicas; a draining one also has its replicas moved away.
+    """
+
+    node: str
+    drain: bool = False
+    reason: str = ""
+    since: float = 0.0
+
+
+class SchedulerStatus(Model):
+    """Retained on ``status/scheduler/<ns>/<app>`` (writer: scheduler): placement of one app.
+
+    ``unplaceable`` replicas could not be placed; ``message`` says why, with the reasons
+    counted per node (``0/5 nodes fit: 3 insufficient memory, 2 constraint zone``).
+    """
+
+    namespace: str
+    name: str
+    desired: int = 0
+    placed: int = 0
+    unplaceable: int = 0
+    leaving: int = 0
+    message: str = ""
+    reasons: dict[str, int] = Field(default_factory=dict)
+    nodes: dict[str, int] = Field(default_factory=dict, description="node -> replicas")
+    ts: float = 0.0
+
+
 # -- observed replicas (writer: each agent for itself) ---------------------------------
 
 ReplicaPhase = Literal[
@@ -263,9 +294,70 @@ class NodeMetrics(Model):
     ts: float = 0.0
 
 
+# -- logs (request/stream; not retained) -----------------------------------------------
+
+
+class LogsRequest(Model):
+    """``logs/request``: stream the logs of an app's replicas to ``logs/stream/<id>``.
+
+    Every agent running a matching replica answers. With ``follow`` the agent keeps
+    streaming while the requester re-sends the same request within ``lease`` seconds.
+    """
+
+    id: str
+    namespace: str = "default"
+    app: str
+    replica: str | None = None
+    tail: int | None = Field(default=None, ge=0)
+    follow: bool = False
+    lease: float = Field(default=10.0, gt=0)
+
+
+class LogChunk(Model):
+    """``logs/stream/<id>``: a batch of lines from one replica; ``eof`` ends its stream."""
+
+    request: str
+    node: str
+    replica: str
+    lines: list[str] = Field(default_factory=list)
+    eof: bool = False
+    error: str = ""
+
+
 class WakeUp(Model):
     """``wake/<ns>/<app>``: the balancer holds requests for an app scaled to zero."""
 
     namespace: str
     name: str
     held: int = 0
+
+
+# -- autoscaler status (writer: scaler) ------------------------------------------------
+
+ScalerCode = Literal[
+    "scale_up",
+    "scale_down",
+    "wake",
+    "to_zero",
+    "bounds",
+    "hold",
+    "stabilising",
+    "cooldown",
+    "at_zero",
+    "no_metrics",
+    "error",
+]
+
+
+class ScalerStatus(Model):
+    """Retained on ``status/scaler/<ns>/<app>``: the autoscaler's last decision and why."""
+
+    namespace: str
+    name: str
+    current: int = Field(ge=0, description="desired replicas in the app record")
+    desired: int = Field(ge=0, description="what the autoscaler wants now")
+    code: ScalerCode
+    reason: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    last_scaled: float | None = Field(default=None, description="unix time of the last change")
+    ts: float = 0.0

@@ -73,6 +73,21 @@ class Topics:
     def all_node_replicas(self) -> str:
         return f"{self.prefix}/nodes/+/replicas"
 
+    def node_cordon(self, node: str) -> str:
+        return f"{self.prefix}/nodes/{level(node)}/cordon"
+
+    @property
+    def all_node_cordon(self) -> str:
+        return f"{self.prefix}/nodes/+/cordon"
+
+    # -- scheduler status (scheduler) -------------------------------------------------
+    def scheduler_status(self, namespace: str, name: str) -> str:
+        return f"{self.prefix}/status/scheduler/{level(namespace)}/{level(name)}"
+
+    @property
+    def all_scheduler_status(self) -> str:
+        return f"{self.prefix}/status/scheduler/+/+"
+
     # -- health -----------------------------------------------------------------------
     def health(self, namespace: str, name: str) -> str:
         return f"{self.prefix}/health/{level(namespace)}/{level(name)}"
@@ -102,6 +117,21 @@ class Topics:
     @property
     def all_wake(self) -> str:
         return f"{self.prefix}/wake/+/+"
+
+    # -- logs: request on one topic, each answer streamed on its own topic ------------
+    @property
+    def logs_request(self) -> str:
+        return f"{self.prefix}/logs/request"
+
+    def logs_stream(self, request_id: str) -> str:
+        return f"{self.prefix}/logs/stream/{level(request_id)}"
+
+    def scaler_status(self, namespace: str, name: str) -> str:
+        return f"{self.prefix}/status/scaler/{level(namespace)}/{level(name)}"
+
+    @property
+    def all_scaler_status(self) -> str:
+        return f"{self.prefix}/status/scaler/+/+"
 
     def event(self, kind: str) -> str:
         return f"{self.prefix}/events/{level(kind)}"

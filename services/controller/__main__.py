@@ -1,0 +1,3 @@
+from services.controller.command import command
+
+command()
