@@ -65,32 +65,47 @@ def _print_reply(reply: Reply) -> None:
     if not reply.ok:
         _fail(reply.errors)
     for result in reply.results:
-        click.echo(f"app {result.namespace}/{result.name} {result.change} "
-                   f"(revision {result.revision})")
+        click.echo(
+            f"app {result.namespace}/{result.name} {result.change} (revision {result.revision})"
+        )
 
 
 # -- apply ------------------------------------------------------------------------------
 
 
 @click.command()
-@click.option("-f", "--file", "files", multiple=True, required=True,
-              help="YAML or JSON file with one or more apps ('-' for stdin)")
+@click.option(
+    "-f",
+    "--file",
+    "files",
+    multiple=True,
+    required=True,
+    help="YAML or JSON file with one or more apps ('-' for stdin)",
+)
 @click.option("--wait", is_flag=True, help="return once every app's replicas are ready")
 @click.option("--wait-timeout", default=300.0, show_default=True, help="seconds, with --wait")
 @click.option("--dry-run", is_flag=True, help="validate and show what would change")
 @client_options
-def apply(opts: ClientOptions, files: tuple[str, ...], wait: bool, wait_timeout: float,
-          dry_run: bool) -> None:
+def apply(
+    opts: ClientOptions, files: tuple[str, ...], wait: bool, wait_timeout: float, dry_run: bool
+) -> None:
     """Create or update apps from files."""
     docs = _load_files(files)
     run_async(_apply(opts, docs, wait, wait_timeout, dry_run, ",".join(files)))
 
 
-async def _apply(opts: ClientOptions, docs: list[Any], wait: bool, wait_timeout: float,
-                 dry_run: bool, source: str) -> None:
+async def _apply(
+    opts: ClientOptions,
+    docs: list[Any],
+    wait: bool,
+    wait_timeout: float,
+    dry_run: bool,
+    source: str,
+) -> None:
     async with connect(opts) as bus:
         env = await bus.request(
-            bus.topics.cmd("apply"), "apply",
+            bus.topics.cmd("apply"),
+            "apply",
             ApplyCommand(apps=docs, dry_run=dry_run, source=f"cli:{source}"),
             timeout=opts.timeout,
         )
@@ -104,8 +119,7 @@ async def _apply(opts: ClientOptions, docs: list[Any], wait: bool, wait_timeout:
 def rollout_progress(app: AppState, health: AppHealth | None) -> tuple[int, int, int]:
     """(ready replicas of the current revision, desired, replicas of other revisions)."""
     replicas = health.replicas if health else []
-    ready = sum(1 for r in replicas if r.revision == app.revision and r.ready
-                and not r.terminating)
+    ready = sum(1 for r in replicas if r.revision == app.revision and r.ready and not r.terminating)
     others = sum(1 for r in replicas if r.revision != app.revision and not r.terminating)
     return ready, app.replicas, others
 
@@ -116,16 +130,22 @@ async def wait_ready(bus: Bus, keys: list[tuple[str, str]], timeout: float) -> N
     await bus.subscribe(topics.all_apps, lambda t, e: None, cache=True)
     await bus.subscribe(topics.all_health, lambda t, e: None, cache=True)
     started = time.monotonic()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
-            "{task.completed}/{task.total} ready {task.fields[note]}"), TimeElapsedColumn(),
-            console=err_console, transient=False) as progress:
-        tasks = {key: progress.add_task(f"{key[0]}/{key[1]}", total=None, note="")
-                 for key in keys}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} ready {task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
+        tasks = {key: progress.add_task(f"{key[0]}/{key[1]}", total=None, note="") for key in keys}
         pending = set(keys)
         while pending:
             if time.monotonic() - started > timeout:
-                raise ShoalError(f"timed out after {timeout:g}s waiting for "
-                                 + ", ".join(f"{ns}/{n}" for ns, n in sorted(pending)))
+                raise ShoalError(
+                    f"timed out after {timeout:g}s waiting for "
+                    + ", ".join(f"{ns}/{n}" for ns, n in sorted(pending))
+                )
             for key in list(pending):
                 env = bus.cache.get(topics.app(*key))
                 if env is None:
@@ -180,11 +200,19 @@ def get(opts: ClientOptions, what: str, namespace: str | None, output: str) -> N
 async def _get(opts: ClientOptions, what: str, namespace: str | None, output: str) -> None:
     async with connect(opts) as bus:
         t = bus.topics
-        await snapshot(bus, t.all_apps, t.all_health, t.all_node_info, t.all_node_replicas,
-                       f"{t.prefix}/status/#")
+        await snapshot(
+            bus,
+            t.all_apps,
+            t.all_health,
+            t.all_node_info,
+            t.all_node_replicas,
+            f"{t.prefix}/status/#",
+        )
         apps = [e.open(AppState) for e in bus.cached(t.all_apps).values()]
-        healths = {(h.namespace, h.name): h for h in
-                   (e.open(AppHealth) for e in bus.cached(t.all_health).values())}
+        healths = {
+            (h.namespace, h.name): h
+            for h in (e.open(AppHealth) for e in bus.cached(t.all_health).values())
+        }
         nodes = [e.open(NodeInfo) for e in bus.cached(t.all_node_info).values()]
         observed = [e.open(NodeReplicas) for e in bus.cached(t.all_node_replicas).values()]
         statuses = {topic: env.body for topic, env in bus.cached(f"{t.prefix}/status/#").items()}
@@ -192,8 +220,10 @@ async def _get(opts: ClientOptions, what: str, namespace: str | None, output: st
         apps = [a for a in apps if a.namespace == namespace]
     apps.sort(key=lambda a: (a.namespace, a.name))
     nodes.sort(key=lambda n: n.node)
-    replicas = sorted((r for o in observed for r in o.replicas
-                       if not namespace or r.namespace == namespace), key=lambda r: r.id)
+    replicas = sorted(
+        (r for o in observed for r in o.replicas if not namespace or r.namespace == namespace),
+        key=lambda r: r.id,
+    )
     if what == "apps":
         _show_apps(apps, healths, statuses, opts.prefix, output)
     elif what == "nodes":
@@ -201,26 +231,42 @@ async def _get(opts: ClientOptions, what: str, namespace: str | None, output: st
     else:
         ready = {r.id: r for h in healths.values() for r in h.replicas}
         if output == "json":
-            print_json([{**r.model_dump(mode="json"),
-                         "ready": bool(ready.get(r.id) and ready[r.id].ready)}
-                        for r in replicas])
+            print_json(
+                [
+                    {
+                        **r.model_dump(mode="json"),
+                        "ready": bool(ready.get(r.id) and ready[r.id].ready),
+                    }
+                    for r in replicas
+                ]
+            )
             return
         table = Table(box=None, header_style="bold")
-        for col in ("ID", "APP", "REV", "NODE", "PHASE", "READY", "ENDPOINTS", "RESTARTS",
-                    "AGE"):
+        for col in ("ID", "APP", "REV", "NODE", "PHASE", "READY", "ENDPOINTS", "RESTARTS", "AGE"):
             table.add_column(col)
         for r in replicas:
             h = ready.get(r.id)
-            table.add_row(r.id, f"{r.namespace}/{r.app}", str(r.revision), r.node,
-                          r.phase + (f" ({r.reason})" if r.reason else ""),
-                          "yes" if h and h.ready else "no",
-                          " ".join(f"{k}={v}" for k, v in r.endpoints.items()) or "-",
-                          str(r.restarts), _age(r.started_at))
+            table.add_row(
+                r.id,
+                f"{r.namespace}/{r.app}",
+                str(r.revision),
+                r.node,
+                r.phase + (f" ({r.reason})" if r.reason else ""),
+                "yes" if h and h.ready else "no",
+                " ".join(f"{k}={v}" for k, v in r.endpoints.items()) or "-",
+                str(r.restarts),
+                _age(r.started_at),
+            )
         console.print(table)
 
 
-def _show_apps(apps: list[AppState], healths: dict[tuple[str, str], AppHealth],
-               statuses: dict[str, dict[str, Any]], prefix: str, output: str) -> None:
+def _show_apps(
+    apps: list[AppState],
+    healths: dict[tuple[str, str], AppHealth],
+    statuses: dict[str, dict[str, Any]],
+    prefix: str,
+    output: str,
+) -> None:
     def notes(app: AppState) -> str:
         parts = []
         for topic, body in statuses.items():
@@ -233,39 +279,71 @@ def _show_apps(apps: list[AppState], healths: dict[tuple[str, str], AppHealth],
         return "; ".join(parts)
 
     if output == "json":
-        print_json([{**a.model_dump(mode="json"),
-                     "ready": rollout_progress(a, healths.get((a.namespace, a.name)))[0],
-                     "notes": notes(a)} for a in apps])
+        print_json(
+            [
+                {
+                    **a.model_dump(mode="json"),
+                    "ready": rollout_progress(a, healths.get((a.namespace, a.name)))[0],
+                    "notes": notes(a),
+                }
+                for a in apps
+            ]
+        )
         return
     table = Table(box=None, header_style="bold")
-    for col in ("NAMESPACE", "NAME", "REVISION", "READY", "IMAGE", "ROUTE", "PHASE", "AGE",
-                "NOTES"):
+    for col in (
+        "NAMESPACE",
+        "NAME",
+        "REVISION",
+        "READY",
+        "IMAGE",
+        "ROUTE",
+        "PHASE",
+        "AGE",
+        "NOTES",
+    ):
         table.add_column(col)
     for a in apps:
         ready, desired, _ = rollout_progress(a, healths.get((a.namespace, a.name)))
         route = "-"
         if a.spec.route is not None:
             route = f"{a.spec.route.host or '*'}{a.spec.route.path}"
-        table.add_row(a.namespace, a.name, str(a.revision), f"{ready}/{desired}", a.spec.image,
-                      route, a.phase, _age(a.updated), notes(a))
+        table.add_row(
+            a.namespace,
+            a.name,
+            str(a.revision),
+            f"{ready}/{desired}",
+            a.spec.image,
+            route,
+            a.phase,
+            _age(a.updated),
+            notes(a),
+        )
     console.print(table)
 
 
 def _show_nodes(nodes: list[NodeInfo], observed: list[NodeReplicas], output: str) -> None:
     counts = {o.node: len(o.replicas) for o in observed}
     if output == "json":
-        print_json([{**n.model_dump(mode="json"), "replicas": counts.get(n.node, 0)}
-                    for n in nodes])
+        print_json(
+            [{**n.model_dump(mode="json"), "replicas": counts.get(n.node, 0)} for n in nodes]
+        )
         return
     table = Table(box=None, header_style="bold")
     for col in ("NODE", "ADDRESS", "STATUS", "CPU", "MEMORY", "REPLICAS", "LABELS", "HEARTBEAT"):
         table.add_column(col)
     for n in nodes:
         status = n.status + (f" ({n.reason})" if n.reason else "")
-        table.add_row(n.node, n.address, status, f"{n.capacity.cpu:g}",
-                      format_memory(n.capacity.memory), str(counts.get(n.node, 0)),
-                      ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-",
-                      _age(n.heartbeat))
+        table.add_row(
+            n.node,
+            n.address,
+            status,
+            f"{n.capacity.cpu:g}",
+            format_memory(n.capacity.memory),
+            str(counts.get(n.node, 0)),
+            ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-",
+            _age(n.heartbeat),
+        )
     console.print(table)
 
 
@@ -277,8 +355,9 @@ def _show_nodes(nodes: list[NodeInfo], observed: list[NodeReplicas], output: str
 @click.option("-f", "--file", "files", multiple=True, help="delete every app in these files")
 @click.option("-n", "--namespace", default="default", show_default=True)
 @client_options
-def delete(opts: ClientOptions, target: tuple[str, ...], files: tuple[str, ...],
-           namespace: str) -> None:
+def delete(
+    opts: ClientOptions, target: tuple[str, ...], files: tuple[str, ...], namespace: str
+) -> None:
     """Delete apps: ``delete app NAME [-n NS]`` or ``delete -f FILE``."""
     commands: list[DeleteCommand] = []
     if files:
@@ -305,8 +384,7 @@ async def _delete(opts: ClientOptions, commands: list[DeleteCommand]) -> None:
     failed = False
     async with connect(opts) as bus:
         for cmd in commands:
-            env = await bus.request(bus.topics.cmd("delete"), "delete", cmd,
-                                    timeout=opts.timeout)
+            env = await bus.request(bus.topics.cmd("delete"), "delete", cmd, timeout=opts.timeout)
             reply = env.open(Reply)
             if reply.ok:
                 click.echo(f"app {cmd.namespace}/{cmd.name} deleted")

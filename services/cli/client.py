@@ -38,12 +38,27 @@ class ClientOptions:
 def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--broker --prefix --timeout`` for commands that talk to a running cluster."""
 
-    @click.option("--broker", envvar="SHOAL_BROKER", default=DEFAULT_BROKER, show_default=True,
-                  help="mqtt://[user:pass@]host[:port] or mqtts://...")
-    @click.option("--prefix", envvar="SHOAL_PREFIX", default="shoal", show_default=True,
-                  help="topic prefix of the cluster")
-    @click.option("--timeout", default=10.0, show_default=True, type=float,
-                  help="seconds to wait for the broker and for replies")
+    @click.option(
+        "--broker",
+        envvar="SHOAL_BROKER",
+        default=DEFAULT_BROKER,
+        show_default=True,
+        help="mqtt://[user:pass@]host[:port] or mqtts://...",
+    )
+    @click.option(
+        "--prefix",
+        envvar="SHOAL_PREFIX",
+        default="shoal",
+        show_default=True,
+        help="topic prefix of the cluster",
+    )
+    @click.option(
+        "--timeout",
+        default=10.0,
+        show_default=True,
+        type=float,
+        help="seconds to wait for the broker and for replies",
+    )
     @functools.wraps(func)
     def wrapper(broker: str, prefix: str, timeout: float, **kwargs: Any) -> Any:
         return func(opts=ClientOptions(broker, prefix, timeout), **kwargs)

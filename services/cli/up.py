@@ -74,8 +74,9 @@ class Supervisor:
             await child.start()
             if child.name == "broker":
                 await self._wait_broker(child)
-        watchers = [asyncio.create_task(self._watch(c), name=f"watch-{c.name}")
-                    for c in self.children]
+        watchers = [
+            asyncio.create_task(self._watch(c), name=f"watch-{c.name}") for c in self.children
+        ]
         await self._stopping.wait()
         for w in watchers:
             w.cancel()
@@ -100,8 +101,10 @@ class Supervisor:
             if time.monotonic() - child.started > 30:
                 child.backoff.reset()
             delay = child.backoff.next()
-            err_console.print(f"shoal: {child.name} exited with code {code}; "
-                              f"restarting in {delay:.1f}s", highlight=False)
+            err_console.print(
+                f"shoal: {child.name} exited with code {code}; restarting in {delay:.1f}s",
+                highlight=False,
+            )
             await asyncio.sleep(delay)
             await child.start()
 
@@ -111,42 +114,102 @@ def _has_service(name: str) -> bool:
 
 
 @click.command()
-@click.option("--broker", envvar="SHOAL_BROKER", default=DEFAULT_BROKER, show_default=True,
-              help="broker URL; an embedded broker is started there if nothing listens")
+@click.option(
+    "--broker",
+    envvar="SHOAL_BROKER",
+    default=DEFAULT_BROKER,
+    show_default=True,
+    help="broker URL; an embedded broker is started there if nothing listens",
+)
 @click.option("--prefix", envvar="SHOAL_PREFIX", default="shoal", show_default=True)
-@click.option("--listen", default="127.0.0.1:8080", show_default=True,
-              help="balancer address for user traffic")
-@click.option("--admin", default="127.0.0.1:9090", show_default=True,
-              help="balancer admin address (/metrics)")
-@click.option("--data-dir", default=data_dir_default, show_default="./.shoal",
-              help="where the controller keeps desired state and history")
-@click.option("--node-id", default=lambda: socket.gethostname().split(".")[0],
-              show_default="host name", help="id of the local node")
-@click.option("--address", default="127.0.0.1", show_default=True,
-              help="advertise address of the local node (replica ports are published there)")
+@click.option(
+    "--listen",
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="balancer address for user traffic",
+)
+@click.option(
+    "--admin", default="127.0.0.1:9090", show_default=True, help="balancer admin address (/metrics)"
+)
+@click.option(
+    "--data-dir",
+    default=data_dir_default,
+    show_default="./.shoal",
+    help="where the controller keeps desired state and history",
+)
+@click.option(
+    "--node-id",
+    default=lambda: socket.gethostname().split(".")[0],
+    show_default="host name",
+    help="id of the local node",
+)
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="advertise address of the local node (replica ports are published there)",
+)
 @click.option("--labels", default="", help="node labels k=v,k=v")
 @click.option("--no-agent", is_flag=True, help="do not run a local agent (control plane only)")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--log-format", default="console", show_default=True,
-              type=click.Choice(["console", "json"]))
-def up(broker: str, prefix: str, listen: str, admin: str, data_dir: str, node_id: str,
-       address: str, labels: str, no_agent: bool, log_level: str, log_format: str) -> None:
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.option(
+    "--log-format", default="console", show_default=True, type=click.Choice(["console", "json"])
+)
+def up(
+    broker: str,
+    prefix: str,
+    listen: str,
+    admin: str,
+    data_dir: str,
+    node_id: str,
+    address: str,
+    labels: str,
+    no_agent: bool,
+    log_level: str,
+    log_format: str,
+) -> None:
     """Run a whole cluster on this machine in the foreground (Ctrl-C stops it)."""
     try:
         url = BrokerURL.parse(broker)
     except ConfigError as err:
         raise click.BadParameter(str(err), param_hint="--broker") from err
     py = sys.executable
-    common = ["--broker", broker, "--prefix", prefix, "--log-level", log_level,
-              "--log-format", log_format]
+    common = [
+        "--broker",
+        broker,
+        "--prefix",
+        prefix,
+        "--log-level",
+        log_level,
+        "--log-format",
+        log_format,
+    ]
     children: list[Child] = []
     if not _listening(url.host, url.port):
         if url.host not in ("127.0.0.1", "localhost", "0.0.0.0", "::1") or url.tls:
-            raise click.ClickException(f"no broker answers at {url} (the embedded broker "
-                                       "only starts on a local plain mqtt:// address)")
-        children.append(Child("broker", [py, "-m", "services.broker", "--log-level", log_level,
-                                         "--listen", f"{url.host}:{url.port}"]))
+            raise click.ClickException(
+                f"no broker answers at {url} (the embedded broker "
+                "only starts on a local plain mqtt:// address)"
+            )
+        children.append(
+            Child(
+                "broker",
+                [
+                    py,
+                    "-m",
+                    "services.broker",
+                    "--log-level",
+                    log_level,
+                    "--listen",
+                    f"{url.host}:{url.port}",
+                ],
+            )
+        )
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     plan: list[tuple[str, list[str]]] = [
         ("controller", ["--data-dir", data_dir]),
@@ -166,7 +229,9 @@ def up(broker: str, prefix: str, listen: str, admin: str, data_dir: str, node_id
     names = ", ".join(c.name for c in children)
     err_console.print(
         f"[bold]shoal up[/bold]: broker {url} · balancer http://{listen} · data {data_dir}\n"
-        f"  services: {names}\n  try: shoal apply -f configs/demo.yaml --wait", highlight=False)
+        f"  services: {names}\n  try: shoal apply -f configs/demo.yaml --wait",
+        highlight=False,
+    )
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
     async def main() -> None:

@@ -60,8 +60,9 @@ def test_apply_kill_invalid_delete(cluster: Cluster) -> None:
 
     # An invalid spec is refused with the errors, and the running app is untouched.
     before = sorted(cluster.containers(app="echo"))
-    bad = cluster.apply_text(ECHO.format(replicas=3).replace("memory: 32Mi", "memory: lots"),
-                             check=False)
+    bad = cluster.apply_text(
+        ECHO.format(replicas=3).replace("memory: 32Mi", "memory: lots"), check=False
+    )
     assert bad.returncode == 1
     assert "resources.memory: invalid memory size 'lots'" in bad.stderr
     assert "nothing was changed" in bad.stderr
@@ -79,13 +80,31 @@ def test_apply_kill_invalid_delete(cluster: Cluster) -> None:
 @pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="needs mosquitto-clients")
 def test_json_desired_state_event_from_mosquitto_pub(cluster: Cluster) -> None:
     cluster.start()
-    spec = {"name": "plain", "image": "shoal-test/echo:v1", "replicas": 2,
-            "resources": {"cpu": 0.05, "memory": "32Mi"}, "ports": {"http": 8080},
-            "route": {"host": "plain.test", "port": "http"}}
+    spec = {
+        "name": "plain",
+        "image": "shoal-test/echo:v1",
+        "replicas": 2,
+        "resources": {"cpu": 0.05, "memory": "32Mi"},
+        "ports": {"http": 8080},
+        "route": {"host": "plain.test", "port": "http"},
+    }
     event = {"kind": "apply", "body": {"apps": [spec]}}
-    subprocess.run(["mosquitto_pub", "-h", cluster.broker.host, "-p", str(cluster.broker.port),
-                    "-q", "1", "-t", f"{cluster.prefix}/cmd/apply", "-m", json.dumps(event)],
-                   check=True)
+    subprocess.run(
+        [
+            "mosquitto_pub",
+            "-h",
+            cluster.broker.host,
+            "-p",
+            str(cluster.broker.port),
+            "-q",
+            "1",
+            "-t",
+            f"{cluster.prefix}/cmd/apply",
+            "-m",
+            json.dumps(event),
+        ],
+        check=True,
+    )
 
     def both_answer() -> bool:
         names = set()

@@ -31,8 +31,7 @@ def http_get(url: str, host: str | None = None, timeout: float = 5.0) -> HttpRes
     req = urllib.request.Request(url, headers={"Host": host} if host else {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return HttpResult(resp.status, resp.read().decode(errors="replace"),
-                              dict(resp.headers))
+            return HttpResult(resp.status, resp.read().decode(errors="replace"), dict(resp.headers))
     except urllib.error.HTTPError as err:
         return HttpResult(err.code, err.read().decode(errors="replace"), dict(err.headers))
 
@@ -56,12 +55,19 @@ class Cluster:
         """Start the control plane and one agent per ``node id -> address``."""
         url = self.broker.url
         self.services["controller"] = self.procs.service(
-            "controller", url, "--data-dir", str(self.data_dir), prefix=self.prefix)
+            "controller", url, "--data-dir", str(self.data_dir), prefix=self.prefix
+        )
         self.services["scheduler"] = self.procs.service("scheduler", url, prefix=self.prefix)
         self.services["health"] = self.procs.service("health", url, prefix=self.prefix)
         self.services["balancer"] = self.procs.service(
-            "balancer", url, "--listen", f"127.0.0.1:{self.listen_port}",
-            "--admin", f"127.0.0.1:{self.admin_port}", prefix=self.prefix)
+            "balancer",
+            url,
+            "--listen",
+            f"127.0.0.1:{self.listen_port}",
+            "--admin",
+            f"127.0.0.1:{self.admin_port}",
+            prefix=self.prefix,
+        )
         if scaler:
             self.services["scaler"] = self.procs.service("scaler", url, prefix=self.prefix)
         for node, address in (agents or {"node-1": "127.0.0.1"}).items():
@@ -70,27 +76,46 @@ class Cluster:
         return self
 
     def start_agent(self, node: str, address: str, *extra: str) -> Proc:
-        proc = self.procs.service("agent", self.broker.url, "--node-id", node, "--address",
-                                  address, *extra, prefix=self.prefix, name=f"agent-{node}")
+        proc = self.procs.service(
+            "agent",
+            self.broker.url,
+            "--node-id",
+            node,
+            "--address",
+            address,
+            *extra,
+            prefix=self.prefix,
+            name=f"agent-{node}",
+        )
         self.agents[node] = proc
         return proc
 
     # -- the CLI, exactly as a user runs it --------------------------------------------
-    def shoal(self, *args: str, check: bool = True, timeout: float = 180,
-              stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    def shoal(
+        self, *args: str, check: bool = True, timeout: float = 180, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "services.cli", *args]
         env_args = {"SHOAL_BROKER": self.broker.url, "SHOAL_PREFIX": self.prefix}
         import os
 
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                env={**os.environ, **env_args}, input=stdin)
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **env_args},
+            input=stdin,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"shoal {' '.join(args)} failed ({result.returncode}):\n"
-                                 f"{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"shoal {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
         return result
 
-    def apply_text(self, text: str, *args: str, check: bool = True
-                   ) -> subprocess.CompletedProcess[str]:
+    def apply_text(
+        self, text: str, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         path = self.procs.workdir / f"spec-{uuid.uuid4().hex[:6]}.yaml"
         path.write_text(text)
         return self.shoal("apply", "-f", str(path), *args, check=check)
@@ -120,8 +145,9 @@ class Cluster:
         return http_get(self.lb_url + path, host, timeout)
 
 
-def wait_for(predicate: object, timeout: float = 30.0, interval: float = 0.2,
-             message: str = "condition") -> object:
+def wait_for(
+    predicate: object, timeout: float = 30.0, interval: float = 0.2, message: str = "condition"
+) -> object:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:

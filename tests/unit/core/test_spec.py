@@ -63,41 +63,84 @@ def test_several_documents_json_list_and_apps_wrapper() -> None:
         ({"image": "x"}, "app 1: name: required field is missing"),
         ({"name": "Web", "image": "x"}, "app 1 (Web): name: name 'Web' must be a DNS label"),
         ({"name": "a", "image": "x", "replcias": 3}, "app 1 (a): replcias: unknown field"),
-        ({"name": "a", "image": "x", "replicas": -1},
-         "app 1 (a): replicas: Input should be greater than or equal to 0"),
-        ({"name": "a", "image": "x", "resources": {"memory": "12x"}},
-         "app 1 (a): resources.memory: invalid memory size '12x'"),
-        ({"name": "a", "image": "x", "resources": {"cpu": "lots"}},
-         "app 1 (a): resources.cpu: invalid cpu amount 'lots'"),
-        ({"name": "a", "image": "x", "resources": {"memory": "1Mi"}},
-         "app 1 (a): resources.memory: memory must be at least 6Mi"),
-        ({"name": "a", "image": "x", "ports": {"http": 70000}},
-         "app 1 (a): ports: port 'http': 70000 is not in 1-65535"),
-        ({"name": "a", "image": "x", "ports": {"http": 80}, "route": {"port": "web"}},
-         "app 1 (a): route refers to port 'web', not among ports (http)"),
-        ({"name": "a", "image": "x", "route": {"path": "/"}},
-         "app 1 (a): route needs a port, and the app declares no ports"),
-        ({"name": "a", "image": "x", "ports": {"http": 80},
-          "health": {"readiness": {"http": "healthz"}}},
-         "app 1 (a): health.readiness: http probe path 'healthz' must start with '/'"),
-        ({"name": "a", "image": "x", "ports": {"http": 80},
-          "health": {"readiness": {"http": "/h", "tcp": "http"}}},
-         "app 1 (a): health.readiness: a probe needs exactly one of http, tcp or exec"),
-        ({"name": "a", "image": "x", "health": {"readiness": {"http": "/", "interval": "soon"}}},
-         "app 1 (a): health.readiness.interval: invalid duration 'soon'"),
-        ({"name": "a", "image": "x", "autoscale": {"min": 5, "max": 2,
-                                                   "target": {"rps_per_replica": 1}}},
-         "app 1 (a): autoscale: autoscale min (5) is greater than max (2)"),
-        ({"name": "a", "image": "x", "autoscale": {"max": 2, "target": {}}},
-         "app 1 (a): autoscale.target: autoscale target needs at least one metric"),
-        ({"name": "a", "image": "x", "update": {"max_surge": 0, "max_unavailable": 0}},
-         "app 1 (a): update: max_surge and max_unavailable cannot both be 0"),
-        ({"name": "a", "image": "has space"},
-         "app 1 (a): image: image 'has space' must not contain white space"),
-        ({"name": "a", "image": "x", "env": {"1BAD": "v"}},
-         "app 1 (a): env: env name '1BAD' must match"),
-        ({"name": "a", "image": "x", "placement": {"strategy": "random"}},
-         "app 1 (a): placement.strategy: Input should be 'spread' or 'binpack'"),
+        (
+            {"name": "a", "image": "x", "replicas": -1},
+            "app 1 (a): replicas: Input should be greater than or equal to 0",
+        ),
+        (
+            {"name": "a", "image": "x", "resources": {"memory": "12x"}},
+            "app 1 (a): resources.memory: invalid memory size '12x'",
+        ),
+        (
+            {"name": "a", "image": "x", "resources": {"cpu": "lots"}},
+            "app 1 (a): resources.cpu: invalid cpu amount 'lots'",
+        ),
+        (
+            {"name": "a", "image": "x", "resources": {"memory": "1Mi"}},
+            "app 1 (a): resources.memory: memory must be at least 6Mi",
+        ),
+        (
+            {"name": "a", "image": "x", "ports": {"http": 70000}},
+            "app 1 (a): ports: port 'http': 70000 is not in 1-65535",
+        ),
+        (
+            {"name": "a", "image": "x", "ports": {"http": 80}, "route": {"port": "web"}},
+            "app 1 (a): route refers to port 'web', not among ports (http)",
+        ),
+        (
+            {"name": "a", "image": "x", "route": {"path": "/"}},
+            "app 1 (a): route needs a port, and the app declares no ports",
+        ),
+        (
+            {
+                "name": "a",
+                "image": "x",
+                "ports": {"http": 80},
+                "health": {"readiness": {"http": "healthz"}},
+            },
+            "app 1 (a): health.readiness: http probe path 'healthz' must start with '/'",
+        ),
+        (
+            {
+                "name": "a",
+                "image": "x",
+                "ports": {"http": 80},
+                "health": {"readiness": {"http": "/h", "tcp": "http"}},
+            },
+            "app 1 (a): health.readiness: a probe needs exactly one of http, tcp or exec",
+        ),
+        (
+            {"name": "a", "image": "x", "health": {"readiness": {"http": "/", "interval": "soon"}}},
+            "app 1 (a): health.readiness.interval: invalid duration 'soon'",
+        ),
+        (
+            {
+                "name": "a",
+                "image": "x",
+                "autoscale": {"min": 5, "max": 2, "target": {"rps_per_replica": 1}},
+            },
+            "app 1 (a): autoscale: autoscale min (5) is greater than max (2)",
+        ),
+        (
+            {"name": "a", "image": "x", "autoscale": {"max": 2, "target": {}}},
+            "app 1 (a): autoscale.target: autoscale target needs at least one metric",
+        ),
+        (
+            {"name": "a", "image": "x", "update": {"max_surge": 0, "max_unavailable": 0}},
+            "app 1 (a): update: max_surge and max_unavailable cannot both be 0",
+        ),
+        (
+            {"name": "a", "image": "has space"},
+            "app 1 (a): image: image 'has space' must not contain white space",
+        ),
+        (
+            {"name": "a", "image": "x", "env": {"1BAD": "v"}},
+            "app 1 (a): env: env name '1BAD' must match",
+        ),
+        (
+            {"name": "a", "image": "x", "placement": {"strategy": "random"}},
+            "app 1 (a): placement.strategy: Input should be 'spread' or 'binpack'",
+        ),
         ("just a string", "app 1: expected a mapping, got str"),
     ],
 )
@@ -132,7 +175,9 @@ def test_template_hash_ignores_replicas_route_and_scaling() -> None:
     assert base.template_hash() == base.model_copy(update={"replicas": 7}).template_hash()
     routed = AppSpec(name="a", image="x:1", ports={"http": 80}, route={"path": "/api"})
     assert base.template_hash() == routed.template_hash()
-    assert base.template_hash() != AppSpec(name="a", image="x:2", ports={"http": 80}).template_hash()
+    assert (
+        base.template_hash() != AppSpec(name="a", image="x:2", ports={"http": 80}).template_hash()
+    )
     assert (
         base.template_hash()
         != AppSpec(name="a", image="x:1", ports={"http": 80}, env={"A": "1"}).template_hash()

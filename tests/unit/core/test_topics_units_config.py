@@ -57,14 +57,20 @@ def test_memory_cpu_and_formatting() -> None:
     assert parse_cpu("250m") == 0.25
     assert format_memory(128 * 1024**2) == "128Mi"
     for bad in ("x", True, -1):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="memory"):
             parse_memory(bad)
 
 
 def test_broker_urls() -> None:
     url = BrokerURL.parse("mqtts://user:p%40ss@broker.example?ca=/etc/ca.pem")
     assert (url.host, url.port, url.tls, url.username, url.password, url.ca_file) == (
-        "broker.example", 8883, True, "user", "p@ss", "/etc/ca.pem")
+        "broker.example",
+        8883,
+        True,
+        "user",
+        "p@ss",
+        "/etc/ca.pem",
+    )
     assert "p@ss" not in str(url)
     assert BrokerURL.parse("10.0.0.1:1884").port == 1884
     assert BrokerURL.parse("mqtt://h").port == 1883

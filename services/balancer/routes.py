@@ -1,0 +1,196 @@
+"""The route table (pure): which app serves a (host, path), and its ready backends.
+
+Matching rules, in order:
+
+1. a route whose host equals the request's host, longest path prefix first;
+2. a wildcard route (``*.example.com``), the longest suffix first, then longest prefix;
+3. a route without host, longest path prefix first.
+
+A prefix matches at a segment boundary: ``/api`` matches ``/api`` and ``/api/x`` but not
+``/apix``. Ties (two apps with the same host and path) go to the app key that sorts first,
+so every balancer instance picks the same one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from core.spec import Route
+from core.state import AppHealth, AppState
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One ready replica."""
+
+    id: str
+    revision: int
+    host: str
+    port: int
+    weight: float = 1.0  # share of the app's traffic, for ``weighted``
+    base: str = ""  # "http://host:port", built once
+
+    @classmethod
+    def make(cls, id: str, revision: int, endpoint: str, weight: float = 1.0) -> Backend | None:
+        host, sep, port = endpoint.rpartition(":")
+        if not sep or not port.isdigit():
+            return None
+        host = host.strip("[]")
+        shown = f"[{host}]" if ":" in host else host
+        return cls(id, revision, host, int(port), weight, f"http://{shown}:{port}")
+
+
+@dataclass(slots=True)
+class AppRoute:
+    """One routed app: the balancer's view, rebuilt when its state or health changes."""
+
+    key: str
+    namespace: str
+    name: str
+    host: str | None
+    path: str
+    algorithm: str
+    hash_on: str
+    backends: list[Backend] = field(default_factory=list)
+    terminating: frozenset[str] = frozenset()
+    desired: int = 0
+    scale_to_zero: bool = False
+    generation: int = 0
+
+    @property
+    def hash_header(self) -> str | None:
+        if self.hash_on.startswith("header:"):
+            return self.hash_on[len("header:") :]
+        return None
+
+
+def version_weights(app: AppState) -> dict[int, float]:
+    """Traffic share per revision. Explicit ``AppVersion.weight``s are honoured (the rest
+    of 100 is split among versions without one); without weights, revisions share by their
+    replica counts."""
+    versions = [v for v in app.versions if v.replicas > 0 or v.weight]
+    if not versions:
+        return {app.revision: 1.0}
+    if all(v.weight is None for v in versions):
+        total = sum(v.replicas for v in versions) or 1
+        return {v.revision: v.replicas / total for v in versions}
+    fixed = sum(v.weight or 0 for v in versions)
+    free = [v for v in versions if v.weight is None]
+    rest = max(0.0, 100.0 - fixed)
+    out = {v.revision: float(v.weight or 0) for v in versions if v.weight is not None}
+    for v in free:
+        out[v.revision] = rest / len(free)
+    total = sum(out.values()) or 1.0
+    return {rev: w / total for rev, w in out.items()}
+
+
+def app_route(app: AppState, health: AppHealth | None) -> AppRoute | None:
+    """The route of one app, or None when it declares none."""
+    route: Route | None = app.spec.route
+    if route is None:
+        return None
+    ready = health.ready if health is not None else []
+    terminating = frozenset(r.id for r in health.replicas if r.terminating) if health else frozenset()
+    shares = version_weights(app)
+    per_revision: dict[int, int] = {}
+    for r in ready:
+        per_revision[r.revision] = per_revision.get(r.revision, 0) + 1
+    backends: list[Backend] = []
+    for r in sorted(ready, key=lambda r: r.id):
+        share = shares.get(r.revision)
+        if share is None:  # a revision the app no longer lists: keep it, at the lowest share
+            share = min(shares.values(), default=1.0)
+        backend = Backend.make(r.id, r.revision, r.endpoint, share / per_revision[r.revision])
+        if backend is not None:
+            backends.append(backend)
+    autoscale = app.spec.autoscale
+    return AppRoute(
+        key=app.key,
+        namespace=app.namespace,
+        name=app.name,
+        host=route.host,
+        path=route.path,
+        algorithm=route.algorithm,
+        hash_on=route.hash_on,
+        backends=backends,
+        terminating=terminating,
+        desired=app.replicas,
+        scale_to_zero=autoscale is not None and autoscale.min == 0,
+        generation=app.generation,
+    )
+
+
+def prefix_matches(prefix: str, path: str) -> bool:
+    if prefix == "/" or path == prefix:
+        return True
+    if prefix.endswith("/"):
+        return path.startswith(prefix)
+    return path.startswith(prefix) and path[len(prefix)] == "/"
+
+
+def normalize_host(host: str | None) -> str:
+    """``Example.COM:8080`` -> ``example.com``; ``[::1]:80`` -> ``::1``."""
+    if not host:
+        return ""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+class RouteTable:
+    """An immutable index over routes; build a new one when something changes."""
+
+    __slots__ = ("_by_host", "_hostless", "_wildcards", "routes")
+
+    def __init__(self, routes: Iterable[AppRoute]) -> None:
+        self.routes: dict[str, AppRoute] = {r.key: r for r in sorted(routes, key=lambda r: r.key)}
+        by_host: dict[str, list[AppRoute]] = {}
+        wildcards: dict[str, list[AppRoute]] = {}
+        hostless: list[AppRoute] = []
+        for r in self.routes.values():
+            if r.host is None:
+                hostless.append(r)
+            elif r.host.startswith("*."):
+                wildcards.setdefault(r.host[1:], []).append(r)  # key ".example.com"
+            else:
+                by_host.setdefault(r.host, []).append(r)
+
+        def order(rs: list[AppRoute]) -> list[AppRoute]:
+            return sorted(rs, key=lambda r: (-len(r.path), r.key))
+
+        self._by_host = {h: order(rs) for h, rs in by_host.items()}
+        self._wildcards = sorted(
+            ((suffix, order(rs)) for suffix, rs in wildcards.items()), key=lambda x: -len(x[0])
+        )
+        self._hostless = order(hostless)
+
+    def match(self, host: str, path: str) -> AppRoute | None:
+        """``host`` already normalized (see ``normalize_host``)."""
+        candidates = self._by_host.get(host)
+        if candidates:
+            for r in candidates:
+                if prefix_matches(r.path, path):
+                    return r
+        for suffix, rs in self._wildcards:
+            if host.endswith(suffix) and len(host) > len(suffix):
+                for r in rs:
+                    if prefix_matches(r.path, path):
+                        return r
+        for r in self._hostless:
+            if prefix_matches(r.path, path):
+                return r
+        return None
+
+
+def build_table(apps: Mapping[str, AppState], health: Mapping[str, AppHealth]) -> RouteTable:
+    routes = []
+    for key, app in apps.items():
+        r = app_route(app, health.get(key))
+        if r is not None:
+            routes.append(r)
+    return RouteTable(routes)

@@ -1,0 +1,3 @@
+from services.scheduler.command import command
+
+command()

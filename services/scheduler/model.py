@@ -1,0 +1,103 @@
+"""The scheduler's working data: plain, mutable, slotted records (no I/O).
+
+The wire models (``core.state``) are frozen pydantic objects, right for messages but too
+heavy to update 150,000 times; the scheduler keeps its own view of nodes and replicas and
+turns it back into ``NodeAssignment`` messages when a node's set changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.state import AppState
+
+#: A node known only from an assignment (no ``info`` yet) has this status.
+UNKNOWN = "unknown"
+
+
+@dataclass(slots=True, eq=False)
+class Replica:
+    id: str
+    namespace: str
+    app: str
+    revision: int
+    node: str
+    cpu: float
+    memory: int
+    #: on a draining node: counted as gone, kept until its replacement is ready
+    leaving: bool = False
+
+    @property
+    def app_key(self) -> str:
+        return f"{self.namespace}/{self.app}"
+
+
+@dataclass(slots=True, eq=False)
+class NodeView:
+    id: str
+    address: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    cpu: float = 0.0
+    memory: int = 0
+    status: str = UNKNOWN
+    #: when this node last proved alive (the caller's clock: monotonic in the service)
+    seen: float = 0.0
+    #: declared lost (offline or heartbeats missed): its replicas were placed elsewhere
+    lost: bool = False
+    cordoned: bool = False
+    draining: bool = False
+    cpu_used: float = 0.0
+    mem_used: int = 0
+    #: app key -> replicas of that app on this node
+    apps: dict[str, int] = field(default_factory=dict)
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    generation: int = 0
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "ready" and not self.lost
+
+    @property
+    def load(self) -> float:
+        """Fraction of the node allocated, the mean of cpu and memory (0 = empty)."""
+        cpu = self.cpu_used / self.cpu if self.cpu > 0 else 1.0
+        mem = self.mem_used / self.memory if self.memory > 0 else 1.0
+        return (cpu + mem) / 2
+
+
+@dataclass(slots=True, eq=False)
+class AppRecord:
+    key: str
+    state: AppState | None = None
+    #: an AppState was seen for this key since the scheduler started leading
+    seen: bool = False
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    #: the label the app spreads over, and its replica count per value of that label
+    spread_by: str | None = None
+    domains: dict[str, int] = field(default_factory=dict)
+    #: ids of replicas the health monitor reports ready; None = no health record at all
+    ready: set[str] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Demand:
+    """What one replica of one app revision asks of a node, plus the app's live counts.
+
+    ``domains`` is the app's own counter (shared, updated as replicas are placed), so the
+    scorers always see the placements made so far in this pass.
+    """
+
+    app: str
+    revision: int
+    cpu: float
+    memory: int
+    constraints: tuple[tuple[str, frozenset[str]], ...] = ()
+    max_per_node: int | None = None
+    spread_by: str | None = None
+    strategy: str = "spread"
+    app_total: int = 0
+    domains: dict[str, int] = field(default_factory=dict)
+
+
+def app_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
