@@ -42,6 +42,14 @@ Hook = Callable[[], Awaitable[None]]
 log = get_logger("shoal.bus")
 
 
+def _payload_bytes(payload: object) -> bytes:
+    if payload is None:
+        return b""
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return str(payload).encode()
+
+
 @dataclass(frozen=True, slots=True)
 class Subscription:
     pattern: str
@@ -84,8 +92,8 @@ class Bus:
         self._hooks: list[Hook] = []
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
-        self._pending: dict[str, asyncio.Future[Envelope]] = {}
-        self._inbox: asyncio.Queue[tuple[str, bytes] | asyncio.Future[None]] = asyncio.Queue()
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._inbox: asyncio.Queue[tuple[str, bytes] | asyncio.Future[Any]] = asyncio.Queue()
         self._closing = False
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self.connects = 0
@@ -165,7 +173,7 @@ class Bus:
                 for hook in self._hooks:
                     self._run_hook(hook)
                 async for message in client.messages:
-                    self._receive(str(message.topic), bytes(message.payload or b""))  # type: ignore[arg-type]
+                    self._receive(str(message.topic), _payload_bytes(message.payload))
             finally:
                 self._connected.clear()
                 self._client = None
@@ -334,7 +342,7 @@ class Bus:
         """Return once every message the broker sent before now has been handled."""
         marker = uuid.uuid4().hex
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending[marker] = fut  # type: ignore[assignment]
+        self._pending[marker] = fut
         try:
             await self.publish_raw(
                 self.reply_topic,

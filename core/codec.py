@@ -121,9 +121,12 @@ def make(kind: str, body: BaseModel | dict[str, Any], *, src: str = "", **extra:
 
 def encode(envelope: Envelope) -> bytes:
     try:
-        return msgpack.packb(envelope.model_dump(mode="json", exclude_none=True), use_bin_type=True)
+        packed: bytes = msgpack.packb(
+            envelope.model_dump(mode="json", exclude_none=True), use_bin_type=True
+        )
     except (OverflowError, TypeError, ValueError) as err:
         raise CodecError(f"{envelope.kind} cannot be encoded: {err}") from err
+    return packed
 
 
 def encode_json(envelope: Envelope) -> bytes:

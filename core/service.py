@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from core import __version__, codec
 from core.bus import Bus, LastWill
@@ -69,11 +69,11 @@ class Service:
     def presence_topic(self) -> str:
         return self.topics.service(self.name, self.instance)
 
-    def presence(self, status: str = "online") -> Presence:
+    def presence(self, status: Literal["online", "offline"] = "online") -> Presence:
         return Presence(
             service=self.name,
             instance=self.instance,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             version=__version__,
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -107,8 +107,12 @@ class Service:
         bus_task = asyncio.create_task(self.bus.run(), name=f"{self.name}-bus")
         try:
             await self.setup()
-            main_task = asyncio.create_task(self.main(), name=f"{self.name}-main")
-            stop_task = asyncio.create_task(self._stop.wait(), name=f"{self.name}-stop")
+            main_task: asyncio.Task[Any] = asyncio.create_task(
+                self.main(), name=f"{self.name}-main"
+            )
+            stop_task: asyncio.Task[Any] = asyncio.create_task(
+                self._stop.wait(), name=f"{self.name}-stop"
+            )
             done, _ = await asyncio.wait(
                 {main_task, stop_task, bus_task}, return_when=asyncio.FIRST_COMPLETED
             )
@@ -118,8 +122,9 @@ class Service:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             for task in done:
-                if task is not stop_task and not task.cancelled() and task.exception():
-                    raise task.exception()  # type: ignore[misc]
+                error = None if task is stop_task or task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
             await self._goodbye()
         finally:
             self.bus.close()

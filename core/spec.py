@@ -219,8 +219,7 @@ class ScaleTarget(Model):
     def _some_target(self) -> ScaleTarget:
         if all(getattr(self, name) is None for name in type(self).model_fields):
             raise ValueError(
-                "autoscale target needs at least one metric: "
-                + ", ".join(type(self).model_fields)
+                "autoscale target needs at least one metric: " + ", ".join(type(self).model_fields)
             )
         return self
 
