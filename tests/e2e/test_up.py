@@ -1,0 +1,91 @@
+"""`shoal up` as a new user runs it: embedded broker, every service, a local agent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.support.cluster import http_get, wait_for
+from tests.support.net import free_port
+from tests.support.procs import ProcGroup
+
+pytestmark = pytest.mark.e2e
+
+SPEC = """
+name: hello
+image: shoal-test/echo:v2
+replicas: 2
+resources: {cpu: 0.05, memory: 32Mi}
+ports: {http: 8080}
+health:
+  readiness: {http: /healthz, port: http, interval: 300ms, timeout: 500ms, failures: 1}
+route: {path: /, port: http}
+termination: {drain: 200ms, grace: 2s}
+"""
+
+
+def test_shoal_up_with_embedded_broker_serves_traffic_and_stops_cleanly(
+    procs: ProcGroup, echo_image: str
+) -> None:
+    prefix = f"up{uuid.uuid4().hex[:8]}"
+    broker = f"mqtt://127.0.0.1:{free_port()}"
+    listen = f"127.0.0.1:{free_port()}"
+    env = {"SHOAL_BROKER": broker, "SHOAL_PREFIX": prefix}
+    up = procs.spawn(
+        "up",
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "up",
+            "--listen",
+            listen,
+            "--admin",
+            f"127.0.0.1:{free_port()}",
+            "--data-dir",
+            str(procs.workdir / "data"),
+            "--node-id",
+            "local",
+        ],
+        env=env,
+    )
+
+    def shoal(*args: str) -> subprocess.CompletedProcess[str]:
+        import os
+
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", *args],
+            text=True,
+            capture_output=True,
+            env={**os.environ, **env},
+            timeout=120,
+        )
+
+    try:
+        wait_for(
+            lambda: '"ready"' in shoal("get", "nodes", "-o", "json").stdout,
+            60,
+            message="the local node is ready",
+        )
+        spec = procs.workdir / "hello.yaml"
+        spec.write_text(SPEC)
+        applied = shoal("apply", "-f", str(spec), "--wait")
+        assert applied.returncode == 0, applied.stderr + up.output()[-3000:]
+        names = {http_get(f"http://{listen}/").body for _ in range(12)}
+        assert len(names) == 2
+        assert all(n.startswith("v2 ") for n in names)
+        assert shoal("delete", "-f", str(spec)).returncode == 0
+        wait_for(lambda: http_get(f"http://{listen}/").status == 404, 30)
+    finally:
+        code = up.stop(timeout=30)
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=shoal.prefix={prefix}"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+    assert code == 0, up.output()[-3000:]
