@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -65,6 +66,16 @@ class LastWill:
     payload: bytes
     retain: bool = True
     qos: int = 1
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """Send small packets at once (TCP_NODELAY): paho leaves Nagle on, so a publish that
+    follows a PUBACK waits for the peer's delayed ACK (~40 ms) on every request/reply."""
+    paho = getattr(client, "_client", None)
+    sock = paho.socket() if paho is not None else None
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Bus:
@@ -163,6 +174,7 @@ class Bus:
             timeout=10,
         ) as client:
             self._client = client
+            _no_delay(client)
             try:
                 await client.subscribe(self.reply_topic, qos=1)
                 for sub in self._subs:

@@ -408,7 +408,12 @@ class AppSpec(Model):
             },
         )
         # Container fields added later count only when not default, so hashes stay stable.
-        extras = {"volumes": [], "working_dir": None, "user": None, "security": Security()}
+        extras: dict[str, object] = {
+            "volumes": [],
+            "working_dir": None,
+            "user": None,
+            "security": Security(),
+        }
         for extra, default in extras.items():
             if getattr(self, extra) != default:
                 fields[extra] = self.model_dump(mode="json", include={extra})[extra]

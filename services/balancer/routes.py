@@ -91,7 +91,9 @@ def app_route(app: AppState, health: AppHealth | None) -> AppRoute | None:
     if route is None:
         return None
     ready = health.ready if health is not None else []
-    terminating = frozenset(r.id for r in health.replicas if r.terminating) if health else frozenset()
+    terminating = (
+        frozenset(r.id for r in health.replicas if r.terminating) if health else frozenset()
+    )
     shares = version_weights(app)
     per_revision: dict[int, int] = {}
     for r in ready:

@@ -8,6 +8,7 @@ import importlib
 import click
 
 from core import __version__
+from core.logs import setup_logging
 
 SERVICES = ("controller", "scheduler", "agent", "health", "balancer", "scaler", "broker")
 
@@ -16,6 +17,9 @@ SERVICES = ("controller", "scheduler", "agent", "health", "balancer", "scaler", 
 @click.version_option(__version__, prog_name="shoal")
 def cli() -> None:
     """Shoal: declare apps; Shoal places, heals, scales and routes them."""
+    # Client commands print results on stdout (``-o json`` must stay parseable); library
+    # chatter goes to stderr, warnings and worse only. ``shoal run`` reconfigures per service.
+    setup_logging("warning")
 
 
 class _ServiceRunner(click.Group):

@@ -23,6 +23,10 @@ TEMPLATE_FIELDS = (
     "health",
     "termination",
     "labels",
+    "volumes",
+    "working_dir",
+    "user",
+    "security",
 )
 
 MAX_VALUE = 60

@@ -14,17 +14,22 @@ the agents start and stop containers.
 One step, with ``D`` desired replicas, ``surge = update.max_surge`` and
 ``unavailable = update.max_unavailable``:
 
-1. **Deadline.** If the target revision has fewer ready replicas than it needs and none
-   became ready for ``update.progress_deadline`` seconds, the rollout has failed: with
-   ``auto_rollback`` the app turns back to the last good revision (``rolling_back``, then
-   ``rolled_back``); without it the phase is ``failed`` and the counts stay.
+1. **Failure.** If the target revision has fewer ready replicas than it needs and none
+   became ready for ``update.progress_deadline`` seconds, or one of its replicas is
+   crash-looping (``failing``: restarted ``CRASH_RESTARTS`` times, or its image cannot be
+   pulled), the rollout has failed: with ``auto_rollback`` the app turns back to the last
+   good revision (``rolling_back``, then ``rolled_back``); without it the phase is
+   ``failed`` and the steps go on (should the replicas recover, the rollout completes).
 2. **Canary** (``update.canary: N`` until promoted): the new revision gets N replicas and a
-   traffic ``weight`` equal to its share of replicas; old revisions keep theirs. Once the N
-   are ready the phase is ``paused`` until ``promote`` or ``abort``.
+   traffic ``weight`` equal to its share of replicas; old revisions keep theirs (at most
+   ``D`` in total). Once the N are ready the phase is ``paused`` until ``promote`` or
+   ``abort``.
 3. **Scale up** the target revision, never above ``D + surge`` replicas in total.
 4. **Scale down** old revisions, oldest first, as long as the replicas counted ready stay
    at least ``D - unavailable``. A removal is charged pessimistically (the scheduler may
    pick a ready replica), except that a revision with no ready replica is removed freely.
+   Then scale the target up again into the room the removals made. Without any health
+   report for the app nothing is removed.
 5. **Done** when the target has ``D`` replicas, ``D`` ready, and no old replica is left:
    old versions are dropped and the phase is ``stable`` (or ``rolled_back``).
 
@@ -34,17 +39,20 @@ Readiness comes from the health monitor's ``AppHealth``: a replica counts when i
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, ValidationError
 
 from core.spec import AppSpec, Model
-from core.state import AppHealth, AppPhase, AppState, AppVersion
+from core.state import AppHealth, AppPhase, AppState, AppVersion, ReplicaStatus
 from services.controller.diff import TEMPLATE_FIELDS
 
 #: How often an active rollout is re-planned even without a health change (deadlines).
 TICK = 1.0
+#: Restarts after which a replica of a new revision counts as crash-looping.
+CRASH_RESTARTS = 3
 
 
 class Rollout(Model):
@@ -152,10 +160,32 @@ def begin_rollback(state: AppState, rollout: Rollout, now: float, reason: str) -
 # -- the step --------------------------------------------------------------------------
 
 
+def failing_replicas(replicas: Iterable[ReplicaStatus], revision: int) -> list[str]:
+    """Why replicas of ``revision`` are failing for good (crash loop, image not pullable)."""
+    out = []
+    for r in sorted(replicas, key=lambda r: r.id):
+        if r.revision != revision:
+            continue
+        if r.phase == "image_pull_failed":
+            out.append(f"replica {r.id}: {r.reason or 'image pull failed'}")
+        elif r.restarts >= CRASH_RESTARTS:
+            exit_code = f", last exit code {r.exit_code}" if r.exit_code is not None else ""
+            out.append(f"replica {r.id} restarted {r.restarts} times{exit_code}")
+    return out
+
+
 def plan_rollout(
-    state: AppState, rollout: Rollout | None, health: AppHealth | None, now: float
+    state: AppState,
+    rollout: Rollout | None,
+    health: AppHealth | None,
+    now: float,
+    failing: Sequence[str] = (),
 ) -> RolloutPlan:
-    """One step of the rollout of ``state`` (see the module docstring)."""
+    """One step of the rollout of ``state`` (see the module docstring).
+
+    ``failing`` lists replicas of the target revision that fail for good (see
+    ``failing_replicas``); any makes the rollout fail at once.
+    """
     if rollout is None:
         return RolloutPlan(state, None)
     start_state = state
@@ -184,13 +214,18 @@ def plan_rollout(
     if new_ready > rollout.best_ready:
         rollout = rollout.model_copy(update={"best_ready": new_ready, "progress_at": now})
 
-    # 1. the progress deadline
+    # 1. failure: crash loop or the progress deadline
     stuck = False
-    if new_ready < need and now - rollout.progress_at > update.progress_deadline:
+    why = ""
+    if failing and new_ready < need:
+        more = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
+        why = f"revision {state.revision} is failing: {failing[0]}{more}"
+    elif new_ready < need and now - rollout.progress_at > update.progress_deadline:
         why = (
             f"revision {state.revision} had {new_ready}/{need} replicas ready "
             f"after {update.progress_deadline:g}s"
         )
+    if why:
         rolled = None
         if update.auto_rollback and rollout.rollback_of is None:
             reason = f"rolled back to revision {rollout.from_revision}: {why}"
@@ -225,6 +260,13 @@ def plan_rollout(
     # 2. canary: N new replicas beside the old ones, weighted by their share of replicas
     if rollout.canary and state.spec.update.canary is not None:
         n = wanted(state, rollout)
+        excess = sum(v.replicas for v in olds) - desired  # desired lowered with the canary
+        trimmed = []
+        for v in sorted(olds, key=lambda v: v.revision):
+            cut = min(v.replicas, max(0, excess))
+            excess -= cut
+            trimmed.append(v.model_copy(update={"replicas": v.replicas - cut}))
+        olds = trimmed
         old_total = sum(v.replicas for v in olds)
         if old_total == 0:
             versions = [target.model_copy(update={"replicas": desired, "weight": None})]
@@ -282,15 +324,20 @@ def plan_rollout(
     budget = new_ready + sum(old_ready.values()) - (desired - unavailable)
     for revision in sorted(counts):
         count = counts[revision]
-        if count == 0:
+        if count == 0 or health is None:  # no readiness known yet: remove nothing
             continue
         cost = old_ready[revision]  # removing them all may cost every ready one
-        if cost <= budget:
+        if cost == 0 or cost <= budget:
             counts[revision] = 0
             budget -= cost
         elif budget > 0:
             counts[revision] = count - budget
             budget = 0
+
+    # ... and up again into the room the removals made (unready, so availability holds)
+    total = new_count + sum(counts.values())
+    if new_count < desired:
+        new_count += max(0, min(desired - new_count, desired + surge - total))
 
     old_left = sum(counts.values())
     done = new_count == desired and new_ready >= desired and old_left == 0

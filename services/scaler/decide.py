@@ -165,7 +165,9 @@ class Reading:
     unit: str = ""
 
     def describe(self) -> str:
-        return f"{self.metric} {_num(self.value)}{self.unit} (target {_num(self.target)}{self.unit})"
+        return (
+            f"{self.metric} {_num(self.value)}{self.unit} (target {_num(self.target)}{self.unit})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,29 +289,20 @@ def decide(
     """What the app's replica count should be now, and why."""
     current = history.current(app, now, policy)
     metrics = _metrics(obs, ready)
-    base = {"namespace": app.namespace, "name": app.name, "current": current}
     auto: Autoscale | None = app.spec.autoscale
-    if auto is None:
-        return Decision(**base, desired=current, code="hold", reason="autoscaling is off")
     active = obs.active
 
-    def hold(code: ScalerCode, reason: str, rec: int | None = None, readings: tuple = ()) -> Decision:
-        return Decision(
-            **base,
-            desired=current,
-            code=code,
-            reason=reason,
-            recommendation=rec,
-            readings=readings,
-            metrics=metrics,
-            active=active,
-        )
-
     def change(
-        desired: int, code: ScalerCode, reason: str, rec: int | None = None, readings: tuple = ()
+        desired: int,
+        code: ScalerCode,
+        reason: str,
+        rec: int | None = None,
+        readings: tuple[Reading, ...] = (),
     ) -> Decision:
         return Decision(
-            **base,
+            namespace=app.namespace,
+            name=app.name,
+            current=current,
             desired=desired,
             code=code,
             reason=reason,
@@ -318,6 +311,14 @@ def decide(
             metrics=metrics,
             active=active,
         )
+
+    def hold(
+        code: ScalerCode, reason: str, rec: int | None = None, readings: tuple[Reading, ...] = ()
+    ) -> Decision:
+        return change(current, code, reason, rec, readings)
+
+    if auto is None:
+        return hold("hold", "autoscaling is off")
 
     floor = max(auto.min, 1)
 
@@ -358,7 +359,9 @@ def decide(
     ):
         idle = now - history.last_active
         if since_change < policy.down_cooldown:
-            return hold("cooldown", f"idle {_num(round(idle))}s but changed {since_change:.0f}s ago")
+            return hold(
+                "cooldown", f"idle {_num(round(idle))}s but changed {since_change:.0f}s ago"
+            )
         return change(0, "to_zero", f"no request for {_num(round(idle))}s: scaling to zero", rec)
 
     if rec is None:
@@ -367,7 +370,12 @@ def decide(
     if rec > current:
         desired = min(rec, current + _step_up(current, policy))
         if since_change < policy.up_cooldown:
-            return hold("cooldown", f"{what}; up cooldown ({since_change:.0f}s since the last change)", rec, readings)
+            return hold(
+                "cooldown",
+                f"{what}; up cooldown ({since_change:.0f}s since the last change)",
+                rec,
+                readings,
+            )
         if (
             history.last_direction < 0
             and history.last_source == "autoscaler"
@@ -405,7 +413,12 @@ def decide(
                 readings,
             )
         if since_change < policy.down_cooldown:
-            return hold("cooldown", f"{what}; down cooldown ({since_change:.0f}s since the last change)", rec, readings)
+            return hold(
+                "cooldown",
+                f"{what}; down cooldown ({since_change:.0f}s since the last change)",
+                rec,
+                readings,
+            )
         desired = max(peak, current - _step_down(current, policy))
         capped = " (step cap)" if desired > peak else ""
         return change(
@@ -416,6 +429,10 @@ def decide(
             readings,
         )
 
+    if sample_rec is not None and sample_rec > auto.max:
+        return hold("hold", f"{what}: at autoscale max {auto.max}", rec, readings)
+    if sample_rec is not None and sample_rec < floor:
+        return hold("hold", f"{what}: at the floor {floor}", rec, readings)
     return hold("hold", f"{what}: on target at {current}", rec, readings)
 
 

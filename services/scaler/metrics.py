@@ -5,9 +5,10 @@ Pure bookkeeping, no I/O: the service feeds it what arrives on ``metrics/lb/+`` 
 machines does not matter) and asks for an app's observation at evaluation time.
 
 - Balancer samples (``LbMetrics``, one per instance per second) are kept for ``window``
-  seconds. Per app, each instance's request rate and in-flight count are averaged over its
-  samples in the window and the instances are summed (several balancers share the
-  traffic); an app missing from a sample counts as idle in it. p95 latency is the
+  seconds. Per app, the request rate and in-flight count are the *higher* of the window
+  mean and the latest samples (each summed over instances: several balancers share the
+  traffic), so a step up in load counts at once while a dip has to last (fast up, slow
+  down); an app missing from a sample counts as idle in it. p95 latency is the
   request-weighted mean of the samples' p95; held requests are the sum of each instance's
   latest count.
 - Agent samples (``NodeMetrics``) are kept per node, the latest only, while younger than
@@ -70,7 +71,7 @@ class MetricsBook:
     def observe(self, key: str, now: float) -> Observation:
         """The observation of app ``<ns>/<name>`` at ``now``."""
         self.prune(now)
-        rps = inflight = 0.0
+        rps = inflight = last_rps = last_inflight = 0.0
         requests = held = 0
         weighted_p95 = weight = 0.0
         for samples in self._lb.values():
@@ -78,6 +79,8 @@ class MetricsBook:
             latest = samples[-1][1].apps.get(key)
             if latest is not None:
                 held += latest.held
+                last_rps += latest.rps
+                last_inflight += latest.inflight
             for _, sample in samples:
                 route = sample.apps.get(key)
                 if route is None:
@@ -100,8 +103,8 @@ class MetricsBook:
                     memory += usage.memory
                     replicas += 1
         return Observation(
-            rps=rps if lb_fresh else None,
-            inflight=inflight if lb_fresh else None,
+            rps=max(rps, last_rps) if lb_fresh else None,
+            inflight=max(inflight, last_inflight) if lb_fresh else None,
             p95_ms=weighted_p95 / weight if weight else None,
             requests=requests,
             held=held,

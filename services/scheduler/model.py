@@ -97,6 +97,8 @@ class Demand:
     strategy: str = "spread"
     app_total: int = 0
     domains: dict[str, int] = field(default_factory=dict)
+    #: fewest replicas of the app in any domain among the nodes being scored
+    domain_floor: int = 0
 
 
 def app_key(namespace: str, name: str) -> str:

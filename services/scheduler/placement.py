@@ -5,9 +5,10 @@ seeded, shuffled order, starting where the previous walk of the same ring stoppe
 (replayable: the same inputs and seed give the same placements):
 
 1. dynamic feasibility (``checks.fits``: ready, not cordoned, max_per_node, cpu, memory);
-2. stop after ``limit`` feasible nodes (bounded search: about 2*log2(n), as Nomad does;
+2. stop after ``limit`` feasible nodes (bounded search: about log2(n), as Nomad does;
    a small cluster is searched whole);
-3. score each feasible node with the demand's weighted scorers (``scorers.scorers_for``);
+3. score each feasible node with the demand's weighted scorers (``scorers.scorers_for``;
+   topology spread is relative to the emptiest domain among these candidates);
 4. the highest score wins; on a tie, the node met first in the walk (deterministic).
 
 When nothing fits, ``explain`` runs every check on every node and counts the first
@@ -16,6 +17,7 @@ failure of each: "0/5 nodes fit: 3 insufficient memory, 2 constraint zone".
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 
 from services.scheduler.checks import CHECKS, first_failure, fits
 from services.scheduler.model import Demand, NodeView, Replica
-from services.scheduler.scorers import WeightedScorer
+from services.scheduler.scorers import Scorer
 
 
 @dataclass(slots=True, eq=False)
@@ -35,45 +37,50 @@ class NodeRing:
 
 
 def candidate_limit(n: int, configured: int | None = None) -> int:
-    """How many feasible nodes to score: ``configured``, else max(8, 2*ceil(log2 n))."""
+    """How many feasible nodes to score: ``configured``, else max(8, ceil(log2 n))."""
     if configured is not None:
         return max(1, configured)
     if n <= 8:
         return max(1, n)
-    return max(8, 2 * math.ceil(math.log2(n)))
+    return max(8, math.ceil(math.log2(n)))
 
 
-def select(
-    ring: NodeRing, demand: Demand, scorers: tuple[WeightedScorer, ...], limit: int
-) -> NodeView | None:
+def select(ring: NodeRing, demand: Demand, score: Scorer, limit: int) -> NodeView | None:
+    """The best of up to ``limit`` feasible nodes of the ring by ``score`` (see above)."""
     nodes = ring.nodes
     n = len(nodes)
     if n == 0:
         return None
     start = ring.pos
-    best: NodeView | None = None
-    best_score = -1.0
-    found = 0
+    feasible: list[NodeView] = []
     visited = 0
     # Two slices instead of a modulo per step: from the cursor to the end, then the head.
     for segment in (range(start, n), range(start)):
         for i in segment:
             node = nodes[i]
             visited += 1
-            if not fits(node, demand):
-                continue
-            score = 0.0
-            for _, scorer, weight in scorers:
-                score += weight * scorer(node, demand)
-            if score > best_score:
-                best, best_score = node, score
-            found += 1
-            if found >= limit:
-                break
+            if fits(node, demand):
+                feasible.append(node)
+                if len(feasible) >= limit:
+                    break
         else:
             continue
         break
     ring.pos = (start + visited) % n
+    if not feasible:
+        return None
+    if demand.spread_by is not None:
+        key, domains = demand.spread_by, demand.domains
+        demand.domain_floor = min(
+            (domains.get(d, 0) for nd in feasible if (d := nd.labels.get(key)) is not None),
+            default=0,
+        )
+    best = feasible[0]
+    best_score = -1.0
+    for node in feasible:
+        value = score(node, demand)
+        if value > best_score:
+            best, best_score = node, value
     return best
 
 
@@ -124,7 +131,8 @@ def removal_order(
     Replicas on unusable nodes go first; then, with ``spread_by``, those in the domain
     holding most of the app; then those on the most loaded node; then on the node with most
     replicas of the app; the replica id breaks ties. Chosen one at a time, so each pick sees
-    the counts left by the previous ones.
+    the counts left by the previous ones (a lazy heap: a removal only makes the others on
+    its node or domain less eligible, so a stale key is never too pessimistic).
     """
     pool = list(replicas)
     if count >= len(pool):
@@ -132,23 +140,29 @@ def removal_order(
     dom = dict(domains or {})
     per_node: Counter[str] = Counter(r.node for r in pool)
     load = {r.node: _load(nodes.get(r.node)) for r in pool}
+
+    def key(r: Replica) -> tuple[bool, int, float, int, str]:
+        node = nodes.get(r.node)
+        usable = node is not None and node.usable
+        domain = node.labels.get(spread_by) if node is not None and spread_by else None
+        return (
+            usable,
+            -dom.get(domain, 0) if domain is not None else 0,
+            -load[r.node],
+            -per_node[r.node],
+            r.id,
+        )
+
+    heap = [(key(r), i) for i, r in enumerate(pool)]
+    heapq.heapify(heap)
     chosen: list[Replica] = []
-    for _ in range(count):
-
-        def key(r: Replica) -> tuple[bool, int, float, int, str]:
-            node = nodes.get(r.node)
-            usable = node is not None and node.usable
-            domain = node.labels.get(spread_by) if node is not None and spread_by else None
-            return (
-                usable,
-                -dom.get(domain, 0) if domain is not None else 0,
-                -load[r.node],
-                -per_node[r.node],
-                r.id,
-            )
-
-        victim = min(pool, key=key)
-        pool.remove(victim)
+    while len(chosen) < count:
+        stored, i = heapq.heappop(heap)
+        victim = pool[i]
+        current = key(victim)
+        if current != stored:
+            heapq.heappush(heap, (current, i))
+            continue
         chosen.append(victim)
         per_node[victim.node] -= 1
         node = nodes.get(victim.node)

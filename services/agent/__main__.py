@@ -1,0 +1,3 @@
+from services.agent.command import command
+
+command()

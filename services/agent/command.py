@@ -1,0 +1,125 @@
+"""``shoal run agent --node-id ID --address IP [--labels k=v,...] [--cpus N] [--memory 4Gi]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from core.config import ServiceConfig
+from core.options import service_options
+from core.service import run_service
+from core.state import check_node_id
+from core.units import parse_cpu, parse_memory
+from services.agent.plan import RestartPolicy
+from services.agent.registry import Credential, parse_auth_flag, parse_config
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} must look like key=value", param_hint="--labels")
+        labels[key] = value
+    return labels
+
+
+@click.command("agent")
+@service_options
+@click.option("--node-id", required=True, envvar="SHOAL_NODE_ID", help="this node's id")
+@click.option(
+    "--address",
+    required=True,
+    envvar="SHOAL_NODE_ADDRESS",
+    help="advertise address: container ports are published on it",
+)
+@click.option("--labels", default="", help="node labels, k=v,k2=v2 (placement constraints)")
+@click.option("--cpus", default=None, help="CPU capacity (default: the engine's CPUs)")
+@click.option("--memory", default=None, help="memory capacity, e.g. 4Gi (default: the engine's)")
+@click.option(
+    "--docker",
+    default="unix:///var/run/docker.sock",
+    envvar="SHOAL_DOCKER",
+    show_default=True,
+    help="Docker engine URL (unix:// or tcp://)",
+)
+@click.option("--heartbeat", default=2.0, show_default=True, help="seconds between node infos")
+@click.option("--resync", default=10.0, show_default=True, help="seconds between full resyncs")
+@click.option("--stats-interval", default=5.0, show_default=True, help="seconds between metrics")
+@click.option("--restart-initial", default=0.25, show_default=True, help="first restart delay")
+@click.option("--restart-cap", default=30.0, show_default=True, help="longest restart delay")
+@click.option(
+    "--restart-reset",
+    default=10.0,
+    show_default=True,
+    help="a replica that ran this long restarts fast again",
+)
+@click.option(
+    "--registry-auth",
+    multiple=True,
+    help="host=user:password for a private registry (repeatable)",
+)
+@click.option(
+    "--registry-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='Docker config.json-style credentials file ({"auths": {...}})',
+)
+def command(
+    config: ServiceConfig,
+    node_id: str,
+    address: str,
+    labels: str,
+    cpus: str | None,
+    memory: str | None,
+    docker: str,
+    heartbeat: float,
+    resync: float,
+    stats_interval: float,
+    restart_initial: float,
+    restart_cap: float,
+    restart_reset: float,
+    registry_auth: tuple[str, ...],
+    registry_config: Path | None,
+) -> None:
+    """Run the node agent: make the Docker engine match this node's assignment."""
+    from services.agent.service import AgentOptions, AgentService
+
+    try:
+        check_node_id(node_id)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--node-id") from err
+    try:
+        cpu_value = parse_cpu(cpus) if cpus is not None else None
+        memory_value = parse_memory(memory) if memory is not None else None
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+    credentials: dict[str, Credential] = {}
+    try:
+        if registry_config is not None:
+            credentials.update(parse_config(registry_config.read_text()))
+        for flag in registry_auth:
+            host, credential = parse_auth_flag(flag)
+            credentials[host] = credential
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--registry-auth") from err
+    options = AgentOptions(
+        node_id=node_id,
+        address=address,
+        labels=parse_labels(labels),
+        cpus=cpu_value,
+        memory=memory_value,
+        docker=docker,
+        heartbeat=heartbeat,
+        resync=resync,
+        stats_interval=stats_interval,
+        restart=RestartPolicy(initial=restart_initial, cap=restart_cap, reset_after=restart_reset),
+        registry_auth=credentials,
+    )
+
+    def factory(cfg: ServiceConfig) -> AgentService:
+        return AgentService(cfg, options)
+
+    factory.name = AgentService.name  # type: ignore[attr-defined]
+    run_service(factory, config)

@@ -1,0 +1,3 @@
+from services.balancer.command import command
+
+command()

@@ -1,0 +1,863 @@
+"""The fast engine: HTTP/1.1 proxying on asyncio protocols with httptools (llhttp).
+
+The default engine. Same routing, algorithms, ejection, retries, holds and statistics as
+the aiohttp engine (``proxy.Proxy`` holds that shared state and policy); what differs is
+the plumbing: no per-request client/session objects, no header multidicts, and response
+bytes are relayed from the upstream's ``data_received`` straight into the client's
+transport. Per request there is one coroutine step and one future.
+
+Connections:
+
+- ``ClientConn`` — one per user connection: parses requests (keep-alive and pipelining:
+  requests are served one after the other, in order), serves each, writes the response.
+- ``UpstreamConn`` — one per replica connection, kept in a per-replica idle pool
+  (keep-alive). While bound to a request it relays the response to the client, re-framing
+  it (Content-Length kept, otherwise chunked). Flow control both ways: a full client buffer
+  pauses the upstream's reading, and vice versa.
+- Upgrades (websockets): the request goes to a fresh upstream connection, and once sent
+  both connections become a raw byte tunnel.
+
+Timeouts: a connect timeout (``wait_for`` on new connections only) and a read timeout
+(checked by one sweeper task for all busy upstreams, so no timer per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+
+from core.logs import get_logger
+from services.balancer.headers import IDEMPOTENT
+from services.balancer.proxy import Proxy
+from services.balancer.routes import AppRoute, Backend, normalize_host
+
+log = get_logger("shoal.balancer.fast")
+
+HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# replaced by the balancer's own values on the way up
+OWN_REQUEST = frozenset({b"x-forwarded-for", b"x-request-id"})
+OWN_RESPONSE = frozenset({b"x-request-id", b"x-shoal-replica"})
+IDEMPOTENT_B = frozenset(m.encode() for m in IDEMPOTENT)
+REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    413: b"Payload Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+BODY_BUFFER = 1024 * 1024  # request body buffered before an upstream is bound
+IDLE_PER_BACKEND = 512
+CLIENT_IDLE_TIMEOUT = 75.0
+
+
+class UpstreamFailed(Exception):
+    """The replica failed; ``responded`` tells whether the client got any response bytes."""
+
+    def __init__(self, message: str, *, responded: bool, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.responded = responded
+        self.timeout = timeout
+
+
+class Request:
+    __slots__ = (
+        "body",
+        "buffered",
+        "chunked",
+        "complete",
+        "connection",
+        "content_length",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "request_id",
+        "sink",
+        "sink_end",
+        "size",
+        "too_large",
+        "upgrade",
+        "url",
+        "version",
+        "xff",
+    )
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b"GET"
+        self.version = "1.1"
+        self.keep_alive = True
+        self.upgrade = False
+        self.host = b""
+        self.request_id = b""
+        self.xff = b""
+        self.connection = b""
+        self.content_length: int | None = None
+        self.chunked = False
+        self.complete = False
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.size = 0
+        self.too_large = False
+        self.sink: Callable[[bytes], None] | None = None
+        self.sink_end: Callable[[], None] | None = None
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    if not value:
+        return frozenset()
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
+def error_response(status: int, message: str, request_id: bytes, keep_alive: bool) -> bytes:
+    body = f"shoal: {message}\n".encode()
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")),
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Length: %d\r\n" % len(body),
+            b"X-Request-Id: " + request_id + b"\r\n" if request_id else b"",
+            b"" if keep_alive else b"Connection: close\r\n",
+            b"\r\n",
+            body,
+        )
+    )
+
+
+class UpstreamConn(asyncio.Protocol):
+    def __init__(self, engine: FastEngine, backend: Backend) -> None:
+        self.engine = engine
+        self.backend = backend
+        self.key = (backend.host, backend.port)
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: ClientConn | None = None
+        self.done: asyncio.Future[bool] | None = None
+        self.request: Request | None = None
+        self.responded = False
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunked_out = False
+        self.close_delimited = False
+        self.no_body = False
+        self.reusable = True
+        self.activity = 0.0
+        self.tunnel: ClientConn | None = None
+        self.closed = False
+        self.out: list[bytes] = []  # response bytes for the client, flushed per chunk
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            if self.tunnel.transport is not None:
+                self.tunnel.transport.write(data)
+            return
+        if self.client is None:  # unsolicited bytes on an idle connection
+            self.reusable = False
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.activity = time.monotonic()
+        client = self.client
+        out = self.out
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as err:
+            self.reusable = False
+            self._fail(UpstreamFailed(f"sent an invalid response: {err}", responded=self.responded))
+            if self.transport is not None:
+                self.transport.close()
+        finally:
+            # one write (one syscall) per chunk received, however many parts it made
+            if out:
+                if client.transport is not None:
+                    client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+                out.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.engine.forget(self)
+        if self.tunnel is not None:
+            if self.tunnel.transport is not None:
+                self.tunnel.transport.close()
+            self.tunnel.tunnel_done.set()
+            return
+        if self.done is not None and not self.done.done():
+            if self.close_delimited and self.responded:
+                client = self.client
+                if self.chunked_out and client is not None and client.transport is not None:
+                    client.transport.write(b"0\r\n\r\n")
+                self._finish(False)
+            else:
+                what = "closed the connection" + (f": {exc}" if exc else "")
+                self._fail(UpstreamFailed(what, responded=self.responded))
+
+    def pause_writing(self) -> None:
+        client = self.client or self.tunnel
+        if client is not None and client.transport is not None:
+            client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        client = self.client or self.tunnel
+        if client is not None and client.transport is not None:
+            client.transport.resume_reading()
+
+    # -- exchange -----------------------------------------------------------------------
+
+    def start(self, client: ClientConn, request: Request, head: bytes) -> asyncio.Future[bool]:
+        """Send ``head`` (and the request body as it comes); the future resolves when the
+        whole response was relayed (True: this connection may be reused)."""
+        assert self.transport is not None
+        self.client = client
+        self.request = request
+        self.responded = False
+        self.headers = []
+        self.reason = b""
+        self.chunked_out = self.close_delimited = self.no_body = False
+        self.activity = time.monotonic()
+        self.done = fut = asyncio.get_running_loop().create_future()
+        transport = self.transport
+        if not request.has_body:
+            transport.write(head)
+        else:
+            transport.write(head)
+            chunked = request.chunked
+            for chunk in request.body:
+                transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            request.body = []
+            request.buffered = 0
+            if client.transport is not None and client.paused_for_body:
+                client.paused_for_body = False
+                client.transport.resume_reading()
+            if request.complete:
+                if chunked:
+                    transport.write(b"0\r\n\r\n")
+            else:
+
+                def sink(chunk: bytes) -> None:
+                    if not self.closed:
+                        self.activity = time.monotonic()
+                        transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+
+                def sink_end() -> None:
+                    if chunked and not self.closed:
+                        transport.write(b"0\r\n\r\n")
+
+                request.sink = sink
+                request.sink_end = sink_end
+        self.engine.busy.add(self)
+        return fut
+
+    def _fail(self, err: UpstreamFailed) -> None:
+        self.reusable = False
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(err)
+        self._unbind()
+
+    def _finish(self, reusable: bool) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(reusable and self.reusable)
+        self._unbind()
+
+    def _unbind(self) -> None:
+        if self.request is not None:
+            self.request.sink = None
+            self.request.sink_end = None
+        self.engine.busy.discard(self)
+        self.client = None
+        self.request = None
+
+    def timeout(self, seconds: float) -> None:
+        self._fail(
+            UpstreamFailed(
+                f"did not answer within {seconds:g}s", responded=self.responded, timeout=True
+            )
+        )
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- httptools callbacks --------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        client, request = self.client, self.request
+        if client is None or request is None or client.transport is None:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # 100 Continue and friends: pass on, a final one follows
+            self.out.append(b"HTTP/1.1 %d %s\r\n\r\n" % (status, self.reason))
+            self.headers = []
+            self.reason = b""
+            return
+        conn_tokens: frozenset[bytes] = frozenset()
+        length: bytes | None = None
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"connection":
+                conn_tokens = connection_tokens(value)
+            elif lname == b"content-length":
+                length = value
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, self.reason or b"OK")]
+        drop = HOP | conn_tokens | OWN_RESPONSE if conn_tokens else HOP | OWN_RESPONSE
+        for name, value in self.headers:
+            if name.lower() not in drop:
+                parts.append(name + b": " + value + b"\r\n")
+        parts.append(b"X-Request-Id: " + request.request_id + b"\r\n")
+        if self.engine.proxy.options.expose_replica:
+            parts.append(b"X-Shoal-Replica: " + self.backend.id.encode() + b"\r\n")
+        self.no_body = request.method == b"HEAD" or status in (204, 304)
+        if request.method == b"HEAD":
+            self.reusable = False  # the parser would wait for a body that never comes
+        if not self.no_body and length is None:
+            if request.version == "1.1":
+                self.chunked_out = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                client.keep_alive = False
+            if not self.parser.should_keep_alive() and not self._chunked_upstream():
+                self.close_delimited = True
+        if not client.keep_alive or not request.keep_alive:
+            client.keep_alive = False
+            parts.append(b"Connection: close\r\n")
+        elif request.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self.out.append(b"".join(parts))
+        self.responded = True
+        client.status = status
+        if request.method == b"HEAD":
+            self._finish(False)
+
+    def _chunked_upstream(self) -> bool:
+        for name, value in self.headers:
+            if name.lower() == b"transfer-encoding" and b"chunked" in value.lower():
+                return True
+        return False
+
+    def on_body(self, body: bytes) -> None:
+        if self.client is None:
+            return
+        if self.chunked_out:
+            self.out.append(b"%x\r\n%s\r\n" % (len(body), body))
+        else:
+            self.out.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.client is None:
+            return
+        if self.chunked_out:
+            self.out.append(b"0\r\n\r\n")
+        self._finish(self.parser.should_keep_alive())
+
+
+class ClientConn(asyncio.Protocol):
+    def __init__(self, engine: FastEngine) -> None:
+        self.engine = engine
+        self.proxy = engine.proxy
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.queue: deque[Request] = deque()
+        self.current: Request | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.keep_alive = True
+        self.status = 0
+        self.paused_for_body = False
+        self.tunnel: UpstreamConn | None = None
+        self.upgrade_rest = b""
+        self.tunnel_done = asyncio.Event()
+        self.idle_since = time.monotonic()
+        self.closed = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.engine.clients.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.engine.clients.discard(self)
+        self.tunnel_done.set()
+        if self.tunnel is not None and self.tunnel.transport is not None:
+            self.tunnel.transport.close()
+        up = self.engine.bound.get(self)
+        if up is not None:  # the client left mid-exchange: that connection is spoiled
+            up.reusable = False
+            if up.transport is not None:
+                up.transport.close()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            if self.tunnel.transport is not None:
+                self.tunnel.transport.write(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as err:
+            offset = err.args[0] if err.args else len(data)
+            self.upgrade_rest = data[offset:]
+            if self.current is not None:
+                self.current.complete = True
+            if self.transport is not None:
+                self.transport.pause_reading()  # until the tunnel is up
+        except httptools.HttpParserError as err:
+            self._bad_request(str(err))
+
+    def pause_writing(self) -> None:
+        up = self.tunnel or self._bound_upstream()
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.tunnel or self._bound_upstream()
+        if up is not None and up.transport is not None:
+            up.transport.resume_reading()
+
+    def _bound_upstream(self) -> UpstreamConn | None:
+        return self.engine.bound.get(self)
+
+    def _bad_request(self, why: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if not self.queue:
+                self.transport.write(error_response(400, f"bad request: {why}", b"", False))
+            self.transport.close()
+
+    # -- httptools callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.current = Request()
+
+    def on_url(self, url: bytes) -> None:
+        assert self.current is not None
+        self.current.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.current
+        assert req is not None
+        req.headers.append((name, value))
+        lname = name.lower()
+        if lname == b"host":
+            req.host = value
+        elif lname == b"x-request-id":
+            req.request_id = value
+        elif lname == b"x-forwarded-for":
+            req.xff = value
+        elif lname == b"content-length":
+            with contextlib.suppress(ValueError):
+                req.content_length = int(value)
+        elif lname == b"transfer-encoding":
+            req.chunked = b"chunked" in value.lower()
+        elif lname == b"connection":
+            req.connection = value
+
+    def on_headers_complete(self) -> None:
+        req = self.current
+        assert req is not None
+        p = self.parser
+        req.method = p.get_method()
+        req.version = p.get_http_version()
+        req.keep_alive = p.should_keep_alive()
+        req.upgrade = p.should_upgrade()
+        self.queue.append(req)
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._serve_queue())
+
+    def on_body(self, body: bytes) -> None:
+        req = self.current
+        assert req is not None
+        req.size += len(body)
+        if req.size > self.proxy.options.max_body:
+            req.too_large = True
+            up = self.engine.bound.get(self)
+            if up is not None and up.request is req:
+                up._fail(UpstreamFailed("request body too large", responded=up.responded))
+                if up.transport is not None:
+                    up.transport.close()
+            return
+        if req.sink is not None:
+            req.sink(body)
+            return
+        req.body.append(body)
+        req.buffered += len(body)
+        if req.buffered > BODY_BUFFER and self.transport is not None and not self.paused_for_body:
+            self.paused_for_body = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        req = self.current
+        assert req is not None
+        req.complete = True
+        if req.sink_end is not None:
+            req.sink_end()
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def _serve_queue(self) -> None:
+        try:
+            while self.queue and not self.closed:
+                req = self.queue[0]
+                await self._serve(req)
+                self.queue.popleft()
+                self.idle_since = time.monotonic()
+                if not self.keep_alive or not req.keep_alive or not req.complete:
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("request failed")
+            if self.transport is not None:
+                self.transport.close()
+        finally:
+            self.task = None
+
+    def _reply(self, status: int, message: str, req: Request, *, close: bool = False) -> int:
+        if close:
+            self.keep_alive = False
+        if self.transport is not None:
+            self.transport.write(
+                error_response(status, message, req.request_id, self.keep_alive and req.keep_alive)
+            )
+        return status
+
+    async def _serve(self, req: Request) -> None:
+        proxy = self.proxy
+        started = time.perf_counter()
+        if not req.request_id:
+            req.request_id = proxy.next_request_id().encode()
+        url = req.url.decode("latin-1")
+        path = url.split("?", 1)[0]
+        host = normalize_host(req.host.decode("latin-1"))
+        route = proxy.table.match(host, path)
+        if route is None:
+            self._reply(404, f"no route for host {host!r} and path {path!r}", req)
+            proxy.stats.app("-").done(None, 404, time.perf_counter() - started)
+            return
+        stats = proxy.stats.app(route.key)
+        stats.inflight += 1
+        status, replica = 500, None
+        try:
+            status, replica = await self._serve_route(req, route, stats)
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        finally:
+            stats.inflight -= 1
+            stats.done(replica, status, time.perf_counter() - started)
+
+    async def _serve_route(
+        self, req: Request, route: AppRoute, stats: Any
+    ) -> tuple[int, str | None]:
+        proxy = self.proxy
+        opts = proxy.options
+        if not route.backends and route.scale_to_zero:
+            held = await proxy.hold(route, stats)
+            if held is None:
+                msg = (
+                    f"app {route.key} is scaled to zero and no replica became ready within "
+                    f"{opts.hold_timeout:g}s"
+                )
+                return self._reply(503, msg, req), None
+            route = held
+        if not route.backends:
+            return self._reply(503, f"app {route.key} has no ready replica", req), None
+        if req.too_large:  # a chunked body already went over the limit while buffered
+            msg = f"request body exceeds the limit of {opts.max_body} bytes"
+            return self._reply(413, msg, req, close=True), None
+        if req.content_length is not None and req.content_length > opts.max_body:
+            msg = f"request body of {req.content_length} bytes exceeds the limit of {opts.max_body}"
+            return self._reply(413, msg, req, close=True), None
+        picker = proxy.picker(route)
+        key = ""
+        if route.algorithm == "hash":
+            key = self.client_ip
+            hh = route.hash_header
+            if hh is not None:
+                want = hh.lower().encode()
+                for name, value in req.headers:
+                    if name.lower() == want and value:
+                        key = value.decode("latin-1")
+                        break
+        if req.upgrade:
+            return await self._tunnel(req, route, picker, key)
+        head = self._head(req)
+        retriable = req.method in IDEMPOTENT_B and not req.has_body
+        tried: set[str] = set()
+        last = ""
+        for _ in range(1 + max(0, opts.retries)):
+            exclude: Any = ()
+            if tried or proxy.ejected:
+                exclude = tried | {r for r in proxy.ejected.until if r in proxy.ejected}
+            backend = picker.pick(route.backends, key=key, exclude=exclude, inflight=proxy.inflight)
+            if backend is None:
+                break
+            tried.add(backend.id)
+            try:
+                up = await self.engine.acquire(backend)
+            except TimeoutError:
+                proxy.eject(route, backend, stats, "connect timeout")
+                last = (
+                    f"replica {backend.id} did not accept a connection within "
+                    f"{opts.connect_timeout:g}s"
+                )
+                if len(tried) >= len(route.backends):
+                    return self._reply(504, last, req), backend.id
+                stats.retries += 1
+                continue
+            except OSError as err:
+                proxy.eject(route, backend, stats, f"connect failed: {err.strerror or err}")
+                last = f"replica {backend.id} refused the connection"
+                stats.retries += 1
+                continue
+            proxy.inflight[backend.id] = proxy.inflight.get(backend.id, 0) + 1
+            self.engine.bound[self] = up
+            self.status = 0
+            try:
+                reusable = await up.start(self, req, head)
+            except UpstreamFailed as err:
+                self.keep_alive = self.keep_alive and not err.responded
+                if req.too_large:
+                    if err.responded:
+                        self.keep_alive = False
+                        return 413, backend.id
+                    msg = f"request body exceeds the limit of {opts.max_body} bytes"
+                    return self._reply(413, msg, req, close=True), backend.id
+                if err.responded:  # the head is out: all we can do is cut the connection
+                    self.keep_alive = False
+                    log.warning("upstream failed mid-response", replica=backend.id, error=str(err))
+                    return self.status or 502, backend.id
+                if err.timeout:
+                    return self._reply(504, f"replica {backend.id} {err}", req), backend.id
+                last = f"replica {backend.id} {err}"
+                if not retriable:
+                    return self._reply(502, last, req), backend.id
+                stats.upstream_errors += 1
+                stats.retries += 1
+                continue
+            finally:
+                self.engine.bound.pop(self, None)
+                n = proxy.inflight.get(backend.id, 1) - 1
+                if n > 0:
+                    proxy.inflight[backend.id] = n
+                else:
+                    proxy.inflight.pop(backend.id, None)
+            if reusable and req.complete:
+                self.engine.release(up)
+            elif up.transport is not None:
+                up.transport.close()
+            if not req.complete:
+                self.keep_alive = False  # the rest of the body was never read
+            return self.status, backend.id
+        if not last:
+            return self._reply(
+                503, f"app {route.key} has no ready replica (all ejected)", req
+            ), None
+        return self._reply(502, last, req), None
+
+    def _head(self, req: Request, *, upgrade: bool = False) -> bytes:
+        """The request as the replica gets it."""
+        drop = HOP | OWN_REQUEST
+        if req.connection:
+            drop = drop | connection_tokens(req.connection)
+        if upgrade:
+            drop = OWN_REQUEST
+        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
+        has_proto = has_host = False
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname in drop:
+                continue
+            if lname == b"x-forwarded-proto":
+                has_proto = True
+            elif lname == b"x-forwarded-host":
+                has_host = True
+            parts.append(name + b": " + value + b"\r\n")
+        ip = self.client_ip.encode() or b"unknown"
+        parts.append(b"X-Forwarded-For: " + (req.xff + b", " + ip if req.xff else ip) + b"\r\n")
+        if not has_proto:
+            parts.append(b"X-Forwarded-Proto: http\r\n")
+        if not has_host and req.host:
+            parts.append(b"X-Forwarded-Host: " + req.host + b"\r\n")
+        parts.append(b"X-Request-Id: " + req.request_id + b"\r\n")
+        if req.chunked and not upgrade:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    async def _tunnel(
+        self, req: Request, route: AppRoute, picker: Any, key: str
+    ) -> tuple[int, str | None]:
+        proxy = self.proxy
+        backend = picker.pick(
+            route.backends, key=key, exclude=proxy.ejected, inflight=proxy.inflight
+        )
+        if backend is None:
+            return self._reply(503, f"app {route.key} has no ready replica", req), None
+        try:
+            up = await self.engine.connect(backend)
+        except (OSError, TimeoutError) as err:
+            if not isinstance(err, TimeoutError):
+                proxy.eject(route, backend, proxy.stats.app(route.key), "connect failed")
+            return self._reply(
+                502, f"replica {backend.id}: upgrade connect failed: {err}", req, close=True
+            ), backend.id
+        assert up.transport is not None
+        assert self.transport is not None
+        up.tunnel = self
+        self.tunnel = up
+        up.transport.write(self._head(req, upgrade=True))
+        if self.upgrade_rest:
+            up.transport.write(self.upgrade_rest)
+            self.upgrade_rest = b""
+        self.transport.resume_reading()
+        self.keep_alive = False
+        proxy.inflight[backend.id] = proxy.inflight.get(backend.id, 0) + 1
+        try:
+            await self.tunnel_done.wait()  # the tunnel runs in the protocols' callbacks
+        finally:
+            n = proxy.inflight.get(backend.id, 1) - 1
+            if n > 0:
+                proxy.inflight[backend.id] = n
+            else:
+                proxy.inflight.pop(backend.id, None)
+            up.transport.close()
+        return 101, backend.id
+
+
+class FastEngine:
+    """Listener, upstream pools and the read-timeout sweeper."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.clients: set[ClientConn] = set()
+        self.busy: set[UpstreamConn] = set()
+        self.bound: dict[ClientConn, UpstreamConn] = {}
+        self.idle: dict[tuple[str, int], list[UpstreamConn]] = {}
+        self.server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: ClientConn(self), host, port, reuse_port=reuse_port or None, backlog=2048
+        )
+        self._sweeper = loop.create_task(self._sweep(), name="balancer-sweeper")
+
+    async def close(self, grace: float = 10.0) -> None:
+        if self.server is not None:
+            self.server.close()
+        for c in self.clients:  # finish what is in flight, then close
+            c.keep_alive = False
+        tasks = [c.task for c in self.clients if c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for c in list(self.clients):
+            if c.transport is not None:
+                c.transport.close()
+        for conns in self.idle.values():
+            for up in conns:
+                if up.transport is not None:
+                    up.transport.close()
+        self.idle.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    # -- upstream pool ------------------------------------------------------------------
+
+    async def connect(self, backend: Backend) -> UpstreamConn:
+        loop = asyncio.get_running_loop()
+        _, up = await asyncio.wait_for(
+            loop.create_connection(lambda: UpstreamConn(self, backend), backend.host, backend.port),
+            self.proxy.options.connect_timeout,
+        )
+        return up
+
+    async def acquire(self, backend: Backend) -> UpstreamConn:
+        pool = self.idle.get((backend.host, backend.port))
+        while pool:
+            up = pool.pop()
+            if not up.closed and up.transport is not None and not up.transport.is_closing():
+                up.backend = backend
+                return up
+        return await self.connect(backend)
+
+    def release(self, up: UpstreamConn) -> None:
+        if up.closed or not up.reusable:
+            if up.transport is not None:
+                up.transport.close()
+            return
+        pool = self.idle.setdefault(up.key, [])
+        if len(pool) >= IDLE_PER_BACKEND:
+            if up.transport is not None:
+                up.transport.close()
+            return
+        pool.append(up)
+
+    def forget(self, up: UpstreamConn) -> None:
+        self.busy.discard(up)
+        pool = self.idle.get(up.key)
+        if pool and up in pool:
+            pool.remove(up)
+
+    async def _sweep(self) -> None:
+        timeout = self.proxy.options.read_timeout
+        step = min(0.1, timeout / 4)
+        ticks = 0
+        while True:
+            await asyncio.sleep(step)
+            now = time.monotonic()
+            for up in [u for u in self.busy if now - u.activity > timeout]:
+                up.timeout(timeout)
+            ticks += 1
+            if ticks % 20 == 0:
+                for c in [
+                    c
+                    for c in self.clients
+                    if c.task is None
+                    and c.tunnel is None
+                    and now - c.idle_since > CLIENT_IDLE_TIMEOUT
+                ]:
+                    if c.transport is not None:
+                        c.transport.close()

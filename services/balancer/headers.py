@@ -1,0 +1,55 @@
+"""Header rules of a reverse proxy (pure): hop-by-hop headers stay on their hop, and the
+upstream learns who the client was (X-Forwarded-*, X-Request-Id)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Set by aiohttp's websocket client itself; the client's own values must not be forwarded.
+WEBSOCKET_HANDSHAKE = frozenset(
+    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
+)
+
+
+def connection_tokens(value: str | None) -> frozenset[str]:
+    """Header names listed in a ``Connection`` header are hop-by-hop too (RFC 9110 7.6.1)."""
+    if not value:
+        return frozenset()
+    return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+
+
+def strip_hop_by_hop(
+    items: Iterable[tuple[str, str]], connection: str | None, extra: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    drop = HOP_BY_HOP | connection_tokens(connection) | extra
+    return [(k, v) for k, v in items if k.lower() not in drop]
+
+
+def forwarded_for(existing: str | None, client_ip: str | None) -> str:
+    ip = client_ip or "unknown"
+    return f"{existing}, {ip}" if existing else ip
+
+
+def client_key(hash_header: str | None, header_value: str | None, client_ip: str | None) -> str:
+    """The key of the ``hash`` algorithm: a header's value, else the client's address."""
+    if hash_header is not None and header_value:
+        return header_value
+    return client_ip or ""
+
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})

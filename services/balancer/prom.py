@@ -1,0 +1,69 @@
+"""Prometheus exposition of the balancer's counters, read at scrape time.
+
+The hot path only bumps plain integers in ``Stats``; this collector turns them into
+metric families when ``/metrics`` is scraped, so serving a request costs no label lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from services.balancer.stats import BUCKETS, CODE_CLASSES
+
+if TYPE_CHECKING:
+    from services.balancer.proxy import Proxy
+
+
+class LbCollector:
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "shoal_lb_requests", "Requests served, by app and status class", labels=["app", "code"]
+        )
+        duration = HistogramMetricFamily(
+            "shoal_lb_request_duration_seconds", "Request latency at the balancer", labels=["app"]
+        )
+        inflight = GaugeMetricFamily("shoal_lb_inflight", "Requests in flight", labels=["app"])
+        held = GaugeMetricFamily(
+            "shoal_lb_held", "Requests held for an app scaled to zero", labels=["app"]
+        )
+        errors = CounterMetricFamily(
+            "shoal_lb_upstream_errors", "Upstream connection failures", labels=["app"]
+        )
+        retries = CounterMetricFamily(
+            "shoal_lb_retries", "Requests retried on another replica", labels=["app"]
+        )
+        ejections = CounterMetricFamily(
+            "shoal_lb_ejections", "Replicas ejected after a connection failure", labels=["app"]
+        )
+        ready = GaugeMetricFamily(
+            "shoal_lb_ready_replicas", "Ready replicas in the route table", labels=["app"]
+        )
+        for key, s in list(self.proxy.stats.apps.items()):
+            for cls, n in zip(CODE_CLASSES, s.by_class, strict=True):
+                if n:
+                    requests.add_metric([key, cls], n)
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, n in zip((*BUCKETS, float("inf")), s.buckets, strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            duration.add_metric([key], buckets, s.latency_sum)
+            inflight.add_metric([key], s.inflight)
+            held.add_metric([key], s.held)
+            errors.add_metric([key], s.upstream_errors)
+            retries.add_metric([key], s.retries)
+            ejections.add_metric([key], s.ejections)
+        for key, route in self.proxy.table.routes.items():
+            ready.add_metric([key], len(route.backends))
+        yield from (requests, duration, inflight, held, errors, retries, ejections, ready)

@@ -1,0 +1,120 @@
+"""Request statistics (pure): cumulative counters for Prometheus, and a one-second window
+turned into ``RouteMetrics`` for the bus. Recording a request is a few integer updates
+and one list append; percentiles are computed once per window, not per request."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+from core.state import LbMetrics, RouteMetrics
+
+BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (0 when empty)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(0, min(len(sorted_values) - 1, int(q * len(sorted_values) + 0.999999) - 1))
+    return sorted_values[rank]
+
+
+@dataclass(slots=True)
+class AppStats:
+    # cumulative (Prometheus)
+    total: int = 0
+    by_class: list[int] = field(default_factory=lambda: [0] * len(CODE_CLASSES))
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    latency_sum: float = 0.0
+    upstream_errors: int = 0
+    retries: int = 0
+    ejections: int = 0
+    # gauges
+    inflight: int = 0
+    held: int = 0
+    # the current window (bus)
+    w_requests: int = 0
+    w_errors: int = 0
+    w_latencies: list[float] = field(default_factory=list)
+    w_replicas: dict[str, int] = field(default_factory=dict)
+
+    def done(self, replica: str | None, status: int, seconds: float) -> None:
+        self.total += 1
+        cls = status // 100 - 1
+        if 0 <= cls < 5:
+            self.by_class[cls] += 1
+        self.buckets[bisect_left(BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+        self.w_requests += 1
+        if status >= 500:
+            self.w_errors += 1
+        self.w_latencies.append(seconds)
+        if replica is not None:
+            self.w_replicas[replica] = self.w_replicas.get(replica, 0) + 1
+
+    def flush(self, window: float) -> RouteMetrics:
+        """The window as ``RouteMetrics``; starts a new window."""
+        lat = sorted(self.w_latencies)
+        out = RouteMetrics(
+            rps=self.w_requests / window if window > 0 else 0.0,
+            inflight=self.inflight,
+            p50_ms=percentile(lat, 0.50) * 1000,
+            p95_ms=percentile(lat, 0.95) * 1000,
+            p99_ms=percentile(lat, 0.99) * 1000,
+            errors=self.w_errors,
+            requests=self.w_requests,
+            held=self.held,
+            replicas={r: n / window for r, n in self.w_replicas.items()} if window > 0 else {},
+        )
+        self.w_requests = 0
+        self.w_errors = 0
+        self.w_latencies = []
+        self.w_replicas = {}
+        return out
+
+    @property
+    def idle(self) -> bool:
+        return self.w_requests == 0 and self.inflight == 0 and self.held == 0
+
+
+class Stats:
+    """Per app (``ns/name``; ``-`` for requests that matched no route)."""
+
+    def __init__(self) -> None:
+        self.apps: dict[str, AppStats] = {}
+
+    def app(self, key: str) -> AppStats:
+        s = self.apps.get(key)
+        if s is None:
+            s = self.apps[key] = AppStats()
+        return s
+
+    def snapshot(self, instance: str, window: float, now: float) -> LbMetrics:
+        apps: dict[str, RouteMetrics] = {}
+        for key, s in self.apps.items():
+            if key == "-":
+                s.flush(window)
+                continue
+            if s.idle:
+                s.flush(window)
+                continue
+            apps[key] = s.flush(window)
+        return LbMetrics(instance=instance, window=window, apps=apps, ts=now)

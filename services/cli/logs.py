@@ -1,0 +1,134 @@
+"""``shoal logs APP [-n NS] [-f] [--replica ID] [--tail N]``: container logs over the bus.
+
+The CLI finds the app's replicas in the retained ``nodes/+/replicas`` reports, publishes a
+``LogsRequest`` on ``logs/request`` and prints the ``LogChunk``s that the agents running
+those replicas stream to ``logs/stream/<request id>``. Without ``-f`` it ends once every
+replica's stream has ended; with ``-f`` it re-sends the request (a lease) until interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+
+import click
+
+from core.codec import Envelope
+from core.errors import CodecError, ShoalError
+from core.logs import setup_logging
+from core.state import LogChunk, LogsRequest, NodeReplicas
+from services.cli.client import ClientOptions, client_options, connect, err_console, run_async
+
+LEASE = 10.0
+
+
+def expected_streams(
+    reports: list[NodeReplicas], namespace: str, app: str, replica: str | None
+) -> set[tuple[str, str]]:
+    """(node, replica) of every container the agents report for the app."""
+    return {
+        (r.node, r.id)
+        for report in reports
+        for r in report.replicas
+        if r.namespace == namespace
+        and r.app == app
+        and r.container_id
+        and (replica is None or r.id == replica or r.id.endswith(replica))
+    }
+
+
+async def _logs(
+    opts: ClientOptions,
+    app: str,
+    namespace: str,
+    follow: bool,
+    replica: str | None,
+    tail: int | None,
+) -> None:
+    async with connect(opts) as bus:
+        request_id = uuid.uuid4().hex
+        chunks: asyncio.Queue[LogChunk] = asyncio.Queue()
+
+        def on_chunk(topic: str, env: Envelope | None) -> None:
+            if env is None:
+                return
+            try:
+                chunks.put_nowait(env.open(LogChunk))
+            except CodecError as err:
+                err_console.print(f"[yellow]warning:[/yellow] bad log chunk: {err}")
+
+        await bus.subscribe(bus.topics.all_node_replicas, lambda t, e: None, cache=True)
+        await bus.subscribe(bus.topics.logs_stream(request_id), on_chunk)
+        await bus.sync(timeout=opts.timeout)
+        reports = []
+        for env in bus.cached(bus.topics.all_node_replicas).values():
+            try:
+                reports.append(env.open(NodeReplicas))
+            except CodecError:
+                continue
+        expected = expected_streams(reports, namespace, app, replica)
+        if not expected:
+            what = f"replica {replica} of " if replica else ""
+            raise ShoalError(f"no running {what}app {namespace}/{app} found on any node")
+        # A --replica suffix resolves to the full id.
+        replica_id = next(iter(expected))[1] if replica and len(expected) == 1 else replica
+        request = LogsRequest(
+            id=request_id,
+            namespace=namespace,
+            app=app,
+            replica=replica_id,
+            tail=tail,
+            follow=follow,
+            lease=LEASE,
+        )
+        await bus.publish(bus.topics.logs_request, "logs_request", request, qos=1)
+        prefix_lines = len(expected) > 1
+        pending = set(expected)
+        renewed = time.monotonic()
+        last_chunk = time.monotonic()
+        while follow or pending:
+            if follow and time.monotonic() - renewed > LEASE / 3:
+                await bus.publish(bus.topics.logs_request, "logs_request", request, qos=1)
+                renewed = time.monotonic()
+            try:
+                chunk = await asyncio.wait_for(chunks.get(), timeout=1.0)
+            except TimeoutError:
+                if not follow and time.monotonic() - last_chunk > opts.timeout:
+                    missing = ", ".join(sorted(r for _, r in pending))
+                    err_console.print(f"[yellow]warning:[/yellow] no logs from {missing}")
+                    if pending == expected:
+                        sys.exit(1)
+                    return
+                continue
+            last_chunk = time.monotonic()
+            for line in chunk.lines:
+                click.echo(f"{chunk.replica} | {line}" if prefix_lines else line)
+            if chunk.error:
+                err_console.print(f"[yellow]warning:[/yellow] {chunk.replica}: {chunk.error}")
+            if chunk.eof:
+                pending.discard((chunk.node, chunk.replica))
+
+
+@click.command("logs")
+@client_options
+@click.argument("app")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="keep streaming new lines")
+@click.option("--replica", default=None, help="only this replica (id or its last characters)")
+@click.option("--tail", type=click.IntRange(min=0), default=None, help="last N lines only")
+def logs(
+    opts: ClientOptions,
+    app: str,
+    namespace: str,
+    follow: bool,
+    replica: str | None,
+    tail: int | None,
+) -> None:
+    """Print (and with -f follow) the container logs of an app's replicas."""
+    setup_logging("warning")  # stdout carries the logs only; bus chatter stays quiet
+    run_async(_logs(opts, app, namespace, follow, replica, tail))
+
+
+COMMANDS: list[click.Command] = [logs]

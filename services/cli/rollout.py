@@ -1,0 +1,314 @@
+"""``shoal rollout history|undo|status|promote|abort`` and ``shoal diff``: versions of apps."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from core.bus import Bus
+from core.commands import (
+    ApplyCommand,
+    History,
+    HistoryQuery,
+    Reply,
+    RollbackCommand,
+    RolloutCommand,
+)
+from core.errors import ShoalError, SpecError
+from core.spec import load_specs, parse_documents
+from core.state import AppHealth, AppState
+from services.cli.client import (
+    ClientOptions,
+    client_options,
+    connect,
+    console,
+    err_console,
+    print_json,
+    run_async,
+)
+
+#: Phases in which a rollout has stopped moving by itself.
+SETTLED = ("stable", "rolled_back", "failed", "paused")
+
+
+def _refused(errors: list[str]) -> None:
+    for line in errors:
+        err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False)
+    sys.exit(1)
+
+
+def _time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def _command(bus: Bus, command: str, body: Any, timeout: float) -> Reply:
+    env = await bus.request(bus.topics.cmd(command), command, body, timeout=timeout)
+    reply = env.open(Reply)
+    if not reply.ok:
+        _refused(reply.errors)
+    return reply
+
+
+async def _app(bus: Bus, namespace: str, name: str) -> tuple[AppState | None, AppHealth | None]:
+    topics = bus.topics
+    await bus.subscribe(topics.app(namespace, name), lambda t, e: None, cache=True)
+    await bus.subscribe(topics.health(namespace, name), lambda t, e: None, cache=True)
+    await bus.sync()
+    app_env = bus.cache.get(topics.app(namespace, name))
+    health_env = bus.cache.get(topics.health(namespace, name))
+    return (
+        app_env.open(AppState) if app_env else None,
+        health_env.open(AppHealth) if health_env else None,
+    )
+
+
+@click.group()
+def rollout() -> None:
+    """Revisions of an app: history, undo, status, canary promote/abort."""
+
+
+namespace_option = click.option("-n", "--namespace", default="default", show_default=True)
+
+
+# -- history ------------------------------------------------------------------------------
+
+
+@rollout.command()
+@click.argument("name")
+@namespace_option
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@client_options
+def history(opts: ClientOptions, name: str, namespace: str, output: str) -> None:
+    """Every revision of NAME: when, from where, and what changed."""
+    run_async(_history(opts, namespace, name, output))
+
+
+async def _history(opts: ClientOptions, namespace: str, name: str, output: str) -> None:
+    async with connect(opts) as bus:
+        env = await bus.request(
+            bus.topics.cmd("history"),
+            "history",
+            HistoryQuery(namespace=namespace, name=name),
+            timeout=opts.timeout,
+        )
+    if env.kind != "revisions":
+        _refused(env.open(Reply).errors)
+    hist = env.open(History)
+    if output == "json":
+        print_json(hist)
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("REVISION", "CREATED (UTC)", "SOURCE", "IMAGE", "CHANGES", "STATUS"):
+        table.add_column(col, overflow="fold")
+    for r in hist.revisions:
+        table.add_row(
+            f"{r.revision}{' *' if r.current else ''}",
+            _time(r.created),
+            r.source or "-",
+            r.image,
+            "; ".join(r.changes) or "-",
+            r.status or "-",
+        )
+    console.print(table)
+    console.print(
+        f"{namespace}/{name}: revision {hist.revision}, {hist.phase}"
+        + (f" ({hist.message})" if hist.message else ""),
+        highlight=False,
+        markup=False,
+    )
+
+
+# -- undo ---------------------------------------------------------------------------------
+
+
+@rollout.command()
+@click.argument("name")
+@namespace_option
+@click.option("--to-revision", type=int, default=None, help="default: the previous revision")
+@client_options
+def undo(opts: ClientOptions, name: str, namespace: str, to_revision: int | None) -> None:
+    """Go back to an earlier revision's template (as a new revision)."""
+    run_async(_undo(opts, namespace, name, to_revision))
+
+
+async def _undo(opts: ClientOptions, namespace: str, name: str, to_revision: int | None) -> None:
+    if to_revision is not None and to_revision < 1:
+        raise click.BadParameter("revisions start at 1", param_hint="--to-revision")
+    async with connect(opts) as bus:
+        reply = await _command(
+            bus,
+            "rollback",
+            RollbackCommand(namespace=namespace, name=name, to_revision=to_revision),
+            opts.timeout,
+        )
+    for r in reply.results:
+        if r.change == "unchanged":
+            click.echo(f"app {r.namespace}/{r.name} unchanged: already on that template")
+        else:
+            click.echo(f"app {r.namespace}/{r.name} rolling back as revision {r.revision}")
+            for line in r.changes:
+                click.echo(f"  {line}")
+
+
+# -- promote / abort ------------------------------------------------------------------------
+
+
+def _action_command(action: str, doc: str) -> click.Command:
+    @click.argument("name")
+    @namespace_option
+    @client_options
+    def command(opts: ClientOptions, name: str, namespace: str) -> None:
+        run_async(_action(opts, namespace, name, action))
+
+    command.__doc__ = doc
+    return rollout.command(action)(command)
+
+
+async def _action(opts: ClientOptions, namespace: str, name: str, action: str) -> None:
+    async with connect(opts) as bus:
+        body = RolloutCommand(namespace=namespace, name=name, action=action)
+        reply = await _command(bus, "rollout", body, opts.timeout)
+    done = "promoted: rolling out" if action == "promote" else "aborted: back to"
+    click.echo(f"app {namespace}/{name} {done} revision {reply.revision}")
+
+
+promote = _action_command("promote", "Complete a paused canary: roll the new revision out.")
+abort = _action_command("abort", "Stop a canary or rollout and return to the last good revision.")
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def describe(app: AppState, health: AppHealth | None) -> list[str]:
+    """Lines describing where a rollout stands."""
+    ready: dict[int, int] = {}
+    for r in health.replicas if health else []:
+        if r.ready and not r.terminating:
+            ready[r.revision] = ready.get(r.revision, 0) + 1
+    lines = [
+        f"{app.namespace}/{app.name}: revision {app.revision}, {app.phase}"
+        + (f": {app.message}" if app.message else "")
+    ]
+    for v in app.versions:
+        weight = f", {v.weight}% of traffic" if v.weight is not None else ""
+        target = " (target)" if v.revision == app.revision and len(app.versions) > 1 else ""
+        lines.append(
+            f"  revision {v.revision}{target}: {ready.get(v.revision, 0)}/{v.replicas} ready, "
+            f"{v.spec.image}{weight}"
+        )
+    return lines
+
+
+@rollout.command()
+@click.argument("name")
+@namespace_option
+@click.option("-w", "--watch", is_flag=True, help="follow until the rollout settles")
+@click.option("--watch-timeout", default=600.0, show_default=True, help="seconds, with --watch")
+@client_options
+def status(
+    opts: ClientOptions, name: str, namespace: str, watch: bool, watch_timeout: float
+) -> None:
+    """Where the rollout of NAME stands (exit 1 if it failed or was rolled back)."""
+    run_async(_status(opts, namespace, name, watch, watch_timeout))
+
+
+async def _status(
+    opts: ClientOptions, namespace: str, name: str, watch: bool, watch_timeout: float
+) -> None:
+    async with connect(opts) as bus:
+        app, health = await _app(bus, namespace, name)
+        if app is None:
+            raise ShoalError(f"app {namespace}/{name} not found")
+        shown: list[str] = []
+        started = time.monotonic()
+        while True:
+            lines = describe(app, health)
+            if lines != shown:
+                for line in lines:
+                    console.print(line, highlight=False, markup=False)
+                shown = lines
+            if not watch or app.phase in SETTLED:
+                break
+            if time.monotonic() - started > watch_timeout:
+                raise ShoalError(f"rollout of {namespace}/{name} still {app.phase}")
+            await asyncio.sleep(0.2)
+            app_env = bus.cache.get(bus.topics.app(namespace, name))
+            if app_env is None:
+                raise ShoalError(f"app {namespace}/{name} was deleted")
+            app = app_env.open(AppState)
+            health_env = bus.cache.get(bus.topics.health(namespace, name))
+            health = health_env.open(AppHealth) if health_env else None
+    if app.phase in ("failed", "rolled_back"):
+        sys.exit(1)
+
+
+# -- diff ---------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("-f", "--file", "files", multiple=True, required=True, help="'-' for stdin")
+@click.option("--exit-code", is_flag=True, help="exit 1 when an apply would change something")
+@client_options
+def diff(opts: ClientOptions, files: tuple[str, ...], exit_code: bool) -> None:
+    """What `shoal apply -f FILE` would change, field by field (nothing is changed)."""
+    docs: list[Any] = []
+    errors: list[str] = []
+    for path in files:
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        except OSError as err:
+            raise click.BadParameter(f"{path}: {err.strerror}", param_hint="-f") from err
+        try:
+            load_specs(text, path)
+            docs.extend(parse_documents(text, path))
+        except SpecError as err:
+            errors.extend(err.errors)
+    if errors:
+        _refused(errors)
+    changed = run_async(_diff(opts, docs, ",".join(files)))
+    if exit_code and changed:
+        sys.exit(1)
+
+
+async def _diff(opts: ClientOptions, docs: list[Any], source: str) -> bool:
+    async with connect(opts) as bus:
+        await bus.subscribe(bus.topics.all_apps, lambda t, e: None, cache=True)
+        await bus.sync()
+        current = {
+            (a.namespace, a.name): a
+            for a in (e.open(AppState) for e in bus.cached(bus.topics.all_apps).values())
+        }
+        reply = await _command(
+            bus,
+            "apply",
+            ApplyCommand(apps=docs, dry_run=True, source=f"cli:{source}"),
+            opts.timeout,
+        )
+    changed = False
+    for r in reply.results:
+        label = f"{r.namespace}/{r.name}"
+        now = current.get((r.namespace, r.name))
+        if r.change == "unchanged":
+            click.echo(f"  {label}: unchanged (revision {r.revision})")
+            continue
+        changed = True
+        if r.change == "created":
+            click.echo(f"+ {label}: would be created as revision {r.revision}")
+        elif now is not None and r.revision != now.revision:
+            click.echo(f"~ {label}: new revision {r.revision} (now {now.revision}), rolled out")
+        else:
+            click.echo(f"~ {label}: {r.change} in place (revision {r.revision})")
+        for line in r.changes if r.change != "created" else []:
+            click.echo(f"    {line}")
+    return changed
+
+
+COMMANDS: list[click.Command] = [rollout, diff]

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from core.config import ServiceConfig
+from core.options import data_dir_default, service_options
+from core.service import run_service
+from services.controller.service import ControllerService
+
+
+@click.command("controller")
+@service_options
+@click.option(
+    "--data-dir",
+    envvar="SHOAL_DATA_DIR",
+    default=data_dir_default,
+    show_default="./.shoal",
+    type=click.Path(file_okay=False),
+    help="where controller.db (apps and their revision history) lives",
+)
+def command(config: ServiceConfig, data_dir: str) -> None:
+    """Validate commands, assign revisions, persist apps, publish desired state, roll out."""
+
+    def factory(cfg: ServiceConfig) -> ControllerService:
+        return ControllerService(cfg, Path(data_dir))
+
+    factory.name = ControllerService.name  # type: ignore[attr-defined]
+    run_service(factory, config)

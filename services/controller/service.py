@@ -1,0 +1,500 @@
+"""The controller's I/O shell: commands in, retained ``apps/<ns>/<name>`` out.
+
+Decisions are made by ``apps.py`` (commands) and ``rollout.py`` (rollout steps); this
+module reads and writes the SQLite store, publishes, replies and emits events. One lock
+serialises every read-modify-write of an app record (command handlers, rollout steps and
+the republish on connect), so a record is persisted, then published, in one order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from core.codec import Envelope
+from core.commands import (
+    ApplyCommand,
+    AppResult,
+    DeleteCommand,
+    History,
+    HistoryQuery,
+    Reply,
+    RevisionInfo,
+    RollbackCommand,
+    RolloutCommand,
+    ScaleCommand,
+)
+from core.config import ServiceConfig
+from core.errors import BusError, CodecError, ShoalError, SpecError, TopicError
+from core.runner import Reconciler
+from core.service import Service
+from core.spec import format_validation_error, validate_apps
+from core.state import AppHealth, AppState, NodeReplicas, ReplicaStatus
+from services.controller.apps import (
+    AppRecord,
+    Decision,
+    Key,
+    decide_abort,
+    decide_apply,
+    decide_promote,
+    decide_scale,
+    decide_undo,
+    key_of,
+)
+from services.controller.rollout import Note, failing_replicas, plan_rollout
+from services.controller.store import Store
+
+#: Commands this service answers, by the last level of ``cmd/<command>``.
+HANDLED: dict[str, type[BaseModel]] = {
+    "apply": ApplyCommand,
+    "delete": DeleteCommand,
+    "scale": ScaleCommand,
+    "rollback": RollbackCommand,
+    "history": HistoryQuery,
+    "rollout": RolloutCommand,
+}
+
+#: Seconds between full passes over active rollouts (health changes also trigger a step).
+RESYNC = 5.0
+
+
+def _label(key: Key) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+def _source(kind: str, detail: str, env: Envelope) -> str:
+    text = f"{kind} {detail}".strip()
+    return f"{text} by {env.src}" if env.src else text
+
+
+class ControllerService(Service):
+    name = "controller"
+
+    def __init__(self, config: ServiceConfig, data_dir: Path | str) -> None:
+        super().__init__(config)
+        self.data_dir = Path(data_dir)
+        self.store: Store | None = None
+        self.apps: dict[Key, AppRecord] = {}
+        self.lock = asyncio.Lock()
+        self.unpublished: set[Key] = set()
+        #: observed replicas, node -> app -> replicas (to see new revisions crash-loop)
+        self.observed: dict[str, dict[Key, list[ReplicaStatus]]] = {}
+        self.rollouts: Reconciler[Key] = Reconciler(
+            "rollouts", self._step, keys=self._active, resync=RESYNC
+        )
+        self.bus.on_connect(self._republish)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        self.store = Store(self.data_dir / "controller.db")
+        self.apps = self.store.load()
+        now = time.time()
+        for key, record in list(self.apps.items()):
+            if record.rollout is not None:
+                # The controller was not watching while it was down: a fresh deadline.
+                rollout = record.rollout.model_copy(update={"progress_at": now})
+                self.apps[key] = AppRecord(record.state, rollout)
+        self.log.info("loaded apps", count=len(self.apps), db=str(self.store.path))
+        await self.bus.subscribe(self.topics.all_commands, self._on_command, allow_json=True)
+        await self.bus.subscribe(self.topics.all_health, self._on_health, cache=True)
+        await self.bus.subscribe(self.topics.all_apps, self._on_app, cache=True)
+        await self.bus.subscribe(self.topics.all_node_replicas, self._on_node_replicas)
+
+    async def main(self) -> None:
+        self.rollouts.mark_all()
+        await self.rollouts.run()
+
+    def _active(self) -> Iterable[Key]:
+        return [k for k, r in self.apps.items() if r.rollout is not None]
+
+    @property
+    def db(self) -> Store:
+        if self.store is None:
+            raise RuntimeError("the controller store is not open")
+        return self.store
+
+    # -- retained state -----------------------------------------------------------------
+
+    async def _publish(self, state: AppState) -> None:
+        key = (state.namespace, state.name)
+        try:
+            await self.bus.publish(
+                self.topics.app(state.namespace, state.name), "app", state, retain=True
+            )
+        except BusError:
+            self.unpublished.add(key)
+            raise
+        self.unpublished.discard(key)
+
+    async def _republish(self) -> None:
+        """On every (re)connect: every app from the DB, then clear retained leftovers."""
+        async with self.lock:
+            for record in list(self.apps.values()):
+                await self._publish(record.state)
+        await self.bus.sync(timeout=10)
+        async with self.lock:
+            for topic in list(self.bus.cached(self.topics.all_apps)):
+                try:
+                    key = self.topics.app_of(topic)
+                except TopicError:
+                    continue
+                if key not in self.apps:
+                    self.log.info("clearing retained app not in the store", topic=topic)
+                    await self.bus.clear(topic)
+        self.log.info("republished apps", count=len(self.apps))
+
+    async def _on_app(self, topic: str, env: Envelope | None) -> None:
+        """Our own retained topics come back here. The controller is their only writer:
+        a value for an app it does not know was left by someone else, and is cleared."""
+        if env is None:
+            return
+        try:
+            key = self.topics.app_of(topic)
+        except TopicError:
+            return
+        if key not in self.apps:
+            self.log.warning("clearing a retained app the store does not know", topic=topic)
+            await self.bus.clear(topic)
+
+    def _health(self, key: Key) -> AppHealth | None:
+        env = self.bus.cache.get(self.topics.health(*key))
+        if env is None:
+            return None
+        try:
+            return env.open(AppHealth)
+        except CodecError as err:
+            self.log.warning("malformed health ignored", app=_label(key), error=str(err))
+            return None
+
+    def _on_health(self, topic: str, env: Envelope | None) -> None:
+        try:
+            key = self.topics.app_of(topic)
+        except TopicError:
+            return
+        record = self.apps.get(key)
+        if record is not None and record.rollout is not None:
+            self.rollouts.mark(key)
+
+    def _on_node_replicas(self, topic: str, env: Envelope | None) -> None:
+        try:
+            node = self.topics.node_of(topic)
+        except TopicError:
+            return
+        before = set(self.observed.get(node, {}))
+        if env is None:
+            self.observed.pop(node, None)
+        else:
+            try:
+                observed = env.open(NodeReplicas)
+            except CodecError as err:
+                self.log.warning("malformed node replicas ignored", node=node, error=str(err))
+                return
+            by_app: dict[Key, list[ReplicaStatus]] = {}
+            for replica in observed.replicas:
+                by_app.setdefault((replica.namespace, replica.app), []).append(replica)
+            self.observed[node] = by_app
+        for key in before | set(self.observed.get(node, {})):
+            record = self.apps.get(key)
+            if record is not None and record.rollout is not None:
+                self.rollouts.mark(key)
+
+    def _failing(self, record: AppRecord) -> list[str]:
+        replicas = [r for apps in self.observed.values() for r in apps.get(record.key, [])]
+        return failing_replicas(replicas, record.state.revision)
+
+    # -- commands -----------------------------------------------------------------------
+
+    async def _on_command(self, topic: str, env: Envelope | None) -> None:
+        if env is None:
+            return
+        command = topic.rsplit("/", 1)[-1]
+        model = HANDLED.get(command)
+        if model is None:
+            return  # another service's command (e.g. cmd/node)
+        try:
+            if env.kind != command:
+                raise SpecError(
+                    [f"a {command!r} command was expected on {topic}, got {env.kind!r}"]
+                )
+            try:
+                body = model.model_validate(env.body)
+            except ValidationError as err:
+                raise SpecError(format_validation_error(err, f"{command} command")) from err
+            handler: Callable[[Envelope, Any], Awaitable[tuple[str, BaseModel]]] = getattr(
+                self, f"_cmd_{command}"
+            )
+            kind, reply = await handler(env, body)
+        except SpecError as err:
+            kind, reply = "reply", Reply(ok=False, errors=err.errors)
+        except ShoalError as err:
+            self.log.warning("command failed", command=command, error=str(err))
+            kind, reply = "reply", Reply(ok=False, errors=[f"{command} failed: {err}"])
+        except Exception as err:  # a bug must not cost the client its answer
+            self.log.exception("command crashed", command=command)
+            kind, reply = (
+                "reply",
+                Reply(ok=False, errors=[f"{command} failed: internal error: {err}"]),
+            )
+        if isinstance(reply, Reply) and not reply.ok:
+            self.log.info("command refused", command=command, src=env.src, errors=reply.errors)
+        if not env.reply_to:
+            return
+        try:
+            await self.bus.reply(env, kind, reply)
+        except (BusError, TopicError) as err:
+            self.log.warning("reply not sent", command=command, to=env.reply_to, error=str(err))
+
+    def _record(self, namespace: str, name: str) -> AppRecord:
+        record = self.apps.get((namespace, name))
+        if record is None:
+            raise SpecError([f"app {namespace}/{name} not found"])
+        return record
+
+    async def _cmd_apply(self, env: Envelope, cmd: ApplyCommand) -> tuple[str, Reply]:
+        specs = validate_apps(cmd.apps, cmd.source)
+        source = _source("apply", cmd.source, env)
+        async with self.lock:
+            now = time.time()
+            decisions = [
+                decide_apply(
+                    self.apps.get(key_of(spec)),
+                    spec,
+                    self.db.last_revision(key_of(spec)) + 1,
+                    now,
+                    source,
+                )
+                for spec in specs
+            ]
+            if not cmd.dry_run:
+                await self._commit(decisions, now)
+        return "reply", self._reply(decisions)
+
+    async def _cmd_delete(self, env: Envelope, cmd: DeleteCommand) -> tuple[str, Reply]:
+        async with self.lock:
+            record = self._record(cmd.namespace, cmd.name)
+            decision = Decision(record.key, "deleted", None)
+            await self._commit([decision], time.time())
+            result = AppResult(
+                namespace=cmd.namespace,
+                name=cmd.name,
+                revision=record.state.revision,
+                change="deleted",
+            )
+        return "reply", Reply(ok=True, revision=record.state.revision, results=[result])
+
+    async def _cmd_scale(self, env: Envelope, cmd: ScaleCommand) -> tuple[str, Reply]:
+        async with self.lock:
+            now = time.time()
+            decision = decide_scale(self._record(cmd.namespace, cmd.name), cmd, now)
+            await self._commit([decision], now)
+        if decision.change != "unchanged":
+            why = f" ({cmd.reason})" if cmd.reason else ""
+            await self.emit(
+                "scale",
+                f"{_label(decision.key)} scaled to {cmd.replicas} by {cmd.source}{why}",
+                namespace=cmd.namespace,
+                app=cmd.name,
+            )
+        return "reply", self._reply([decision])
+
+    async def _cmd_rollback(self, env: Envelope, cmd: RollbackCommand) -> tuple[str, Reply]:
+        async with self.lock:
+            record = self._record(cmd.namespace, cmd.name)
+            key = record.key
+            state = record.state
+            if cmd.to_revision is None:
+                current_hash = state.spec.template_hash()
+                earlier = [
+                    r
+                    for r in self.db.history(key)
+                    if r.revision != state.revision and r.template_hash != current_hash
+                ]
+                if not earlier:
+                    raise SpecError([f"app {_label(key)} has no earlier revision to return to"])
+                row = max(earlier, key=lambda r: r.revision)
+            else:
+                found = self.db.revision(key, cmd.to_revision)
+                if found is None:
+                    known = ", ".join(str(r.revision) for r in self.db.history(key))
+                    raise SpecError(
+                        [
+                            f"app {_label(key)} has no revision {cmd.to_revision} "
+                            f"(known: {known or 'none'})"
+                        ]
+                    )
+                row = found
+            now = time.time()
+            decision = decide_undo(
+                record,
+                row.revision,
+                row.spec,
+                self.db.last_revision(key) + 1,
+                now,
+                env.src,
+            )
+            await self._commit([decision], now)
+        return "reply", self._reply([decision])
+
+    async def _cmd_rollout(self, env: Envelope, cmd: RolloutCommand) -> tuple[str, Reply]:
+        async with self.lock:
+            record = self._record(cmd.namespace, cmd.name)
+            now = time.time()
+            if cmd.action == "promote":
+                decision = decide_promote(record, now)
+            else:
+                decision = decide_abort(record, now, env.src)
+            await self._commit([decision], now)
+        await self.emit(
+            "rollout",
+            f"{_label(decision.key)}: {cmd.action} by {env.src or 'a client'}",
+            namespace=cmd.namespace,
+            app=cmd.name,
+        )
+        return "reply", self._reply([decision])
+
+    async def _cmd_history(self, env: Envelope, cmd: HistoryQuery) -> tuple[str, BaseModel]:
+        record = self._record(cmd.namespace, cmd.name)
+        state = record.state
+        rows = self.db.history(record.key)
+        revisions = [
+            RevisionInfo(
+                revision=r.revision,
+                created=r.created,
+                source=r.source,
+                template_hash=r.template_hash,
+                image=r.spec.image,
+                changes=r.changes,
+                status=r.status,
+                current=r.revision == state.revision,
+            )
+            for r in rows
+        ]
+        history = History(
+            namespace=state.namespace,
+            name=state.name,
+            revision=state.revision,
+            phase=state.phase,
+            message=state.message,
+            revisions=revisions,
+        )
+        return "revisions", history
+
+    @staticmethod
+    def _reply(decisions: list[Decision]) -> Reply:
+        results = [
+            AppResult(
+                namespace=d.key[0],
+                name=d.key[1],
+                revision=d.revision_number,
+                change=d.change,
+                changes=d.changes,
+            )
+            for d in decisions
+        ]
+        return Reply(
+            ok=True,
+            revision=results[0].revision if len(results) == 1 else None,
+            results=results,
+        )
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def _commit(self, decisions: list[Decision], now: float) -> None:
+        """Persist every decision in one transaction, then publish. Caller holds the lock."""
+        changed: dict[Key, AppRecord | None] = {}
+        notes: list[tuple[Key, Note]] = []
+        with self.db.transaction() as tx:
+            for decision in decisions:
+                key = decision.key
+                if decision.change == "unchanged" and decision.record == self.apps.get(key):
+                    continue
+                if decision.record is None:
+                    tx.delete(key)
+                    changed[key] = None
+                    continue
+                record = decision.record
+                if decision.revision is not None:
+                    number = tx.allocate_revision(key)
+                    if number != decision.revision.revision:
+                        raise ShoalError(
+                            f"revision counter of {_label(key)} moved under the controller"
+                        )
+                    new = decision.revision
+                    tx.add_revision(
+                        key,
+                        new.revision,
+                        new.created,
+                        new.source,
+                        new.spec,
+                        new.changes,
+                        record.state.revision,
+                    )
+                if record.rollout is not None:
+                    plan = plan_rollout(
+                        record.state,
+                        record.rollout,
+                        self._health(key),
+                        now,
+                        self._failing(record),
+                    )
+                    record = AppRecord(plan.state, plan.rollout)
+                    notes.extend((key, n) for n in plan.events)
+                    if plan.failed_revision is not None:
+                        tx.set_status(key, plan.failed_revision, f"failed: {plan.failed_reason}")
+                tx.put(record)
+                changed[key] = record
+        for key, maybe in changed.items():
+            if maybe is None:
+                self.apps.pop(key, None)
+                self.unpublished.discard(key)
+            else:
+                self.apps[key] = maybe
+                if maybe.rollout is not None:
+                    self.rollouts.mark(key)
+        for key, maybe in changed.items():
+            try:
+                if maybe is None:
+                    await self.bus.clear(self.topics.app(*key))
+                else:
+                    await self._publish(maybe.state)
+            except BusError as err:
+                self.log.warning("state not published yet", app=_label(key), error=str(err))
+        for key, note in notes:
+            await self._note(key, note)
+
+    async def _note(self, key: Key, note: Note) -> None:
+        log = self.log.warning if note.severity != "info" else self.log.info
+        log(note.message, app=_label(key), kind=note.kind)
+        await self.emit(
+            note.kind, note.message, namespace=key[0], app=key[1], severity=note.severity
+        )
+
+    # -- rollouts -----------------------------------------------------------------------
+
+    async def _step(self, key: Key) -> float | None:
+        """One rollout step of ``key`` (the Reconciler's callback)."""
+        async with self.lock:
+            record = self.apps.get(key)
+            if record is None or record.rollout is None:
+                return None
+            plan = plan_rollout(
+                record.state, record.rollout, self._health(key), time.time(), self._failing(record)
+            )
+            new = AppRecord(plan.state, plan.rollout)
+            if new != record:
+                with self.db.transaction() as tx:
+                    tx.put(new)
+                    if plan.failed_revision is not None:
+                        tx.set_status(key, plan.failed_revision, f"failed: {plan.failed_reason}")
+                self.apps[key] = new
+            if plan.changed or key in self.unpublished:
+                await self._publish(new.state)
+        for note in plan.events:
+            await self._note(key, note)
+        return plan.requeue

@@ -1,0 +1,1 @@
+"""The autoscaler: follows demand through the controller, and scales to zero."""

@@ -1,0 +1,3 @@
+from services.scaler.command import command
+
+command()

@@ -1,0 +1,611 @@
+"""The cluster as the scheduler sees it, and the reconcile of one app against it.
+
+``Cluster`` is plain data and plain functions: nodes (capacity, labels, liveness,
+cordons), apps (desired state, readiness) and replicas (where each one runs). Every input
+arrives through a method that returns the app keys it may affect; ``reconcile(key, now)``
+converges one app and reports what it did. Nothing here does I/O or reads a clock: the
+caller passes ``now``. The service marks keys dirty and publishes the nodes in ``dirty``.
+
+``plan(...)`` is the whole thing as one pure function over wire models: current
+assignments, nodes and apps in; the new assignment of every node that changed out.
+
+Reconciling one app (``reconcile``), in order:
+
+1. app deleted: every replica goes (after ``orphan_grace`` if it was never seen since the
+   scheduler started, so a broker that lost its retained apps deletes nothing);
+2. replicas of revisions no longer wanted go;
+3. revisions with too many active replicas shrink (``placement.removal_order``);
+4. revisions with too few grow, newest first (``placement.select``); what cannot be placed
+   is recorded with its reasons and retried when capacity appears;
+5. ``leaving`` replicas (on a draining node) go once enough others are ready.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from core.spec import AppSpec
+from core.state import (
+    AppState,
+    AppVersion,
+    AssignedReplica,
+    NodeAssignment,
+    NodeInfo,
+    SchedulerStatus,
+    spec_key,
+)
+from services.scheduler.checks import check_constraints
+from services.scheduler.model import UNKNOWN, AppRecord, Demand, NodeView, Replica
+from services.scheduler.placement import (
+    NodeRing,
+    Unplaceable,
+    candidate_limit,
+    explain,
+    removal_order,
+    select,
+)
+from services.scheduler.scorers import fused
+
+Constraints = tuple[tuple[str, frozenset[str]], ...]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one ``reconcile`` did."""
+
+    key: str
+    placed: list[Replica] = field(default_factory=list)
+    removed: list[Replica] = field(default_factory=list)
+    unplaceable: list[Unplaceable] = field(default_factory=list)
+    #: capacity was released: apps waiting for room may fit now
+    freed: bool = False
+    #: call again after this many seconds
+    requeue: float | None = None
+    #: the app is gone and its record dropped
+    deleted: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.placed or self.removed)
+
+
+def constraints_of(spec: AppSpec) -> Constraints:
+    return tuple(
+        sorted((key, frozenset(values)) for key, values in spec.placement.constraints.items())
+    )
+
+
+def versions_of(state: AppState) -> dict[int, AppVersion]:
+    if state.versions:
+        return {v.revision: v for v in state.versions}
+    only = AppVersion(revision=state.revision, spec=state.spec, replicas=state.replicas)
+    return {state.revision: only}
+
+
+class Cluster:
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        candidates: int | None = None,
+        orphan_grace: float = 0.0,
+        now: float = 0.0,
+    ) -> None:
+        self.nodes: dict[str, NodeView] = {}
+        self.apps: dict[str, AppRecord] = {}
+        self.replicas: dict[str, Replica] = {}
+        #: app key -> what could not be placed at its last reconcile
+        self.pending: dict[str, list[Unplaceable]] = {}
+        #: nodes whose assignment changed and must be published
+        self.dirty: set[str] = set()
+        #: node -> drain flag, for every cordoned node (known or not yet)
+        self.cordons: dict[str, bool] = {}
+        self.seed = seed
+        self.candidates = candidates
+        self.orphans_after = now + orphan_grace
+        self._ids = random.Random(seed)
+        self._specs: dict[str, AppSpec] = {}
+        self._order: list[NodeView] | None = None
+        self._rings: dict[Constraints, NodeRing] = {}
+
+    # -- nodes --------------------------------------------------------------------------
+
+    def upsert_node(self, info: NodeInfo, seen: float) -> set[str]:
+        """A node's info arrived at time ``seen``; returns the apps to reconcile."""
+        node = self.nodes.get(info.node)
+        if node is None:
+            node = NodeView(id=info.node, cordoned=info.node in self.cordons)
+            node.draining = self.cordons.get(info.node, False)
+            self.nodes[info.node] = node
+            self._invalidate()
+        was_usable = node.usable
+        grew = info.capacity.cpu > node.cpu or info.capacity.memory > node.memory
+        if info.labels != node.labels:
+            node.labels = dict(info.labels)
+            self._invalidate()
+            grew = True
+        node.address = info.address
+        node.cpu = info.capacity.cpu
+        node.memory = info.capacity.memory
+        node.status = info.status
+        affected: set[str] = set()
+        if info.status == "offline":
+            if not node.lost:
+                affected |= self.lose_node(info.node)
+            return affected
+        node.seen = seen
+        if node.lost and info.status == "ready":
+            node.lost = False
+            self.dirty.add(node.id)  # re-send the empty set: its stale replicas stop
+        if node.usable and (not was_usable or grew):
+            affected |= set(self.pending)
+        return affected
+
+    def remove_node(self, node_id: str) -> set[str]:
+        """The node's info was deleted: it is gone for good."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            return set()
+        node.status = "offline"
+        return self.lose_node(node_id) if not node.lost else set()
+
+    def lose_node(self, node_id: str) -> set[str]:
+        """Declare a node lost: its replicas leave the books (to be placed elsewhere) and
+        its assignment becomes empty, so that it stops them if it ever comes back."""
+        node = self.nodes[node_id]
+        node.lost = True
+        affected: set[str] = set()
+        for replica in list(node.replicas.values()):
+            self._unbind(replica)
+            affected.add(replica.app_key)
+        self.dirty.add(node_id)
+        return affected
+
+    def expire(self, now: float, grace: float) -> tuple[list[str], set[str]]:
+        """Lose every node not heard from for more than ``grace``: (lost nodes, apps)."""
+        lost: list[str] = []
+        affected: set[str] = set()
+        for node in self.nodes.values():
+            if not node.lost and now - node.seen > grace:
+                lost.append(node.id)
+                affected |= self.lose_node(node.id)
+        return lost, affected
+
+    def refresh(self, now: float) -> None:
+        """Give every live node a fresh grace: the scheduler itself could not hear them
+        (its broker connection was down), which says nothing about the nodes."""
+        for node in self.nodes.values():
+            if not node.lost:
+                node.seen = max(node.seen, now)
+
+    def set_cordon(self, node_id: str, cordoned: bool, drain: bool = False) -> set[str]:
+        """Cordon (no new replicas), drain (and move them all off) or uncordon a node."""
+        drain = drain and cordoned
+        if cordoned:
+            self.cordons[node_id] = drain
+        else:
+            self.cordons.pop(node_id, None)
+        node = self.nodes.get(node_id)
+        if node is None:
+            return set()
+        was_usable_for_new = node.usable and not node.cordoned
+        node.cordoned, node.draining = cordoned, drain
+        affected: set[str] = set()
+        for replica in node.replicas.values():
+            if replica.leaving != drain:
+                replica.leaving = drain
+                affected.add(replica.app_key)
+        if not cordoned and node.usable and not was_usable_for_new:
+            affected |= set(self.pending)
+        return affected
+
+    # -- apps ---------------------------------------------------------------------------
+
+    def set_app(self, key: str, state: AppState | None) -> None:
+        rec = self.apps.get(key)
+        if rec is None:
+            if state is None:
+                return
+            rec = self.apps[key] = AppRecord(key)
+        rec.state = state
+        if state is not None:
+            rec.seen = True
+            self._set_spread(rec, state.spec.placement.spread_by)
+
+    def set_ready(self, key: str, ready: set[str] | None) -> bool:
+        """The health monitor's ready replicas of an app; True if a drain waits on it."""
+        rec = self.apps.get(key)
+        if rec is None:
+            return False
+        rec.ready = ready
+        return any(r.leaving for r in rec.replicas.values())
+
+    # -- reconcile ----------------------------------------------------------------------
+
+    def reconcile(self, key: str, now: float = 0.0) -> Outcome:
+        out = Outcome(key)
+        rec = self.apps.get(key)
+        if rec is None:
+            return out
+        state = rec.state
+        if state is None:
+            if rec.replicas and not rec.seen and now < self.orphans_after:
+                out.requeue = self.orphans_after - now
+                return out
+            for replica in list(rec.replicas.values()):
+                self._unbind(replica)
+                out.removed.append(replica)
+            del self.apps[key]
+            self.pending.pop(key, None)
+            prefix = key + "@"
+            for sk in [sk for sk in self._specs if sk.startswith(prefix)]:
+                del self._specs[sk]
+            out.deleted = True
+            out.freed = bool(out.removed)
+            return out
+
+        versions = versions_of(state)
+        by_rev: dict[int, list[Replica]] = defaultdict(list)
+        for replica in rec.replicas.values():
+            by_rev[replica.revision].append(replica)
+
+        # 2. revisions no longer wanted
+        for rev in [rev for rev in by_rev if rev not in versions]:
+            for replica in by_rev.pop(rev):
+                self._unbind(replica)
+                out.removed.append(replica)
+
+        # 3. scale down
+        for rev, version in versions.items():
+            active = [r for r in by_rev.get(rev, ()) if not r.leaving]
+            extra = len(active) - version.replicas
+            if extra > 0:
+                victims = removal_order(
+                    active, self.nodes, extra, spread_by=rec.spread_by, domains=rec.domains
+                )
+                for replica in victims:
+                    self._unbind(replica)
+                    by_rev[rev].remove(replica)
+                    out.removed.append(replica)
+
+        # 4. scale up, newest revision first
+        for rev in sorted(versions, reverse=True):
+            version = versions[rev]
+            active_count = sum(1 for r in by_rev.get(rev, ()) if not r.leaving)
+            missing = version.replicas - active_count
+            if missing > 0:
+                placed = self._place(rec, version, missing)
+                by_rev[rev].extend(placed)
+                out.placed.extend(placed)
+                if len(placed) < missing:
+                    demand = self._demand(rec, version)
+                    total, reasons = explain(self.nodes.values(), demand)
+                    out.unplaceable.append(Unplaceable(rev, missing - len(placed), total, reasons))
+
+        # 5. leaving replicas whose replacements are ready
+        for rev, replicas in by_rev.items():
+            leaving = [r for r in replicas if r.leaving]
+            if not leaving:
+                continue
+            desired = versions[rev].replicas
+            ready = rec.ready
+            if ready is None:
+                drop = leaving
+            else:
+                ready_count = sum(1 for r in replicas if r.id in ready)
+                drop = []
+                for replica in sorted(leaving, key=lambda r: (r.id in ready, r.id)):
+                    if replica.id not in ready:
+                        drop.append(replica)
+                    elif ready_count - 1 >= desired:
+                        drop.append(replica)
+                        ready_count -= 1
+            for replica in drop:
+                self._unbind(replica)
+                out.removed.append(replica)
+
+        if out.unplaceable:
+            self.pending[key] = out.unplaceable
+        else:
+            self.pending.pop(key, None)
+        out.freed = bool(out.removed)
+        return out
+
+    def waiting_for_ready(self, key: str) -> bool:
+        rec = self.apps.get(key)
+        return rec is not None and any(r.leaving for r in rec.replicas.values())
+
+    # -- rebuilding from retained assignments -------------------------------------------
+
+    def load(self, assignment: NodeAssignment, seen: float) -> None:
+        """Adopt a node's current assignment (at start or on taking over leadership)."""
+        node = self.nodes.get(assignment.node)
+        if node is None:
+            node = NodeView(id=assignment.node, status=UNKNOWN, seen=seen)
+            node.cordoned = assignment.node in self.cordons
+            node.draining = self.cordons.get(assignment.node, False)
+            self.nodes[assignment.node] = node
+            self._invalidate()
+        node.generation = max(node.generation, assignment.generation)
+        for item in assignment.replicas:
+            spec = assignment.specs.get(item.spec_key)
+            if spec is None or item.id in self.replicas:
+                self.dirty.add(assignment.node)  # inconsistent: rewrite it
+                continue
+            self._specs.setdefault(item.spec_key, spec)
+            replica = Replica(
+                id=item.id,
+                namespace=item.namespace,
+                app=item.app,
+                revision=item.revision,
+                node=assignment.node,
+                cpu=spec.resources.cpu,
+                memory=spec.resources.memory,
+                leaving=node.draining,
+            )
+            key = replica.app_key
+            if key not in self.apps:
+                self.apps[key] = AppRecord(key)
+            self._bind(replica, mark=False)
+
+    # -- output -------------------------------------------------------------------------
+
+    def take_dirty(self) -> set[str]:
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+    def assignment(self, node_id: str) -> NodeAssignment:
+        """The node's whole assignment as a message; bumps its generation."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            return NodeAssignment(node=node_id)
+        node.generation += 1
+        replicas: list[AssignedReplica] = []
+        specs: dict[str, AppSpec] = {}
+        for replica in sorted(node.replicas.values(), key=lambda r: r.id):
+            sk = spec_key(replica.namespace, replica.app, replica.revision)
+            if sk not in specs:
+                spec = self.spec_for(replica)
+                if spec is None:
+                    continue
+                specs[sk] = spec
+            replicas.append(
+                AssignedReplica(
+                    id=replica.id,
+                    namespace=replica.namespace,
+                    app=replica.app,
+                    revision=replica.revision,
+                )
+            )
+        return NodeAssignment(
+            node=node_id, replicas=replicas, specs=specs, generation=node.generation
+        )
+
+    def spec_for(self, replica: Replica) -> AppSpec | None:
+        rec = self.apps.get(replica.app_key)
+        if rec is not None and rec.state is not None:
+            for version in rec.state.versions:
+                if version.revision == replica.revision:
+                    return version.spec
+            if rec.state.revision == replica.revision:
+                return rec.state.spec
+        return self._specs.get(spec_key(replica.namespace, replica.app, replica.revision))
+
+    def status(self, key: str, ts: float = 0.0) -> SchedulerStatus | None:
+        """The app's placement status, or None once the app is gone."""
+        rec = self.apps.get(key)
+        if rec is None or rec.state is None:
+            return None
+        state = rec.state
+        desired = sum(v.replicas for v in versions_of(state).values())
+        placed = sum(1 for r in rec.replicas.values() if not r.leaving)
+        leaving = len(rec.replicas) - placed
+        problems = self.pending.get(key, [])
+        reasons: dict[str, int] = {}
+        for problem in problems:
+            for reason, n in problem.reasons.items():
+                reasons[reason] = max(reasons.get(reason, 0), n)
+        message = "; ".join(
+            f"revision {p.revision}: {p.message}" if len(problems) > 1 else p.message
+            for p in problems
+        )
+        if not message and leaving:
+            message = f"{leaving} replica(s) leaving draining nodes once replacements are ready"
+        nodes: dict[str, int] = defaultdict(int)
+        for replica in rec.replicas.values():
+            nodes[replica.node] += 1
+        return SchedulerStatus(
+            namespace=state.namespace,
+            name=state.name,
+            desired=desired,
+            placed=placed,
+            unplaceable=sum(p.count for p in problems),
+            leaving=leaving,
+            message=message,
+            reasons=reasons,
+            nodes=dict(sorted(nodes.items())),
+            ts=ts,
+        )
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _invalidate(self) -> None:
+        self._order = None
+        self._rings.clear()
+
+    def _ring(self, constraints: Constraints) -> NodeRing:
+        ring = self._rings.get(constraints)
+        if ring is not None:
+            return ring
+        if self._order is None:
+            order = sorted(self.nodes.values(), key=lambda n: n.id)
+            random.Random(self.seed).shuffle(order)
+            self._order = order
+        if constraints:
+            probe = Demand(app="", revision=0, cpu=0.0, memory=0, constraints=constraints)
+            nodes = [n for n in self._order if check_constraints(n, probe) is None]
+        else:
+            nodes = list(self._order)
+        ring = self._rings[constraints] = NodeRing(nodes)
+        return ring
+
+    def _demand(self, rec: AppRecord, version: AppVersion) -> Demand:
+        spec = version.spec
+        placement = spec.placement
+        return Demand(
+            app=rec.key,
+            revision=version.revision,
+            cpu=spec.resources.cpu,
+            memory=spec.resources.memory,
+            constraints=constraints_of(spec),
+            max_per_node=placement.max_per_node,
+            spread_by=rec.spread_by,
+            strategy=placement.strategy,
+            app_total=len(rec.replicas),
+            domains=rec.domains,
+        )
+
+    def _place(self, rec: AppRecord, version: AppVersion, count: int) -> list[Replica]:
+        demand = self._demand(rec, version)
+        ring = self._ring(demand.constraints)
+        score = fused(demand.strategy, demand.spread_by)
+        limit = candidate_limit(len(ring.nodes), self.candidates)
+        spec = version.spec
+        namespace, name = spec.namespace, spec.name
+        self._specs.setdefault(spec_key(namespace, name, version.revision), spec)
+        placed: list[Replica] = []
+        for _ in range(count):
+            demand.app_total = len(rec.replicas)
+            node = select(ring, demand, score, limit)
+            if node is None:
+                break
+            replica = Replica(
+                id=self._new_id(namespace, name),
+                namespace=namespace,
+                app=name,
+                revision=version.revision,
+                node=node.id,
+                cpu=demand.cpu,
+                memory=demand.memory,
+            )
+            self._bind(replica)
+            placed.append(replica)
+        return placed
+
+    def _new_id(self, namespace: str, name: str) -> str:
+        while True:
+            rid = f"{namespace}.{name}.{self._ids.getrandbits(32):08x}"
+            if rid not in self.replicas:
+                return rid
+
+    def _set_spread(self, rec: AppRecord, spread_by: str | None) -> None:
+        if spread_by == rec.spread_by:
+            return
+        rec.spread_by = spread_by
+        rec.domains = {}
+        if spread_by is None:
+            return
+        for replica in rec.replicas.values():
+            node = self.nodes.get(replica.node)
+            domain = node.labels.get(spread_by) if node is not None else None
+            if domain is not None:
+                rec.domains[domain] = rec.domains.get(domain, 0) + 1
+
+    def _bind(self, replica: Replica, mark: bool = True) -> None:
+        node = self.nodes[replica.node]
+        rec = self.apps[replica.app_key]
+        self.replicas[replica.id] = replica
+        node.replicas[replica.id] = replica
+        node.apps[rec.key] = node.apps.get(rec.key, 0) + 1
+        node.cpu_used += replica.cpu
+        node.mem_used += replica.memory
+        rec.replicas[replica.id] = replica
+        if rec.spread_by is not None:
+            domain = node.labels.get(rec.spread_by)
+            if domain is not None:
+                rec.domains[domain] = rec.domains.get(domain, 0) + 1
+        if mark:
+            self.dirty.add(node.id)
+
+    def _unbind(self, replica: Replica) -> None:
+        node = self.nodes[replica.node]
+        key = replica.app_key
+        self.replicas.pop(replica.id, None)
+        node.replicas.pop(replica.id, None)
+        left = node.apps.get(key, 0) - 1
+        if left > 0:
+            node.apps[key] = left
+        else:
+            node.apps.pop(key, None)
+        node.cpu_used = max(0.0, node.cpu_used - replica.cpu) if node.replicas else 0.0
+        node.mem_used = max(0, node.mem_used - replica.memory) if node.replicas else 0
+        rec = self.apps.get(key)
+        if rec is not None:
+            rec.replicas.pop(replica.id, None)
+            if rec.spread_by is not None:
+                domain = node.labels.get(rec.spread_by)
+                if domain is not None and rec.domains.get(domain, 0) > 0:
+                    rec.domains[domain] -= 1
+        self.dirty.add(node.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The result of ``plan``: new assignments of the nodes that changed, and problems."""
+
+    assignments: dict[str, NodeAssignment]
+    unplaceable: dict[str, list[Unplaceable]]
+
+    def messages(self) -> dict[str, str]:
+        """App key -> human-readable reason, for every app not fully placed."""
+        return {
+            key: "; ".join(p.message for p in problems)
+            for key, problems in self.unplaceable.items()
+        }
+
+
+def plan(
+    apps: Iterable[AppState],
+    nodes: Iterable[NodeInfo],
+    current: Iterable[NodeAssignment] = (),
+    *,
+    cordons: Mapping[str, bool] | None = None,
+    ready: Mapping[str, set[str]] | None = None,
+    now: float | None = None,
+    grace: float = 6.0,
+    seed: int = 0,
+    candidates: int | None = None,
+) -> Plan:
+    """Place every app on the nodes, starting from the current assignments.
+
+    ``cordons`` maps node -> drain flag; ``ready`` maps app key -> ready replica ids.
+    With ``now``, a node whose ``heartbeat`` is older than ``grace`` counts as lost.
+    Returns the assignment of every node whose set changed.
+    """
+    cluster = Cluster(seed=seed, candidates=candidates)
+    for node_id, drain in (cordons or {}).items():
+        cluster.set_cordon(node_id, True, drain)
+    for assignment in current:
+        cluster.load(assignment, seen=0.0)
+    infos = list(nodes)
+    for info in infos:
+        cluster.upsert_node(info, seen=info.heartbeat)
+    if now is not None:
+        cluster.expire(now, grace)
+    else:
+        for node in cluster.nodes.values():
+            if node.status == UNKNOWN and not node.lost:
+                cluster.lose_node(node.id)
+    for state in apps:
+        cluster.set_app(f"{state.namespace}/{state.name}", state)
+    for key, ids in (ready or {}).items():
+        cluster.set_ready(key, ids)
+    for key in sorted(cluster.apps):
+        cluster.reconcile(key, now or 0.0)
+    return Plan(
+        assignments={n: cluster.assignment(n) for n in sorted(cluster.take_dirty())},
+        unplaceable=dict(cluster.pending),
+    )

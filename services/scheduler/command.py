@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import click
+
+from core.config import ServiceConfig
+from core.options import service_options
+from core.service import run_service
+from services.scheduler.service import SchedulerOptions, SchedulerService
+
+
+@click.command("scheduler")
+@service_options
+@click.option(
+    "--node-grace",
+    type=float,
+    default=6.0,
+    show_default=True,
+    help="seconds without a heartbeat before a node is lost and its replicas move",
+)
+@click.option(
+    "--debounce",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="seconds to batch changes into one assignment message per node",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="placement seed")
+@click.option(
+    "--candidates",
+    type=int,
+    default=None,
+    help="feasible nodes scored per placement [default: max(8, log2 nodes)]",
+)
+@click.option(
+    "--orphan-grace",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="seconds before replicas of apps missing from the broker are removed at start",
+)
+def command(
+    config: ServiceConfig,
+    node_grace: float,
+    debounce: float,
+    seed: int,
+    candidates: int | None,
+    orphan_grace: float,
+) -> None:
+    """Place replicas on nodes and write each node's assignment."""
+    options = SchedulerOptions(
+        node_grace=node_grace,
+        debounce=debounce,
+        seed=seed,
+        candidates=candidates,
+        orphan_grace=orphan_grace,
+    )
+
+    class Configured(SchedulerService):
+        def __init__(self, cfg: ServiceConfig) -> None:
+            super().__init__(cfg, options)
+
+    run_service(Configured, config)

@@ -1,0 +1,184 @@
+"""Docker create bodies and inspect parsing: pure translation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from core.spec import AppSpec
+from core.state import AssignedReplica
+from services.agent.containers import (
+    container_name,
+    create_config,
+    owner_filters,
+    parse_container,
+    parse_time,
+)
+
+REPLICA = AssignedReplica(id="prod.web.0000abcd", namespace="prod", app="web", revision=3)
+
+
+def spec(**fields: Any) -> AppSpec:
+    return AppSpec.model_validate({"name": "web", "namespace": "prod", "image": "img:1", **fields})
+
+
+def test_name_and_owner_filters() -> None:
+    assert container_name("n1", REPLICA.id) == "shoal.n1.prod.web.0000abcd"
+    assert owner_filters("p1", "n1") == ["shoal.managed=true", "shoal.prefix=p1", "shoal.node=n1"]
+
+
+def test_create_config_follows_the_conventions() -> None:
+    s = spec(
+        ports={"http": 8080, "admin": 9000},
+        env={"A": "1"},
+        resources={"cpu": "250m", "memory": "64Mi"},
+        labels={"team": "x"},
+        termination={"drain": "500ms", "grace": "3s"},
+    )
+    cfg = create_config(s, REPLICA, prefix="p1", node="n1", address="127.0.0.2")
+    labels = cfg["Labels"]
+    assert labels["shoal.managed"] == "true"
+    assert labels["shoal.prefix"] == "p1"
+    assert labels["shoal.node"] == "n1"
+    assert labels["shoal.replica"] == REPLICA.id
+    assert (labels["shoal.ns"], labels["shoal.app"], labels["shoal.revision"]) == (
+        "prod",
+        "web",
+        "3",
+    )
+    assert labels["user.team"] == "x"
+    assert (labels["shoal.drain"], labels["shoal.grace"]) == ("0.5", "3")
+    host = cfg["HostConfig"]
+    assert host["PortBindings"] == {
+        "8080/tcp": [{"HostIp": "127.0.0.2", "HostPort": ""}],
+        "9000/tcp": [{"HostIp": "127.0.0.2", "HostPort": ""}],
+    }
+    assert host["NanoCpus"] == 250_000_000
+    assert host["Memory"] == host["MemorySwap"] == 64 * 1024**2
+    assert host["RestartPolicy"] == {"Name": "no"}
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert "A=1" in cfg["Env"]
+    assert f"SHOAL_REPLICA={REPLICA.id}" in cfg["Env"]
+    assert "Entrypoint" not in cfg
+    assert "Cmd" not in cfg
+
+
+def test_create_config_command_args_volumes_user_and_opt_outs() -> None:
+    s = spec(
+        command=["/bin/sh", "-c"],
+        args=["echo hi"],
+        volumes=[
+            {"source": "/srv/data", "target": "/data", "read_only": True},
+            {"source": "cache", "target": "/cache"},
+        ],
+        working_dir="/data",
+        user="65534",
+        security={"no_new_privileges": False, "read_only_rootfs": True, "cap_drop": ["ALL"]},
+    )
+    cfg = create_config(s, REPLICA, prefix="p", node="n", address="127.0.0.1")
+    assert cfg["Entrypoint"] == ["/bin/sh", "-c"]
+    assert cfg["Cmd"] == ["echo hi"]
+    assert cfg["WorkingDir"] == "/data"
+    assert cfg["User"] == "65534"
+    host = cfg["HostConfig"]
+    assert host["Mounts"] == [
+        {"Type": "bind", "Source": "/srv/data", "Target": "/data", "ReadOnly": True},
+        {"Type": "volume", "Source": "cache", "Target": "/cache", "ReadOnly": False},
+    ]
+    assert host["SecurityOpt"] == []
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"]
+
+
+@pytest.mark.parametrize(
+    ("volume", "error"),
+    [
+        ({"source": "rel/path", "target": "/d"}, "absolute host path or a volume name"),
+        ({"source": "data", "target": "d"}, "must be an absolute path"),
+    ],
+)
+def test_bad_volumes_are_refused(volume: dict[str, str], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        spec(volumes=[volume])
+
+
+def inspect(**state: Any) -> dict[str, Any]:
+    return {
+        "Id": "abc123",
+        "Config": {
+            "Labels": {
+                "shoal.replica": REPLICA.id,
+                "shoal.ns": "prod",
+                "shoal.app": "web",
+                "shoal.revision": "3",
+                "shoal.ports": "http=8080,admin=9000",
+                "shoal.drain": "0.5",
+                "shoal.grace": "3",
+            }
+        },
+        "State": {
+            "Status": "running",
+            "ExitCode": 0,
+            "OOMKilled": False,
+            "Error": "",
+            "StartedAt": "2026-01-02T03:04:05.123456789Z",
+            "FinishedAt": "0001-01-01T00:00:00Z",
+            **state,
+        },
+        "NetworkSettings": {
+            "Ports": {
+                "8080/tcp": [{"HostIp": "127.0.0.2", "HostPort": "32768"}],
+                "9000/tcp": None,
+                "53/udp": [{"HostIp": "127.0.0.2", "HostPort": "1"}],
+            }
+        },
+    }
+
+
+def test_parse_running_container() -> None:
+    c = parse_container(inspect())
+    assert c is not None
+    assert (c.replica, c.namespace, c.app, c.revision) == (REPLICA.id, "prod", "web", 3)
+    assert c.running
+    assert c.exit_code is None
+    assert c.finished_at is None
+    assert c.started_at == pytest.approx(parse_time("2026-01-02T03:04:05.123456Z"))
+    assert c.endpoints("127.0.0.2") == {"http": "127.0.0.2:32768"}
+    assert (c.drain, c.grace) == (0.5, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("state", "reason"),
+    [
+        ({"ExitCode": 137, "OOMKilled": True}, "OOMKilled"),
+        ({"ExitCode": 3}, "Error"),
+        ({"ExitCode": 0}, "Completed"),
+        ({"ExitCode": 127, "Error": "exec: not found"}, "exec: not found"),
+    ],
+)
+def test_parse_exited_container_reasons(state: dict[str, Any], reason: str) -> None:
+    c = parse_container(inspect(Status="exited", FinishedAt="2026-01-02T03:05:05Z", **state))
+    assert c is not None
+    assert c.exited
+    assert c.exit_code == state["ExitCode"]
+    assert c.exit_reason == reason
+    assert c.endpoints("x") == {"http": "x:32768"}
+
+
+def test_foreign_container_is_ignored() -> None:
+    assert parse_container({"Id": "x", "Config": {"Labels": {}}, "State": {}}) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0001-01-01T00:00:00Z", None),
+        ("", None),
+        ("garbage", None),
+        ("1970-01-01T00:00:10Z", 10.0),
+        ("1970-01-01T01:00:10.5+01:00", 10.5),
+    ],
+)
+def test_parse_time(text: str, expected: float | None) -> None:
+    assert parse_time(text) == expected

@@ -1,0 +1,77 @@
+"""Header rules and request statistics."""
+
+from __future__ import annotations
+
+from services.balancer.headers import (
+    client_key,
+    connection_tokens,
+    forwarded_for,
+    strip_hop_by_hop,
+)
+from services.balancer.stats import AppStats, Stats, percentile
+
+
+def test_hop_by_hop_and_connection_listed_headers_are_stripped() -> None:
+    items = [
+        ("Host", "a"),
+        ("Connection", "keep-alive, X-Private"),
+        ("Keep-Alive", "timeout=5"),
+        ("Transfer-Encoding", "chunked"),
+        ("X-Private", "1"),
+        ("TE", "trailers"),
+        ("Upgrade", "h2c"),
+        ("X-Kept", "yes"),
+    ]
+    assert strip_hop_by_hop(items, "keep-alive, X-Private") == [("Host", "a"), ("X-Kept", "yes")]
+    assert connection_tokens(None) == frozenset()
+    assert connection_tokens("Close , X-A") == {"close", "x-a"}
+
+
+def test_forwarded_for_and_hash_key() -> None:
+    assert forwarded_for(None, "1.2.3.4") == "1.2.3.4"
+    assert forwarded_for("9.9.9.9", "1.2.3.4") == "9.9.9.9, 1.2.3.4"
+    assert forwarded_for(None, None) == "unknown"
+    assert client_key("X-User", "alice", "1.2.3.4") == "alice"
+    assert client_key("X-User", None, "1.2.3.4") == "1.2.3.4"
+    assert client_key(None, None, "1.2.3.4") == "1.2.3.4"
+
+
+def test_percentile() -> None:
+    values = [float(i) for i in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile(values, 1.0) == 100.0
+    assert percentile([], 0.5) == 0.0
+    assert percentile([7.0], 0.99) == 7.0
+
+
+def test_window_and_cumulative_counters() -> None:
+    s = AppStats()
+    for i in range(10):
+        s.done("r1" if i % 2 else "r2", 200 if i < 8 else 502, 0.001 * (i + 1))
+    m = s.flush(2.0)
+    assert m.requests == 10
+    assert m.errors == 2
+    assert m.rps == 5.0
+    assert m.replicas == {"r1": 2.5, "r2": 2.5}
+    assert m.p50_ms == 5.0
+    assert m.p99_ms == 10.0
+    assert s.total == 10
+    assert s.by_class[1] == 8
+    assert s.by_class[4] == 2
+    assert sum(s.buckets) == 10
+    assert s.flush(1.0).requests == 0  # a new window
+
+
+def test_snapshot_skips_idle_apps_and_unrouted() -> None:
+    stats = Stats()
+    stats.app("d/web").done("r", 200, 0.01)
+    stats.app("d/idle")
+    stats.app("-").done(None, 404, 0.0)
+    snap = stats.snapshot("lb-1", 1.0, 123.0)
+    assert list(snap.apps) == ["d/web"]
+    assert snap.instance == "lb-1"
+    assert snap.ts == 123.0
+    held = stats.app("d/idle")
+    held.held = 2
+    assert stats.snapshot("lb-1", 1.0, 124.0).apps["d/idle"].held == 2

@@ -1,0 +1,236 @@
+"""The health monitor's pure logic: targets, the probe state machine, AppHealth, sharding."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.spec import AppSpec, Probe
+from core.state import AppHealth, AppState, AppVersion, ReplicaHealth, ReplicaStatus
+from services.health.logic import (
+    ProbeState,
+    app_health,
+    owner,
+    probes_to_run,
+    same_health,
+    seeded_state,
+    step,
+    targets_for,
+    transitions,
+)
+
+
+def make_app(health: dict[str, object] | None = None, route_port: str = "http") -> AppState:
+    spec = AppSpec.model_validate(
+        {
+            "name": "web",
+            "image": "x",
+            "ports": {"admin": 9000, "http": 8080},
+            "route": {"port": route_port},
+            "health": health or {},
+        }
+    )
+    return AppState(
+        namespace="default",
+        name="web",
+        revision=1,
+        generation=1,
+        spec=spec,
+        replicas=2,
+        versions=[AppVersion(revision=1, spec=spec, replicas=2)],
+    )
+
+
+def status(rid: str, phase: str = "running", **kw: object) -> ReplicaStatus:
+    return ReplicaStatus.model_validate(
+        {
+            "id": rid,
+            "namespace": "default",
+            "app": "web",
+            "revision": 1,
+            "node": "n1",
+            "phase": phase,
+            "endpoints": {"http": f"127.0.0.1:{1000 + len(rid)}", "admin": "127.0.0.1:9999"},
+            "started_at": 100.0,
+            **kw,
+        }
+    )
+
+
+PROBE = Probe(http="/healthz", failures=3, successes=2)
+
+
+# -- the state machine -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("results", "ok"),
+    [
+        ([], False),
+        ([True], False),  # successes=2
+        ([True, True], True),
+        ([True, False, True], False),  # not consecutive
+        ([True, True, False, False], True),  # failures=3
+        ([True, True, False, False, False], False),
+        ([True, True, False, False, True, False, False], True),  # a success resets failures
+    ],
+)
+def test_readiness_thresholds(results: list[bool], ok: bool) -> None:
+    state = ProbeState.initial("readiness", 0.0)
+    for i, r in enumerate(results):
+        state = step(state, PROBE, r, "" if r else "HTTP 503", float(i))
+    assert state.ok is ok
+
+
+def test_liveness_starts_alive_and_since_marks_the_flip() -> None:
+    probe = Probe(tcp="http", failures=2)
+    s = ProbeState.initial("liveness", 0.0)
+    assert s.ok
+    s = step(s, probe, False, "refused", 1.0)
+    assert s.ok
+    assert s.since == 0.0
+    assert s.reason == "refused"
+    s = step(s, probe, False, "refused", 2.0)
+    assert not s.ok
+    assert s.since == 2.0
+    s = step(s, probe, True, "", 3.0)
+    assert s.ok
+    assert s.since == 3.0
+    assert s.reason == ""
+
+
+@given(st.lists(st.booleans(), max_size=40))
+def test_state_flips_only_at_thresholds(results: list[bool]) -> None:
+    state = ProbeState.initial("readiness", 0.0)
+    for i, r in enumerate(results):
+        new = step(state, PROBE, r, "x", float(i))
+        if new.ok and not state.ok:
+            assert new.successes >= PROBE.successes
+        if state.ok and not new.ok:
+            assert new.failures >= PROBE.failures
+        assert new.results == state.results + 1
+        state = new
+
+
+# -- targets and verdicts ----------------------------------------------------------------
+
+
+def test_targets_resolve_route_and_probe_endpoints() -> None:
+    app = make_app({"readiness": {"http": "/ready", "port": "admin"}, "liveness": {"tcp": "http"}})
+    (t,) = targets_for(app, [status("r1"), status("x", app="other")])
+    assert t.endpoint == "127.0.0.1:1002"
+    assert t.readiness_endpoint == "127.0.0.1:9999"
+    assert t.liveness_endpoint == "127.0.0.1:1002"
+    assert probes_to_run(t) == ["readiness", "liveness"]
+
+
+def test_exec_probes_and_non_running_replicas_are_not_probed_here() -> None:
+    app = make_app({"readiness": {"exec": ["true"]}})
+    running, pending = targets_for(app, [status("r1"), status("r2", phase="pending")])
+    assert probes_to_run(running) == []
+    assert probes_to_run(pending) == []
+
+
+def verdict(app: AppState, statuses: list[ReplicaStatus], states: dict) -> AppHealth:  # type: ignore[type-arg]
+    return app_health(app, targets_for(app, statuses), states, None, 10.0)
+
+
+def test_verdicts() -> None:
+    plain = make_app()
+    h = verdict(plain, [status("r1"), status("r2", phase="backoff")], {})
+    assert [(r.id, r.ready) for r in h.replicas] == [("r1", True), ("r2", False)]
+    assert h.replicas[1].reason == "phase backoff"
+
+    probed = make_app({"readiness": {"http": "/healthz"}})
+    h = verdict(probed, [status("r1")], {})
+    assert not h.replicas[0].ready
+    assert h.replicas[0].reason == "not probed yet"
+    ok = {("r1", 100.0, "readiness"): ProbeState(ok=True)}
+    assert verdict(probed, [status("r1")], ok).replicas[0].ready
+
+    term = verdict(probed, [status("r1", phase="terminating")], ok).replicas[0]
+    assert (term.ready, term.terminating, term.reason) == (False, True, "terminating")
+
+    noport = verdict(plain, [status("r1", endpoints={})], {}).replicas[0]
+    assert not noport.ready
+    assert "no endpoint" in noport.reason
+
+
+def test_exec_readiness_comes_from_the_agent() -> None:
+    app = make_app({"readiness": {"exec": ["check"]}})
+    assert not verdict(app, [status("r1")], {}).replicas[0].ready
+    assert verdict(app, [status("r1", exec_ready=True)], {}).replicas[0].ready
+    assert not verdict(app, [status("r1", exec_ready=False)], {}).replicas[0].ready
+
+
+def test_liveness_failure_is_reported_for_the_incarnation() -> None:
+    app = make_app({"liveness": {"http": "/healthz"}})
+    dead = {("r1", 100.0, "liveness"): ProbeState(ok=False, reason="HTTP 500")}
+    r = verdict(app, [status("r1")], dead).replicas[0]
+    assert not r.live
+    assert r.started_at == 100.0
+    assert r.ready  # no readiness probe: liveness alone does not gate traffic
+
+
+def test_since_is_kept_while_nothing_changes_and_same_health_ignores_ts() -> None:
+    app = make_app()
+    first = app_health(app, targets_for(app, [status("r1")]), {}, None, 10.0)
+    second = app_health(app, targets_for(app, [status("r1")]), {}, first, 20.0)
+    assert second.replicas[0].since == 10.0
+    assert second.ts == 20.0
+    assert same_health(first, second)
+    third = app_health(app, targets_for(app, [status("r1", phase="exited")]), {}, second, 30.0)
+    assert third.replicas[0].since == 30.0
+    assert not same_health(second, third)
+
+
+def rh(rid: str, ready: bool, **kw: object) -> ReplicaHealth:
+    return ReplicaHealth.model_validate(
+        {"id": rid, "revision": 1, "node": "n", "endpoint": "e:1", "ready": ready, **kw}
+    )
+
+
+def test_transitions() -> None:
+    a = AppHealth(namespace="d", name="w", replicas=[rh("r1", False), rh("r2", True)])
+    b = AppHealth(
+        namespace="d",
+        name="w",
+        replicas=[rh("r1", True), rh("r3", False, terminating=True, live=False)],
+    )
+    got = {(t.replica, t.kind) for t in transitions(a, b)}
+    assert got == {
+        ("r1", "ready"),
+        ("r3", "terminating"),
+        ("r3", "liveness_failed"),
+        ("r2", "gone"),
+    }
+
+
+def test_seed_from_a_published_verdict_only_for_the_same_container_start() -> None:
+    prev = AppHealth(namespace="d", name="w", replicas=[rh("r1", True, started_at=100.0)])
+    t = targets_for(make_app(), [status("r1")])[0]
+    assert seeded_state(prev, t, "readiness") is True
+    restarted = replace(t, started_at=200.0)
+    assert seeded_state(prev, restarted, "readiness") is None
+    assert seeded_state(None, t, "readiness") is None
+
+
+# -- sharing -----------------------------------------------------------------------------
+
+
+def test_owner_is_stable_and_moves_only_the_leavers_keys() -> None:
+    keys = [f"ns/app{i}" for i in range(300)]
+    three = ["a", "b", "c"]
+    before = {k: owner(k, three) for k in keys}
+    assert set(before.values()) == set(three)
+    assert before == {k: owner(k, list(reversed(three))) for k in keys}
+    after = {k: owner(k, ["a", "c"]) for k in keys}
+    for k in keys:
+        if before[k] != "b":
+            assert after[k] == before[k]
+    share = sum(1 for v in before.values() if v == "a") / len(keys)
+    assert 0.2 < share < 0.47
+    assert owner("x", []) is None
