@@ -25,7 +25,7 @@ e2e:
 	$(PYTEST) tests/e2e
 
 bench:  ## print performance figures (see tests/benchmarks)
-	for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+	for b in tests/benchmarks/bench_*.py; do m=$$(echo $${b%.py} | tr / .); echo "== $$m"; $(PY) -m $$m || exit 1; done
 
 clean:  ## remove containers of every Shoal cluster on this engine
 	docker ps -aq --filter label=shoal.managed=true | xargs -r docker rm -f

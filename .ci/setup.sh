@@ -39,7 +39,7 @@ fi
 # -- a Docker engine -------------------------------------------------------------------
 if ! docker info >/dev/null 2>&1; then
   say "starting dockerd (log: $STATE_DIR/dockerd.log)"
-  as_root sh -c "nohup dockerd >'$STATE_DIR/dockerd.log' 2>&1 &"
+  as_root setsid sh -c "nohup dockerd >'$STATE_DIR/dockerd.log' 2>&1 &"
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { tail -30 "$STATE_DIR/dockerd.log"; echo "dockerd did not start" >&2; exit 1; }
 fi

@@ -68,6 +68,7 @@ REASONS = {
 BODY_BUFFER = 1024 * 1024  # request body buffered before an upstream is bound
 IDLE_PER_BACKEND = 512
 CLIENT_IDLE_TIMEOUT = 75.0
+LINGER_SECONDS = 2.0
 
 
 class UpstreamFailed(Exception):
@@ -87,6 +88,7 @@ class Request:
         "complete",
         "connection",
         "content_length",
+        "discard",
         "headers",
         "host",
         "keep_alive",
@@ -120,6 +122,7 @@ class Request:
         self.buffered = 0
         self.size = 0
         self.too_large = False
+        self.discard = False
         self.sink: Callable[[bytes], None] | None = None
         self.sink_end: Callable[[], None] | None = None
 
@@ -400,6 +403,7 @@ class ClientConn(asyncio.Protocol):
         self.tunnel: UpstreamConn | None = None
         self.upgrade_rest = b""
         self.tunnel_done = asyncio.Event()
+        self.linger: asyncio.Future[None] | None = None
         self.idle_since = time.monotonic()
         self.closed = False
 
@@ -504,8 +508,11 @@ class ClientConn(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         req = self.current
         assert req is not None
+        if req.discard:
+            return
         req.size += len(body)
         if req.size > self.proxy.options.max_body:
+            req.discard = True
             req.too_large = True
             up = self.engine.bound.get(self)
             if up is not None and up.request is req:
@@ -528,6 +535,8 @@ class ClientConn(asyncio.Protocol):
         req.complete = True
         if req.sink_end is not None:
             req.sink_end()
+        if self.linger is not None and not self.linger.done():
+            self.linger.set_result(None)
 
     # -- serving ------------------------------------------------------------------------
 
@@ -538,6 +547,8 @@ class ClientConn(asyncio.Protocol):
                 await self._serve(req)
                 self.queue.popleft()
                 self.idle_since = time.monotonic()
+                if not req.complete:
+                    await self._linger(req)
                 if not self.keep_alive or not req.keep_alive or not req.complete:
                     if self.transport is not None:
                         self.transport.close()
@@ -550,6 +561,20 @@ class ClientConn(asyncio.Protocol):
                 self.transport.close()
         finally:
             self.task = None
+
+    async def _linger(self, req: Request) -> None:
+        """Answered before the request body was read (413, an early upstream answer): read
+        and drop the rest for a while before closing, so the client sees the answer
+        instead of a reset while it is still sending."""
+        req.discard = True  # from here on, on_body drops the bytes
+        req.body = []
+        if self.transport is not None and self.paused_for_body:
+            self.paused_for_body = False
+            self.transport.resume_reading()
+        self.linger = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.linger, LINGER_SECONDS)
+        self.linger = None
 
     def _reply(self, status: int, message: str, req: Request, *, close: bool = False) -> int:
         if close:

@@ -73,6 +73,7 @@ async def _wait_empty(bus: Bus, node_id: str, timeout: float) -> None:
 
 def _run(opts: ClientOptions, command: NodeCommand, wait: float | None = None) -> None:
     setup_logging("warning")  # stdout carries the answer only
+
     async def go() -> None:
         async with connect(opts) as bus:
             await _request(bus, command, opts.timeout)

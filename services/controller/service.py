@@ -107,6 +107,13 @@ class ControllerService(Service):
         await self.bus.subscribe(self.topics.all_node_replicas, self._on_node_replicas)
 
     async def main(self) -> None:
+        # Resume rollouts once the retained health is in: a step without it removes nothing
+        # but would report every new replica unready for a moment.
+        await self.bus.wait_connected(None)
+        try:
+            await self.bus.sync(timeout=10)
+        except BusError as err:
+            self.log.warning("no bus sync before resuming rollouts", error=str(err))
         self.rollouts.mark_all()
         await self.rollouts.run()
 

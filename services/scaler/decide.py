@@ -81,6 +81,8 @@ class Policy:
             raise ValueError("tolerance must be in [0, 1)")
         if self.max_step_up < 1 or self.max_step_down < 1:
             raise ValueError("step caps must be at least 1")
+        if self.max_step_up_percent < 0 or self.max_step_down_percent < 0:
+            raise ValueError("step percentages must not be negative")
         if self.idle_after <= 0:
             raise ValueError("idle_after must be positive")
         if self.surge_factor <= 1:

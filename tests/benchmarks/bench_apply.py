@@ -2,7 +2,7 @@
 replicas, on a real mosquitto and the real Docker engine; compared in the same run with
 `docker run` of the same N containers in parallel (the engine's own floor).
 
-    .venv/bin/python tests/benchmarks/bench_apply.py [N ...]     (default: 3 20)
+    .venv/bin/python -m tests.benchmarks.bench_apply [N ...]     (default: 3 20)
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ class Dockerd:
             ["sh", "-c", 'nohup "$@" >> "$LOG" 2>&1 < /dev/null &', "sh", *self.argv_text],
             env={**os.environ, "LOG": self.log},
             check=True,
+            start_new_session=True,  # not in the test's process group: outlives pytest
         )
         wait(engine_answers, 60, "dockerd answering")
 

@@ -317,6 +317,7 @@ def test_autoscaling_off() -> None:
         {"surge_factor": 1.0},
         {"idle_after": 0},
         {"scale_down_window": -1},
+        {"max_step_down_percent": -1},
     ],
 )
 def test_bad_policy_is_refused(kwargs: dict[str, Any]) -> None:
