@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import signal
@@ -32,6 +33,16 @@ def _run(config: ServiceConfig, options: BalancerOptions) -> None:
     run_service(Configured, config)
 
 
+def _worker(config: ServiceConfig, options: BalancerOptions) -> None:
+    """A ``--workers`` child: dies with its supervisor (Linux ``PR_SET_PDEATHSIG``)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PDEATHSIG
+    _run(config, options)
+
+
 def _supervise(config: ServiceConfig, options: BalancerOptions, workers: int) -> None:
     """``--workers N``: N processes share the listen port (SO_REUSEPORT); worker i serves
     admin on admin port + i and is its own bus instance ``<instance>-w<i>``."""
@@ -43,7 +54,7 @@ def _supervise(config: ServiceConfig, options: BalancerOptions, workers: int) ->
             admin = (admin[0], admin[1] + i)
         opts = dataclasses.replace(options, admin=admin, reuse_port=True)
         cfg = dataclasses.replace(config, instance=f"{config.instance}-w{i}")
-        proc = ctx.Process(target=_run, args=(cfg, opts), name=f"balancer-w{i}")
+        proc = ctx.Process(target=_worker, args=(cfg, opts), name=f"balancer-w{i}")
         proc.start()
         procs.append(proc)
 

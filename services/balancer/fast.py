@@ -173,6 +173,7 @@ class UpstreamConn(asyncio.Protocol):
         self.tunnel: ClientConn | None = None
         self.closed = False
         self.out: list[bytes] = []  # response bytes for the client, flushed per chunk
+        self.interim = False  # inside a 1xx response
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -325,6 +326,7 @@ class UpstreamConn(asyncio.Protocol):
             self.out.append(b"HTTP/1.1 %d %s\r\n\r\n" % (status, self.reason))
             self.headers = []
             self.reason = b""
+            self.interim = True
             return
         conn_tokens: frozenset[bytes] = frozenset()
         length: bytes | None = None
@@ -381,6 +383,9 @@ class UpstreamConn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self.client is None:
+            return
+        if self.interim:  # the end of a 1xx: the final response follows
+            self.interim = False
             return
         if self.chunked_out:
             self.out.append(b"0\r\n\r\n")

@@ -81,8 +81,8 @@ def version_weights(app: AppState) -> dict[int, float]:
     out = {v.revision: float(v.weight or 0) for v in versions if v.weight is not None}
     for v in free:
         out[v.revision] = rest / len(free)
-    total = sum(out.values()) or 1.0
-    return {rev: w / total for rev, w in out.items()}
+    total_weight: float = sum(out.values()) or 1.0
+    return {rev: w / total_weight for rev, w in out.items()}
 
 
 def app_route(app: AppState, health: AppHealth | None) -> AppRoute | None:

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from core.codec import Envelope
 from core.config import ServiceConfig
-from core.errors import CodecError, TopicError
+from core.errors import BusError, CodecError, TopicError
 from core.runner import Reconciler
 from core.service import Service
 from core.state import AppHealth, AppState, WakeUp
@@ -115,7 +115,14 @@ class BalancerService(Service):
         self.runner.mark("table")
 
     async def _after_connect(self) -> None:
-        await self.bus.sync(timeout=10)
+        while True:
+            try:
+                await self.bus.sync(timeout=10)
+                break
+            except BusError as err:
+                if not self.bus.connected:
+                    return  # the next connect runs this hook again
+                self.log.warning("bus sync failed; retrying", error=str(err))
         self._synced.set()
 
     async def _rebuild(self, _: str) -> float | None:

@@ -116,10 +116,11 @@ def probes_to_run(target: Target) -> list[ProbeRole]:
     if target.phase != "running":
         return []
     roles: list[ProbeRole] = []
-    for role in ("readiness", "liveness"):
-        probe, endpoint = target.probe(role)  # type: ignore[arg-type]
+    all_roles: tuple[ProbeRole, ...] = ("readiness", "liveness")
+    for role in all_roles:
+        probe, endpoint = target.probe(role)
         if probe is not None and probe.kind != "exec" and endpoint:
-            roles.append(role)  # type: ignore[arg-type]
+            roles.append(role)
     return roles
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from core.codec import Envelope
 from core.config import ServiceConfig
-from core.errors import CodecError, TopicError
+from core.errors import BusError, CodecError, TopicError
 from core.runner import Reconciler
 from core.service import Service
 from core.state import AppHealth, AppState, NodeReplicas, Presence, ReplicaStatus
@@ -158,8 +158,16 @@ class HealthService(Service):
             self.runner.mark_all()
 
     async def _after_connect(self) -> None:
-        # Level-triggered: after every (re)connect republish everything this instance owns.
-        await self.bus.sync(timeout=10)
+        # Level-triggered: after every (re)connect republish everything this instance owns,
+        # once the retained state is in (sync), so nothing is cleared or seeded too early.
+        while True:
+            try:
+                await self.bus.sync(timeout=10)
+                break
+            except BusError as err:
+                if not self.bus.connected:
+                    return  # the next connect runs this hook again
+                self.log.warning("bus sync failed; retrying", error=str(err))
         self.mine.clear()
         self.synced = True
         self.runner.mark_all()

@@ -37,7 +37,7 @@ from core.state import (
     SchedulerStatus,
     spec_key,
 )
-from services.scheduler.checks import check_constraints
+from services.scheduler.checks import EPSILON, check_constraints
 from services.scheduler.model import UNKNOWN, AppRecord, Demand, NodeView, Replica
 from services.scheduler.placement import (
     NodeRing,
@@ -137,11 +137,31 @@ class Cluster:
                 affected |= self.lose_node(info.node)
             return affected
         node.seen = seen
+        if not node.lost:
+            affected |= self._evict_overflow(node)
         if node.lost and info.status == "ready":
             node.lost = False
             self.dirty.add(node.id)  # re-send the empty set: its stale replicas stop
         if node.usable and (not was_usable or grew):
             affected |= set(self.pending)
+        return affected
+
+    def _evict_overflow(self, node: NodeView) -> set[str]:
+        """The node now reports less capacity than its replicas request: move the largest
+        ones away until the rest fits (their apps place them elsewhere)."""
+        affected: set[str] = set()
+        if node.cpu_used <= node.cpu + EPSILON and node.mem_used <= node.memory:
+            return affected
+        cpu = node.cpu if node.cpu > 0 else 1.0
+        mem = node.memory if node.memory > 0 else 1
+        biggest = sorted(
+            node.replicas.values(), key=lambda r: (-(r.cpu / cpu + r.memory / mem), r.id)
+        )
+        for replica in biggest:
+            if node.cpu_used <= node.cpu + EPSILON and node.mem_used <= node.memory:
+                break
+            self._unbind(replica)
+            affected.add(replica.app_key)
         return affected
 
     def remove_node(self, node_id: str) -> set[str]:

@@ -139,7 +139,11 @@ def start_broker(group: ProcGroup, kind: str, port: int | None = None) -> Broker
     if kind == "mosquitto":
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = group.workdir / f"mosquitto-{port}.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            # small request/reply packets must not wait for delayed ACKs (~40 ms each)
+            "set_tcp_nodelay true\n"
+        )
         proc = group.spawn(f"mosquitto-{port}", [exe, "-c", str(conf)])
     elif kind == "embedded":
         proc = group.spawn(

@@ -382,3 +382,14 @@ def test_refresh_gives_silent_nodes_a_new_grace() -> None:
     cluster.refresh(now=100.0)
     assert cluster.expire(now=105.0, grace=6.0) == ([], set())
     assert cluster.expire(now=107.0, grace=6.0)[0] == ["n1"]
+
+
+def test_a_node_that_shrinks_sheds_its_largest_replicas() -> None:
+    cluster = cluster_with(node_info("n1", cpu=4), node_info("n2", cpu=4))
+    apply(cluster, app_state("big", 1, cpu=2), app_state("web", 2, cpu=0.5))
+    big_node = next(r.node for r in cluster.replicas.values() if r.app == "big")
+    affected = cluster.upsert_node(node_info(big_node, cpu=1), seen=1.0)
+    assert affected == {"default/big"}
+    assert cluster.nodes[big_node].cpu_used <= 1
+    out = cluster.reconcile("default/big")
+    assert [r.node for r in out.placed] == [n for n in ("n1", "n2") if n != big_node]
