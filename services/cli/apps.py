@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,14 @@ from core.bus import Bus
 from core.commands import ApplyCommand, DeleteCommand, Reply
 from core.errors import ShoalError, SpecError
 from core.spec import load_specs, parse_documents
-from core.state import AppHealth, AppState, NodeInfo, NodeReplicas
+from core.state import (
+    AppHealth,
+    AppState,
+    NodeInfo,
+    NodeReplicas,
+    ScalerStatus,
+    SchedulerStatus,
+)
 from core.units import format_memory
 from services.cli.client import (
     ClientOptions,
@@ -206,7 +214,8 @@ async def _get(opts: ClientOptions, what: str, namespace: str | None, output: st
             t.all_health,
             t.all_node_info,
             t.all_node_replicas,
-            f"{t.prefix}/status/#",
+            t.all_scheduler_status,
+            t.all_scaler_status,
         )
         apps = [e.open(AppState) for e in bus.cached(t.all_apps).values()]
         healths = {
@@ -215,7 +224,14 @@ async def _get(opts: ClientOptions, what: str, namespace: str | None, output: st
         }
         nodes = [e.open(NodeInfo) for e in bus.cached(t.all_node_info).values()]
         observed = [e.open(NodeReplicas) for e in bus.cached(t.all_node_replicas).values()]
-        statuses = {topic: env.body for topic, env in bus.cached(f"{t.prefix}/status/#").items()}
+        placement = {
+            (s.namespace, s.name): s
+            for s in (e.open(SchedulerStatus) for e in bus.cached(t.all_scheduler_status).values())
+        }
+        scaling = {
+            (s.namespace, s.name): s
+            for s in (e.open(ScalerStatus) for e in bus.cached(t.all_scaler_status).values())
+        }
     if namespace:
         apps = [a for a in apps if a.namespace == namespace]
     apps.sort(key=lambda a: (a.namespace, a.name))
@@ -225,7 +241,21 @@ async def _get(opts: ClientOptions, what: str, namespace: str | None, output: st
         key=lambda r: r.id,
     )
     if what == "apps":
-        _show_apps(apps, healths, statuses, opts.prefix, output)
+        running: dict[tuple[str, str], int] = {}
+        for r in replicas:
+            if r.phase == "running":
+                running[(r.namespace, r.app)] = running.get((r.namespace, r.app), 0) + 1
+        views = [
+            AppView(
+                a,
+                healths.get((a.namespace, a.name)),
+                running.get((a.namespace, a.name), 0),
+                placement.get((a.namespace, a.name)),
+                scaling.get((a.namespace, a.name)),
+            )
+            for a in apps
+        ]
+        _show_apps(views, output)
     elif what == "nodes":
         _show_nodes(nodes, observed, output)
     else:
@@ -260,51 +290,69 @@ async def _get(opts: ClientOptions, what: str, namespace: str | None, output: st
         console.print(table)
 
 
-def _show_apps(
-    apps: list[AppState],
-    healths: dict[tuple[str, str], AppHealth],
-    statuses: dict[str, dict[str, Any]],
-    prefix: str,
-    output: str,
-) -> None:
-    def notes(app: AppState) -> str:
-        parts = []
-        for topic, body in statuses.items():
-            if topic.endswith(f"/{app.namespace}/{app.name}"):
-                msg = body.get("reason") or body.get("message")
-                if msg:
-                    parts.append(str(msg))
-        if app.message:
-            parts.insert(0, app.message)
+@dataclass(frozen=True)
+class AppView:
+    """One row of ``get apps``: desired state joined with what the other services report."""
+
+    app: AppState
+    health: AppHealth | None
+    running: int
+    placement: SchedulerStatus | None
+    scaler: ScalerStatus | None
+
+    @property
+    def ready(self) -> int:
+        return rollout_progress(self.app, self.health)[0]
+
+    @property
+    def autoscale(self) -> str:
+        spec = self.app.spec.autoscale
+        if spec is None:
+            return "-"
+        bounds = f"{spec.min}-{spec.max}"
+        return f"{bounds}: {self.scaler.reason}" if self.scaler else bounds
+
+    @property
+    def notes(self) -> str:
+        parts = [self.app.message] if self.app.message else []
+        if self.placement is not None and self.placement.unplaceable:
+            parts.append(self.placement.message)
         return "; ".join(parts)
 
+    def as_json(self) -> dict[str, Any]:
+        return {
+            **self.app.model_dump(mode="json"),
+            "ready": self.ready,
+            "current": self.running,
+            "desired": self.app.replicas,
+            "placement": self.placement.model_dump(mode="json") if self.placement else None,
+            "autoscaler": self.scaler.model_dump(mode="json") if self.scaler else None,
+            "notes": self.notes,
+        }
+
+
+def _show_apps(views: list[AppView], output: str) -> None:
     if output == "json":
-        print_json(
-            [
-                {
-                    **a.model_dump(mode="json"),
-                    "ready": rollout_progress(a, healths.get((a.namespace, a.name)))[0],
-                    "notes": notes(a),
-                }
-                for a in apps
-            ]
-        )
+        print_json([v.as_json() for v in views])
         return
     table = Table(box=None, header_style="bold")
     for col in (
         "NAMESPACE",
         "NAME",
-        "REVISION",
+        "REV",
         "READY",
+        "CURRENT",
+        "DESIRED",
         "IMAGE",
         "ROUTE",
         "PHASE",
+        "AUTOSCALE",
         "AGE",
         "NOTES",
     ):
         table.add_column(col)
-    for a in apps:
-        ready, desired, _ = rollout_progress(a, healths.get((a.namespace, a.name)))
+    for v in views:
+        a = v.app
         route = "-"
         if a.spec.route is not None:
             route = f"{a.spec.route.host or '*'}{a.spec.route.path}"
@@ -312,12 +360,15 @@ def _show_apps(
             a.namespace,
             a.name,
             str(a.revision),
-            f"{ready}/{desired}",
+            str(v.ready),
+            str(v.running),
+            str(a.replicas),
             a.spec.image,
             route,
             a.phase,
+            v.autoscale,
             _age(a.updated),
-            notes(a),
+            v.notes,
         )
     console.print(table)
 
