@@ -255,6 +255,16 @@ class Event(Model):
 # -- metrics (not retained; QoS 0) -----------------------------------------------------
 
 
+class ReplicaRouteMetrics(Model):
+    """One balancer instance's view of one replica of an app over the last window."""
+
+    rps: float = 0.0
+    inflight: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: int = 0
+
+
 class RouteMetrics(Model):
     """One balancer instance's view of one app over the last window."""
 
@@ -267,6 +277,9 @@ class RouteMetrics(Model):
     requests: int = 0
     held: int = Field(default=0, description="requests waiting for a replica (scale from zero)")
     replicas: dict[str, float] = Field(default_factory=dict, description="replica id -> rps")
+    per_replica: dict[str, ReplicaRouteMetrics] = Field(
+        default_factory=dict, description="replica id -> rates, in-flight, latency"
+    )
 
 
 class LbMetrics(Model):

@@ -56,6 +56,7 @@ HOP = frozenset(
 # replaced by the balancer's own values on the way up
 OWN_REQUEST = frozenset({b"x-forwarded-for", b"x-request-id"})
 OWN_RESPONSE = frozenset({b"x-request-id", b"x-shoal-replica"})
+HOP_OWN_RESPONSE = HOP | OWN_RESPONSE
 IDEMPOTENT_B = frozenset(m.encode() for m in IDEMPOTENT)
 REASONS = {
     400: b"Bad Request",
@@ -152,7 +153,26 @@ def error_response(status: int, message: str, request_id: bytes, keep_alive: boo
     )
 
 
-class UpstreamConn(asyncio.Protocol):
+class _Reading:
+    """Pause/resume reading with the state tracked, so a connection is never left paused
+    once the exchange that paused it is over."""
+
+    transport: asyncio.Transport | None
+    reading_paused: bool = False
+
+    def pause(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+
+class UpstreamConn(_Reading, asyncio.Protocol):
     def __init__(self, engine: FastEngine, backend: Backend) -> None:
         self.engine = engine
         self.backend = backend
@@ -163,8 +183,7 @@ class UpstreamConn(asyncio.Protocol):
         self.done: asyncio.Future[bool] | None = None
         self.request: Request | None = None
         self.responded = False
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self._reset_head()
         self.chunked_out = False
         self.close_delimited = False
         self.no_body = False
@@ -174,6 +193,7 @@ class UpstreamConn(asyncio.Protocol):
         self.closed = False
         self.out: list[bytes] = []  # response bytes for the client, flushed per chunk
         self.interim = False  # inside a 1xx response
+        self.fresh = True  # no exchange completed on it yet
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -225,31 +245,32 @@ class UpstreamConn(asyncio.Protocol):
                 what = "closed the connection" + (f": {exc}" if exc else "")
                 self._fail(UpstreamFailed(what, responded=self.responded))
 
-    def pause_writing(self) -> None:
+    def pause_writing(self) -> None:  # the request body outruns the replica
         client = self.client or self.tunnel
-        if client is not None and client.transport is not None:
-            client.transport.pause_reading()
+        if client is not None:
+            client.pause()
 
     def resume_writing(self) -> None:
         client = self.client or self.tunnel
-        if client is not None and client.transport is not None:
-            client.transport.resume_reading()
+        if client is not None:
+            client.resume()
 
     # -- exchange -----------------------------------------------------------------------
 
     def start(self, client: ClientConn, request: Request, head: bytes) -> asyncio.Future[bool]:
         """Send ``head`` (and the request body as it comes); the future resolves when the
         whole response was relayed (True: this connection may be reused)."""
-        assert self.transport is not None
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            # accepted and closed at once (a proxy in front of a dead process does that)
+            raise UpstreamFailed("closed the connection before the request", responded=False)
         self.client = client
         self.request = request
         self.responded = False
-        self.headers = []
-        self.reason = b""
+        self._reset_head()
         self.chunked_out = self.close_delimited = self.no_body = False
         self.activity = time.monotonic()
         self.done = fut = asyncio.get_running_loop().create_future()
-        transport = self.transport
         if not request.has_body:
             transport.write(head)
         else:
@@ -259,9 +280,7 @@ class UpstreamConn(asyncio.Protocol):
                 transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
             request.body = []
             request.buffered = 0
-            if client.transport is not None and client.paused_for_body:
-                client.paused_for_body = False
-                client.transport.resume_reading()
+            client.resume()  # it may have paused while buffering the body
             if request.complete:
                 if chunked:
                     transport.write(b"0\r\n\r\n")
@@ -281,6 +300,13 @@ class UpstreamConn(asyncio.Protocol):
         self.engine.busy.add(self)
         return fut
 
+    def _reset_head(self) -> None:
+        self.headers: list[tuple[bytes, bytes, bytes]] = []  # name, lowercased, value
+        self.reason = b""
+        self.length: bytes | None = None
+        self.conn_tokens: frozenset[bytes] = frozenset()
+        self.chunked_in = False
+
     def _fail(self, err: UpstreamFailed) -> None:
         self.reusable = False
         if self.done is not None and not self.done.done():
@@ -288,6 +314,7 @@ class UpstreamConn(asyncio.Protocol):
         self._unbind()
 
     def _finish(self, reusable: bool) -> None:
+        self.fresh = False
         if self.done is not None and not self.done.done():
             self.done.set_result(reusable and self.reusable)
         self._unbind()
@@ -315,7 +342,14 @@ class UpstreamConn(asyncio.Protocol):
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        lname = name.lower()
+        self.headers.append((name, lname, value))
+        if lname == b"content-length":
+            self.length = value
+        elif lname == b"connection":
+            self.conn_tokens = connection_tokens(value)
+        elif lname == b"transfer-encoding":
+            self.chunked_in = b"chunked" in value.lower()
 
     def on_headers_complete(self) -> None:
         client, request = self.client, self.request
@@ -324,22 +358,14 @@ class UpstreamConn(asyncio.Protocol):
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # 100 Continue and friends: pass on, a final one follows
             self.out.append(b"HTTP/1.1 %d %s\r\n\r\n" % (status, self.reason))
-            self.headers = []
-            self.reason = b""
+            self._reset_head()
             self.interim = True
             return
-        conn_tokens: frozenset[bytes] = frozenset()
-        length: bytes | None = None
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname == b"connection":
-                conn_tokens = connection_tokens(value)
-            elif lname == b"content-length":
-                length = value
+        length = self.length
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, self.reason or b"OK")]
-        drop = HOP | conn_tokens | OWN_RESPONSE if conn_tokens else HOP | OWN_RESPONSE
-        for name, value in self.headers:
-            if name.lower() not in drop:
+        drop = HOP_OWN_RESPONSE | self.conn_tokens if self.conn_tokens else HOP_OWN_RESPONSE
+        for name, lname, value in self.headers:
+            if lname not in drop:
                 parts.append(name + b": " + value + b"\r\n")
         parts.append(b"X-Request-Id: " + request.request_id + b"\r\n")
         if self.engine.proxy.options.expose_replica:
@@ -353,7 +379,7 @@ class UpstreamConn(asyncio.Protocol):
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 client.keep_alive = False
-            if not self.parser.should_keep_alive() and not self._chunked_upstream():
+            if not self.parser.should_keep_alive() and not self.chunked_in:
                 self.close_delimited = True
         if not client.keep_alive or not request.keep_alive:
             client.keep_alive = False
@@ -366,12 +392,6 @@ class UpstreamConn(asyncio.Protocol):
         client.status = status
         if request.method == b"HEAD":
             self._finish(False)
-
-    def _chunked_upstream(self) -> bool:
-        for name, value in self.headers:
-            if name.lower() == b"transfer-encoding" and b"chunked" in value.lower():
-                return True
-        return False
 
     def on_body(self, body: bytes) -> None:
         if self.client is None:
@@ -392,7 +412,7 @@ class UpstreamConn(asyncio.Protocol):
         self._finish(self.parser.should_keep_alive())
 
 
-class ClientConn(asyncio.Protocol):
+class ClientConn(_Reading, asyncio.Protocol):
     def __init__(self, engine: FastEngine) -> None:
         self.engine = engine
         self.proxy = engine.proxy
@@ -404,10 +424,10 @@ class ClientConn(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.keep_alive = True
         self.status = 0
-        self.paused_for_body = False
         self.tunnel: UpstreamConn | None = None
         self.upgrade_rest = b""
         self.tunnel_done = asyncio.Event()
+        self.wakeup: asyncio.Future[None] | None = None
         self.linger: asyncio.Future[None] | None = None
         self.idle_since = time.monotonic()
         self.closed = False
@@ -446,20 +466,19 @@ class ClientConn(asyncio.Protocol):
             self.upgrade_rest = data[offset:]
             if self.current is not None:
                 self.current.complete = True
-            if self.transport is not None:
-                self.transport.pause_reading()  # until the tunnel is up
+            self.pause()  # until the tunnel is up
         except httptools.HttpParserError as err:
             self._bad_request(str(err))
 
-    def pause_writing(self) -> None:
+    def pause_writing(self) -> None:  # the response outruns the client
         up = self.tunnel or self._bound_upstream()
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
+        if up is not None:
+            up.pause()
 
     def resume_writing(self) -> None:
         up = self.tunnel or self._bound_upstream()
-        if up is not None and up.transport is not None:
-            up.transport.resume_reading()
+        if up is not None:
+            up.resume()
 
     def _bound_upstream(self) -> UpstreamConn | None:
         return self.engine.bound.get(self)
@@ -509,6 +528,8 @@ class ClientConn(asyncio.Protocol):
         self.queue.append(req)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._serve_queue())
+        elif self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
 
     def on_body(self, body: bytes) -> None:
         req = self.current
@@ -530,9 +551,8 @@ class ClientConn(asyncio.Protocol):
             return
         req.body.append(body)
         req.buffered += len(body)
-        if req.buffered > BODY_BUFFER and self.transport is not None and not self.paused_for_body:
-            self.paused_for_body = True
-            self.transport.pause_reading()
+        if req.buffered > BODY_BUFFER:
+            self.pause()  # resumed once an upstream takes the body
 
     def on_message_complete(self) -> None:
         req = self.current
@@ -546,11 +566,21 @@ class ClientConn(asyncio.Protocol):
     # -- serving ------------------------------------------------------------------------
 
     async def _serve_queue(self) -> None:
+        """The connection's one serving task: requests in order, then wait for the next
+        (a future per wait, not a task per request); idle connections are closed by the
+        engine's sweeper."""
+        loop = asyncio.get_running_loop()
         try:
-            while self.queue and not self.closed:
+            while not self.closed:
+                if not self.queue:
+                    self.wakeup = loop.create_future()
+                    await self.wakeup
+                    self.wakeup = None
+                    continue
                 req = self.queue[0]
                 await self._serve(req)
                 self.queue.popleft()
+                self.resume()  # whatever paused it belonged to the exchange just done
                 self.idle_since = time.monotonic()
                 if not req.complete:
                     await self._linger(req)
@@ -573,9 +603,7 @@ class ClientConn(asyncio.Protocol):
         instead of a reset while it is still sending."""
         req.discard = True  # from here on, on_body drops the bytes
         req.body = []
-        if self.transport is not None and self.paused_for_body:
-            self.paused_for_body = False
-            self.transport.resume_reading()
+        self.resume()
         self.linger = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.linger, LINGER_SECONDS)
@@ -649,6 +677,7 @@ class ClientConn(asyncio.Protocol):
                         key = value.decode("latin-1")
                         break
         if req.upgrade:
+            self.keep_alive = False  # a tunnel or an error, never another request after
             return await self._tunnel(req, route, picker, key)
         head = self._head(req)
         retriable = req.method in IDEMPOTENT_B and not req.has_body
@@ -662,8 +691,10 @@ class ClientConn(asyncio.Protocol):
             if backend is None:
                 break
             tried.add(backend.id)
+            up = self.engine.idle_conn(backend)
             try:
-                up = await self.engine.acquire(backend)
+                if up is None:
+                    up = await self.engine.connect(backend)
             except TimeoutError:
                 proxy.eject(route, backend, stats, "connect timeout")
                 last = (
@@ -698,6 +729,8 @@ class ClientConn(asyncio.Protocol):
                     return self.status or 502, backend.id
                 if err.timeout:
                     return self._reply(504, f"replica {backend.id} {err}", req), backend.id
+                if up.fresh:  # a new connection dropped unanswered: the replica is gone
+                    proxy.eject(route, backend, stats, f"new connection {err}")
                 last = f"replica {backend.id} {err}"
                 if not retriable:
                     return self._reply(502, last, req), backend.id
@@ -779,7 +812,7 @@ class ClientConn(asyncio.Protocol):
         if self.upgrade_rest:
             up.transport.write(self.upgrade_rest)
             self.upgrade_rest = b""
-        self.transport.resume_reading()
+        self.resume()
         self.keep_alive = False
         proxy.inflight[backend.id] = proxy.inflight.get(backend.id, 0) + 1
         try:
@@ -816,11 +849,16 @@ class FastEngine:
     async def close(self, grace: float = 10.0) -> None:
         if self.server is not None:
             self.server.close()
-        for c in self.clients:  # finish what is in flight, then close
+        busy = []
+        for c in list(self.clients):  # finish what is in flight, close the idle at once
             c.keep_alive = False
-        tasks = [c.task for c in self.clients if c.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
+            if c.queue or c.tunnel is not None:
+                if c.task is not None:
+                    busy.append(c.task)
+            elif c.transport is not None:
+                c.transport.close()
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
         for c in list(self.clients):
             if c.transport is not None:
                 c.transport.close()
@@ -844,20 +882,22 @@ class FastEngine:
         )
         return up
 
-    async def acquire(self, backend: Backend) -> UpstreamConn:
+    def idle_conn(self, backend: Backend) -> UpstreamConn | None:
+        """A pooled keep-alive connection to ``backend``, if one is open."""
         pool = self.idle.get((backend.host, backend.port))
         while pool:
             up = pool.pop()
             if not up.closed and up.transport is not None and not up.transport.is_closing():
                 up.backend = backend
                 return up
-        return await self.connect(backend)
+        return None
 
     def release(self, up: UpstreamConn) -> None:
         if up.closed or not up.reusable:
             if up.transport is not None:
                 up.transport.close()
             return
+        up.resume()
         pool = self.idle.setdefault(up.key, [])
         if len(pool) >= IDLE_PER_BACKEND:
             if up.transport is not None:
@@ -885,9 +925,7 @@ class FastEngine:
                 for c in [
                     c
                     for c in self.clients
-                    if c.task is None
-                    and c.tunnel is None
-                    and now - c.idle_since > CLIENT_IDLE_TIMEOUT
+                    if not c.queue and c.tunnel is None and now - c.idle_since > CLIENT_IDLE_TIMEOUT
                 ]:
                     if c.transport is not None:
                         c.transport.close()

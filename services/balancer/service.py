@@ -179,7 +179,9 @@ class BalancerService(Service):
             now = time.monotonic()
             window, last = now - last, now
             self.proxy.ejected.purge()
-            snapshot = self.proxy.stats.snapshot(self.instance, window, time.time())
+            snapshot = self.proxy.stats.snapshot(
+                self.instance, window, time.time(), self.proxy.inflight
+            )
             for key, s in self.proxy.stats.apps.items():
                 if s.held > 0 and key in self.routes:
                     route = self.routes[key]

@@ -5,9 +5,10 @@ and one list append; percentiles are computed once per window, not per request."
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from core.state import LbMetrics, RouteMetrics
+from core.state import LbMetrics, ReplicaRouteMetrics, RouteMetrics
 
 BUCKETS: tuple[float, ...] = (
     0.0005,
@@ -55,6 +56,8 @@ class AppStats:
     w_errors: int = 0
     w_latencies: list[float] = field(default_factory=list)
     w_replicas: dict[str, int] = field(default_factory=dict)
+    w_replica_latencies: dict[str, list[float]] = field(default_factory=dict)
+    w_replica_errors: dict[str, int] = field(default_factory=dict)
 
     def done(self, replica: str | None, status: int, seconds: float) -> None:
         self.total += 1
@@ -69,10 +72,27 @@ class AppStats:
         self.w_latencies.append(seconds)
         if replica is not None:
             self.w_replicas[replica] = self.w_replicas.get(replica, 0) + 1
+            lats = self.w_replica_latencies.get(replica)
+            if lats is None:
+                lats = self.w_replica_latencies[replica] = []
+            lats.append(seconds)
+            if status >= 500:
+                self.w_replica_errors[replica] = self.w_replica_errors.get(replica, 0) + 1
 
-    def flush(self, window: float) -> RouteMetrics:
-        """The window as ``RouteMetrics``; starts a new window."""
+    def flush(self, window: float, inflight: Mapping[str, int] | None = None) -> RouteMetrics:
+        """The window as ``RouteMetrics`` (``inflight``: per replica, now); starts a new
+        window."""
         lat = sorted(self.w_latencies)
+        per_replica: dict[str, ReplicaRouteMetrics] = {}
+        for rid, values in self.w_replica_latencies.items():
+            values.sort()
+            per_replica[rid] = ReplicaRouteMetrics(
+                rps=len(values) / window if window > 0 else 0.0,
+                inflight=(inflight or {}).get(rid, 0),
+                p50_ms=percentile(values, 0.50) * 1000,
+                p99_ms=percentile(values, 0.99) * 1000,
+                errors=self.w_replica_errors.get(rid, 0),
+            )
         out = RouteMetrics(
             rps=self.w_requests / window if window > 0 else 0.0,
             inflight=self.inflight,
@@ -83,11 +103,14 @@ class AppStats:
             requests=self.w_requests,
             held=self.held,
             replicas={r: n / window for r, n in self.w_replicas.items()} if window > 0 else {},
+            per_replica=per_replica,
         )
         self.w_requests = 0
         self.w_errors = 0
         self.w_latencies = []
         self.w_replicas = {}
+        self.w_replica_latencies = {}
+        self.w_replica_errors = {}
         return out
 
     @property
@@ -107,14 +130,19 @@ class Stats:
             s = self.apps[key] = AppStats()
         return s
 
-    def snapshot(self, instance: str, window: float, now: float) -> LbMetrics:
+    def snapshot(
+        self,
+        instance: str,
+        window: float,
+        now: float,
+        inflight: Mapping[str, int] | None = None,
+    ) -> LbMetrics:
+        """Every app that saw traffic (or holds some) in the window; ``inflight`` is per
+        replica id, across apps (ids are unique cluster-wide)."""
         apps: dict[str, RouteMetrics] = {}
         for key, s in self.apps.items():
-            if key == "-":
+            if key == "-" or s.idle:
                 s.flush(window)
                 continue
-            if s.idle:
-                s.flush(window)
-                continue
-            apps[key] = s.flush(window)
+            apps[key] = s.flush(window, inflight)
         return LbMetrics(instance=instance, window=window, apps=apps, ts=now)

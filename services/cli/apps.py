@@ -260,12 +260,15 @@ async def _get(opts: ClientOptions, what: str, namespace: str | None, output: st
         _show_nodes(nodes, observed, output)
     else:
         ready = {r.id: r for h in healths.values() for r in h.replicas}
+        # A lost node's last report stays retained: say so instead of showing it as current.
+        node_status = {n.node: n.status for n in nodes}
         if output == "json":
             print_json(
                 [
                     {
                         **r.model_dump(mode="json"),
                         "ready": bool(ready.get(r.id) and ready[r.id].ready),
+                        "node_status": node_status.get(r.node, "unknown"),
                     }
                     for r in replicas
                 ]
@@ -276,12 +279,15 @@ async def _get(opts: ClientOptions, what: str, namespace: str | None, output: st
             table.add_column(col)
         for r in replicas:
             h = ready.get(r.id)
+            phase = r.phase + (f" ({r.reason})" if r.reason else "")
+            if node_status.get(r.node) != "ready":
+                phase = f"unknown (node {node_status.get(r.node, 'unknown')})"
             table.add_row(
                 r.id,
                 f"{r.namespace}/{r.app}",
                 str(r.revision),
                 r.node,
-                r.phase + (f" ({r.reason})" if r.reason else ""),
+                phase,
                 "yes" if h and h.ready else "no",
                 " ".join(f"{k}={v}" for k, v in r.endpoints.items()) or "-",
                 str(r.restarts),

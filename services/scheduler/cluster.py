@@ -93,7 +93,11 @@ class Cluster:
         candidates: int | None = None,
         orphan_grace: float = 0.0,
         now: float = 0.0,
+        ids_seed: int | None = None,
     ) -> None:
+        """``seed`` fixes the walk order (replayable placements). Replica ids come from
+        the system's randomness unless ``ids_seed`` is given (tests, benchmarks): ids must
+        never repeat across restarts or clusters sharing a container engine."""
         self.nodes: dict[str, NodeView] = {}
         self.apps: dict[str, AppRecord] = {}
         self.replicas: dict[str, Replica] = {}
@@ -105,8 +109,10 @@ class Cluster:
         self.cordons: dict[str, bool] = {}
         self.seed = seed
         self.candidates = candidates
+        #: the last ``expire`` found every live node silent and held off
+        self.all_silent = False
         self.orphans_after = now + orphan_grace
-        self._ids = random.Random(seed)
+        self._ids = random.Random(ids_seed) if ids_seed is not None else random.SystemRandom()
         self._specs: dict[str, AppSpec] = {}
         self._order: list[NodeView] | None = None
         self._rings: dict[Constraints, NodeRing] = {}
@@ -185,14 +191,22 @@ class Cluster:
         return affected
 
     def expire(self, now: float, grace: float) -> tuple[list[str], set[str]]:
-        """Lose every node not heard from for more than ``grace``: (lost nodes, apps)."""
-        lost: list[str] = []
+        """Lose every node not heard from for more than ``grace``: (lost nodes, apps).
+
+        When every live node is silent at once, the fault is almost surely between the
+        scheduler and the broker (or a broker restart the agents are still reconnecting
+        from), not in all the nodes: nobody is lost and ``all_silent`` is set. A node
+        that really dies is still lost at once through its last will (``offline``).
+        """
+        live = [n for n in self.nodes.values() if not n.lost]
+        silent = [n for n in live if now - n.seen > grace]
+        self.all_silent = bool(silent) and len(silent) == len(live)
+        if self.all_silent:
+            return [], set()
         affected: set[str] = set()
-        for node in self.nodes.values():
-            if not node.lost and now - node.seen > grace:
-                lost.append(node.id)
-                affected |= self.lose_node(node.id)
-        return lost, affected
+        for node in silent:
+            affected |= self.lose_node(node.id)
+        return [n.id for n in silent], affected
 
     def refresh(self, now: float) -> None:
         """Give every live node a fresh grace: the scheduler itself could not hear them
@@ -598,6 +612,7 @@ def plan(
     grace: float = 6.0,
     seed: int = 0,
     candidates: int | None = None,
+    ids_seed: int | None = None,
 ) -> Plan:
     """Place every app on the nodes, starting from the current assignments.
 
@@ -605,7 +620,7 @@ def plan(
     With ``now``, a node whose ``heartbeat`` is older than ``grace`` counts as lost.
     Returns the assignment of every node whose set changed.
     """
-    cluster = Cluster(seed=seed, candidates=candidates)
+    cluster = Cluster(seed=seed, candidates=candidates, ids_seed=ids_seed)
     for node_id, drain in (cordons or {}).items():
         cluster.set_cordon(node_id, True, drain)
     for assignment in current:

@@ -144,7 +144,14 @@ class SchedulerService(Service):
             pool.extend(candidates(others, self.name))
             leader = choose_leader(pool)
             if leader == self.instance and not self._leading:
-                self._take_over()
+                try:
+                    self._take_over()
+                except Exception:
+                    self.log.exception("taking over failed; retrying")
+                    self._step_down()
+                    await asyncio.sleep(1)
+                    self._elect_wake.set()
+                    continue
                 while self._cordons_to_write:
                     cordon = self._cordons_to_write.pop()
                     with contextlib.suppress(ShoalError):
@@ -211,9 +218,11 @@ class SchedulerService(Service):
         part in the election again (a lone scheduler simply takes over once more)."""
         if self.bus.connects <= 1:
             return
-        now = time.monotonic()
-        for node_id, seen in self._seen.items():  # we could not hear them: not their fault
-            self._seen[node_id] = max(seen, now)
+        # We could not hear the nodes, and they may still be reconnecting themselves:
+        # a double grace from now before any of them counts as lost.
+        later = time.monotonic() + self.options.node_grace
+        for node_id, seen in self._seen.items():
+            self._seen[node_id] = max(seen, later)
         if self._leading:
             self.log.warning("connection was lost: leadership given up until re-elected")
             self._step_down()
@@ -357,6 +366,10 @@ class SchedulerService(Service):
         cluster = self.cluster
         if cluster is None:
             return None
+        if cluster.waiting_for_ready(key):
+            # A drain waits on readiness: read the latest health even if it arrived
+            # before the app did (handlers drop health of apps not known yet).
+            cluster.set_ready(key, self._cached_ready(key))
         out = cluster.reconcile(key, time.monotonic())
         if out.freed:
             self._mark_apps(k for k in cluster.pending if k != key)
@@ -430,6 +443,7 @@ class SchedulerService(Service):
         self._status_sent[key] = status
 
     async def _liveness_loop(self) -> None:
+        silent = False
         while True:
             await asyncio.sleep(self.options.tick)
             cluster = self.cluster
@@ -440,6 +454,9 @@ class SchedulerService(Service):
                 cluster.refresh(time.monotonic())
                 continue
             lost, affected = cluster.expire(time.monotonic(), self.options.node_grace)
+            if cluster.all_silent and not silent:
+                self.log.warning("no node heard from: assuming a broker problem, moving nothing")
+            silent = cluster.all_silent
             for node_id in lost:
                 self._node_lost(node_id, f"no heartbeat for {self.options.node_grace:g}s")
             self._mark_apps(affected)
@@ -471,6 +488,12 @@ class SchedulerService(Service):
         except CodecError as err:
             self.log.warning("malformed message dropped", topic=topic, error=str(err)[:500])
             return None
+
+    def _cached_ready(self, key: str) -> set[str] | None:
+        namespace, _, name = key.partition("/")
+        env = self.bus.cache.get(self.topics.health(namespace, name))
+        health = self._open(env, AppHealth, "health") if env is not None else None
+        return {r.id for r in health.ready} if health is not None else None
 
     def _cached_models(self, pattern: str, model: type[M]) -> list[M]:
         out = []

@@ -9,7 +9,10 @@ state a controller and a health monitor would publish. For each: full-load reque
 p50/p99, then latency at half of that rate (wrk's per-connection ``delay()``), compared
 with the backends hit directly at the same rate: the added p99.
 
-Figures are printed; nothing is asserted (performance is not a unit test).
+Figures are printed; nothing is asserted (performance is not a unit test). On a shared
+machine req/s swing with the neighbours' load; the CPU time each proxy's processes spent
+per request (from /proc) does not, and ``req/s/core`` = 1e6 / that is the throughput one
+core would give.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -108,17 +112,47 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def wrk(
-    url: str, duration: int, connections: int, rate: float | None, workdir: Path
+    url: str, duration: int, connections: int, delay_ms: float | None, workdir: Path
 ) -> dict[str, float]:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
-    if rate:
-        # each connection waits so that all together send ``rate`` requests/s
-        delay_ms = connections * 1000.0 / rate
-        script = workdir / f"delay-{int(rate)}.lua"
+    if delay_ms is not None:
+        script = workdir / f"delay-{delay_ms:.3f}.lua"
         script.write_text(f"function delay() return {delay_ms:.3f} end\n")
         args += ["-s", str(script)]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
     return parse_wrk(out)
+
+
+def at_rate(
+    url: str, duration: int, connections: int, rate: float, workdir: Path
+) -> dict[str, float]:
+    """wrk paced to about ``rate`` requests/s: each connection waits ``delay`` between its
+    requests; one short calibration run accounts for the time a request itself takes."""
+    cycle_ms = connections * 1000.0 / rate  # per connection, between request starts
+    probe = wrk(url, 2, connections, cycle_ms, workdir)
+    service_ms = max(0.0, connections * 1000.0 / max(probe["rps"], 1.0) - cycle_ms)
+    return wrk(url, duration, connections, max(0.0, cycle_ms - service_ms), workdir)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and all its descendants."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        if p in table:
+            total += table[p][1]
+            stack.extend(c for c, (parent, _) in table.items() if parent == p)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def publish_state(broker: str, prefix: str, ports: list[int]) -> None:
@@ -202,7 +236,9 @@ def main() -> None:
         )
         nginx_port = free_port()
         (workdir / "proxy.conf").write_text(proxy_conf(workdir, nginx_port, ports))
-        spawn([NGINX, "-c", str(workdir / "proxy.conf"), "-e", str(workdir / "p.err")], "nginx")
+        nginx = spawn(
+            [NGINX, "-c", str(workdir / "proxy.conf"), "-e", str(workdir / "p.err")], "nginx"
+        )
         broker_port = free_port()
         (workdir / "mosquitto.conf").write_text(
             f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
@@ -213,15 +249,15 @@ def main() -> None:
         broker = f"mqtt://127.0.0.1:{broker_port}"
         asyncio.run(publish_state(broker, "bench", ports))
 
-        contenders: list[tuple[str, str]] = [
-            ("nginx (1 worker)", f"http://127.0.0.1:{nginx_port}/")
+        contenders: list[tuple[str, str, int]] = [
+            ("nginx (1 worker)", f"http://127.0.0.1:{nginx_port}/", nginx.pid)
         ]
         variants = [("shoal (1 process)", 1)] + (
             [] if args.skip_workers else [("shoal --workers 2", 2)]
         )
         for label, workers in variants:
             port, admin = free_port(), free_port()
-            spawn(
+            shoal = spawn(
                 [
                     sys.executable,
                     "-m",
@@ -244,35 +280,44 @@ def main() -> None:
             wait_port("127.0.0.1", port, 20)
             for w in range(workers):
                 wait_routed(admin + w, 3)
-            contenders.append((label, f"http://127.0.0.1:{port}/"))
+            contenders.append((label, f"http://127.0.0.1:{port}/", shoal.pid))
 
         direct = f"http://127.0.0.1:{ports[0]}/"
         print(
-            f"wrk -t1 -c{args.connections} -d{args.duration}s; 3 nginx backends; machine: 2 cores shared by all"
+            f"wrk -t1 -c{args.connections} -d{args.duration}s; 3 nginx backends;"
+            f" {os.cpu_count()} cores shared by wrk, backends and proxy;"
+            f" load average {os.getloadavg()[0]:.1f}"
         )
         results: dict[str, dict[str, float]] = {}
-        for label, url in contenders:
+        for label, url, pid in contenders:
             wrk(url, 2, args.connections, None, workdir)  # warm up pools
-            results[label] = wrk(url, args.duration, args.connections, None, workdir)
-        base = results["nginx (1 worker)"]["rps"]
-        print(
-            f"\n{'full load':<22}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs nginx':>10}{'errors':>8}"
+            cpu = tree_cpu(pid)
+            results[label] = r = wrk(url, args.duration, args.connections, None, workdir)
+            # CPU per request of the proxy's processes: robust to noisy neighbours
+            r["cpu_us"] = (tree_cpu(pid) - cpu) * 1e6 / max(1.0, r["rps"] * args.duration)
+        base = results["nginx (1 worker)"]
+        head = (
+            f"{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs nginx':>10}{'errors':>8}"
+            f"{'CPU us/req':>12}{'req/s/core':>12}{'vs nginx':>10}"
         )
+        print(f"\n{'full load':<22}{head}")
         for label, r in results.items():
             print(
                 f"{label:<22}{r['rps']:>10.0f}{r.get('p50', 0):>9.2f}{r.get('p99', 0):>9.2f}"
-                f"{r['rps'] / base:>9.0%}{r['errors']:>8.0f}"
+                f"{r['rps'] / base['rps']:>9.0%}{r['errors']:>8.0f}"
+                f"{r['cpu_us']:>12.1f}{1e6 / r['cpu_us']:>12.0f}"
+                f"{base['cpu_us'] / r['cpu_us']:>9.0%}"
             )
-        print(
-            f"\n{'half load':<22}{'rate':>10}{'p50 ms':>9}{'p99 ms':>9}{'direct p99':>12}{'added p99':>11}"
-        )
-        for label, url in contenders:
+        head = f"{'rate':>10}{'p50 ms':>9}{'p99 ms':>9}{'direct p99':>12}{'added p99':>11}"
+        print(f"\n{'half load':<22}{head}")
+        for label, url, _pid in contenders:
             rate = results[label]["rps"] / 2
-            half = wrk(url, args.duration, args.connections, rate, workdir)
-            ref = wrk(direct, args.duration, args.connections, rate, workdir)
+            half = at_rate(url, args.duration, args.connections, rate, workdir)
+            ref = at_rate(direct, args.duration, args.connections, rate, workdir)
+            p50, p99, ref99 = half.get("p50", 0), half.get("p99", 0), ref.get("p99", 0)
             print(
-                f"{label:<22}{half['rps']:>10.0f}{half.get('p50', 0):>9.2f}{half.get('p99', 0):>9.2f}"
-                f"{ref.get('p99', 0):>12.2f}{half.get('p99', 0) - ref.get('p99', 0):>11.2f}"
+                f"{label:<22}{half['rps']:>10.0f}{p50:>9.2f}{p99:>9.2f}"
+                f"{ref99:>12.2f}{p99 - ref99:>11.2f}"
             )
     finally:
         for p in reversed(procs):

@@ -132,7 +132,7 @@ def main() -> None:
     print(f"cluster: {len(nodes)} nodes in {args.zones} zones, {len(apps)} apps, {total} replicas")
 
     gc.collect()
-    cluster = Cluster(seed=args.seed, candidates=args.candidates)
+    cluster = Cluster(seed=args.seed, candidates=args.candidates, ids_seed=args.seed)
     for info in nodes:
         cluster.upsert_node(info, seen=0.0)
     for state in apps:

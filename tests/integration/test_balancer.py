@@ -424,6 +424,8 @@ async def test_two_balancers_and_metrics(mosquitto: Broker, lb: StartLb, prefix:
         assert m.requests == 6
         assert m.p99_ms > 0
         assert set(m.replicas) == {b.id for b in bs}
+        assert set(m.per_replica) == {b.id for b in bs}
+        assert all(r.p99_ms > 0 for r in m.per_replica.values())
         async with s.get(f"{admin1}/metrics") as r:
             text = await r.text()
         assert 'shoal_lb_requests_total{app="default/web",code="2xx"} 6.0' in text

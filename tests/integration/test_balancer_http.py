@@ -4,6 +4,7 @@ HTTP/1.0, 100-continue, malformed requests. Both engines."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -96,8 +97,74 @@ async def test_http_details(mosquitto: Broker, procs: ProcGroup, prefix: str, en
         assert out.endswith(rid)
 
 
+async def read_response(reader: asyncio.StreamReader, *, slow: bool = False) -> bytes:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    got = 0
+    while got < length:
+        chunk = await asyncio.wait_for(reader.read(min(65536, length - got)), 10)
+        assert chunk, "connection closed mid-body"
+        got += len(chunk)
+        if slow:
+            await asyncio.sleep(0.005)
+    return head
+
+
+async def test_slow_client_and_reuse_after_backpressure(
+    mosquitto: Broker, procs: ProcGroup, prefix: str, engine: str
+) -> None:
+    port = free_port()
+    procs.service(
+        "balancer",
+        mosquitto.url,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--engine",
+        engine,
+        prefix=prefix,
+    )
+    wait_port("127.0.0.1", port, 20)
+    async with backends(1) as bs, Publisher(mosquitto.url, prefix) as pub:
+        await pub.app(app_state())
+        await pub.health(health_of(bs))
+        rid = bs[0].id.encode()
+        for _ in range(100):
+            if rid in await exchange(
+                port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            ):
+                break
+            await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(2):  # a slow reader of 8 MiB, then the same connections again
+                writer.write(b"GET /big?mb=8 HTTP/1.1\r\nHost: a\r\n\r\n")
+                head = await read_response(reader, slow=True)
+                assert head.startswith(b"HTTP/1.1 200")
+                writer.write(b"GET /big?mb=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+                assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
+        finally:
+            writer.close()
+
+
+def free_port_pair() -> int:
+    """A port p with p + 1 free too (worker i serves admin on admin + i)."""
+    for _ in range(50):
+        p = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no two consecutive free ports")
+
+
 async def test_workers_share_one_port(mosquitto: Broker, procs: ProcGroup, prefix: str) -> None:
-    port, admin = free_port(), free_port()
+    port, admin = free_port(), free_port_pair()
     procs.service(
         "balancer",
         mosquitto.url,

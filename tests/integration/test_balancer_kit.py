@@ -57,6 +57,7 @@ class Backend:
         app.router.add_post("/echo", self.echo)
         app.router.add_post("/upload", self.upload)
         app.router.add_get("/stream", self.stream)
+        app.router.add_get("/big", self.big)
         app.router.add_get("/ws", self.ws)
         app.router.add_route("*", "/{tail:.*}", self.hello)
         return app
@@ -104,6 +105,10 @@ class Backend:
             h.update(chunk)
             size += len(chunk)
         return web.Response(text=f"{size} {h.hexdigest()}")
+
+    async def big(self, request: web.Request) -> web.Response:
+        size = int(request.query.get("mb", "1")) * 1024 * 1024
+        return web.Response(body=b"x" * size, content_type="application/octet-stream")
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         n = int(request.query.get("n", "5"))

@@ -38,8 +38,9 @@ def containers(prefix: str) -> Counter[str]:
 
 
 @pytest.fixture
-def cleanup(prefix: str) -> Iterator[None]:
+def cleanup(prefix: str, procs: ProcGroup) -> Iterator[None]:
     yield
+    procs.close()  # agents first: none may create a container after the sweep
     ids = docker("ps", "-aq", "--filter", f"label=shoal.prefix={prefix}").split()
     if ids:
         docker("rm", "-f", *ids)
@@ -60,8 +61,6 @@ def start_agent(procs: ProcGroup, broker: Broker, prefix: str, node: str) -> Pro
         "2",
         "--memory",
         "2Gi",
-        "--heartbeat",
-        "0.5",
         prefix=prefix,
         name=f"agent-{node}",
     )
@@ -117,7 +116,12 @@ async def test_spread_node_kill_and_drain_on_docker(
     procs.service("scheduler", mosquitto.url, "--node-grace", "3", prefix=prefix, name="sched")
     async with Observer(mosquitto.url, prefix) as obs:
         await obs.wait_for(
-            lambda: len(obs.all(obs.topics.all_node_info, NodeInfo)) == 3, 30, "3 agents"
+            lambda: (
+                [i.status for i in obs.all(obs.topics.all_node_info, NodeInfo).values()]
+                == ["ready"] * 3
+            ),
+            30,
+            "3 nodes ready",
         )
         await obs.bus.publish(obs.topics.app("default", "web"), "app", echo_app(6), retain=True)
 

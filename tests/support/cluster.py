@@ -70,7 +70,7 @@ class Cluster:
         )
         if scaler:
             self.services["scaler"] = self.procs.service("scaler", url, prefix=self.prefix)
-        for node, address in (agents or {"node-1": "127.0.0.1"}).items():
+        for node, address in ({"node-1": "127.0.0.1"} if agents is None else agents).items():
             self.start_agent(node, address)
         wait_port("127.0.0.1", self.listen_port, timeout=20)
         return self

@@ -257,7 +257,16 @@ def test_rebuild_from_assignments_moves_nothing() -> None:
 def test_plan_is_replayable_with_a_seed() -> None:
     nodes = [node_info(f"n{i}") for i in range(20)]
     apps = [app_state("web", 30, cpu=0.1, memory=64 * MI)]
-    assert plan(apps, nodes, seed=7) == plan(apps, nodes, seed=7)
+    assert plan(apps, nodes, seed=7, ids_seed=1) == plan(apps, nodes, seed=7, ids_seed=1)
+    # without an ids seed, the same placement gets fresh ids: never reused across restarts
+    first, second = plan(apps, nodes, seed=7), plan(apps, nodes, seed=7)
+    ids = {r.id for a in first.assignments.values() for r in a.replicas}
+    assert not ids & {r.id for a in second.assignments.values() for r in a.replicas}
+
+    def layout(result: object) -> dict[str, int]:
+        return {n: len(a.replicas) for n, a in result.assignments.items()}  # type: ignore[attr-defined]
+
+    assert layout(first) == layout(second)
 
 
 def test_plan_drops_replicas_of_deleted_apps_and_lost_nodes() -> None:
@@ -378,10 +387,24 @@ def test_never_over_capacity_never_too_many_and_stable(
 
 
 def test_refresh_gives_silent_nodes_a_new_grace() -> None:
-    cluster = cluster_with(node_info("n1"))
+    cluster = cluster_with(node_info("n1"), node_info("n2"))
     cluster.refresh(now=100.0)
+    cluster.upsert_node(node_info("n2"), seen=107.0)
     assert cluster.expire(now=105.0, grace=6.0) == ([], set())
     assert cluster.expire(now=107.0, grace=6.0)[0] == ["n1"]
+
+
+def test_when_every_node_is_silent_nobody_is_lost() -> None:
+    cluster = cluster_with(node_info("n1"), node_info("n2"))
+    apply(cluster, app_state("web", 2))
+    assert cluster.expire(now=60.0, grace=6.0) == ([], set())
+    assert cluster.all_silent
+    assert sum(per_node(cluster).values()) == 2
+    # a last will is still acted on at once
+    assert cluster.upsert_node(node_info("n1", status="offline"), seen=60.0) == {"default/web"}
+    cluster.upsert_node(node_info("n2"), seen=61.0)
+    assert cluster.expire(now=62.0, grace=6.0) == ([], set())
+    assert not cluster.all_silent
 
 
 def test_a_node_that_shrinks_sheds_its_largest_replicas() -> None:
