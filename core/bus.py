@@ -233,7 +233,10 @@ class Bus:
             topic, payload = item
             for sub in list(self._subs):
                 if matches(sub.pattern, topic):
-                    await self._deliver(sub, topic, payload)
+                    try:
+                        await self._deliver(sub, topic, payload)
+                    except Exception:  # the dispatcher must outlive any one message
+                        log.exception("message dropped", topic=topic, size=len(payload))
 
     async def _deliver(self, sub: Subscription, topic: str, payload: bytes) -> None:
         try:

@@ -144,7 +144,14 @@ def decode(payload: bytes, *, allow_json: bool = True) -> Envelope | None:
             raw = json.loads(payload)
         else:
             raw = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as err:
+        # TypeError: a msgpack map whose key is a list or map (unhashable in Python)
         raise CodecError(f"payload is neither msgpack nor JSON: {err}") from err
     if not isinstance(raw, dict):
         raise CodecError(f"payload must be a map, got {type(raw).__name__}")

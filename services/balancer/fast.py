@@ -710,6 +710,10 @@ class ClientConn(_Reading, asyncio.Protocol):
                 last = f"replica {backend.id} refused the connection"
                 stats.retries += 1
                 continue
+            if req.too_large:  # the body went over the limit while we were connecting
+                self.engine.release(up)
+                msg = f"request body exceeds the limit of {opts.max_body} bytes"
+                return self._reply(413, msg, req, close=True), None
             proxy.inflight[backend.id] = proxy.inflight.get(backend.id, 0) + 1
             self.engine.bound[self] = up
             self.status = 0

@@ -17,6 +17,7 @@ from core.backoff import Backoff
 from core.codec import Envelope
 from core.commands import Reply, ScaleCommand
 from core.config import ServiceConfig
+from core.election import Candidate, candidates, choose_leader
 from core.errors import CodecError, ShoalError
 from core.runner import Reconciler
 from core.service import Service
@@ -30,7 +31,6 @@ from core.state import (
     WakeUp,
 )
 from services.scaler.decide import Decision, History, Policy, decide, observe_app, record
-from services.scaler.election import Candidate, candidates, choose_leader
 from services.scaler.metrics import MetricsBook
 
 WAKE_TTL = 30.0

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from core.codec import Envelope
 from core.commands import NodeCommand, Reply
 from core.config import ServiceConfig
+from core.election import Candidate, candidates, choose_leader
 from core.errors import CodecError, ShoalError, TopicError
 from core.runner import Reconciler
 from core.service import Service
@@ -35,7 +36,6 @@ from core.state import (
     SchedulerStatus,
 )
 from services.scheduler.cluster import Cluster, Outcome
-from services.scheduler.election import Candidate, candidates, choose_leader
 
 M = TypeVar("M", bound=BaseModel)
 

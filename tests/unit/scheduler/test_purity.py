@@ -9,7 +9,7 @@ import pytest
 
 import services.scheduler
 
-PURE = ["model", "checks", "scorers", "placement", "cluster", "election"]
+PURE = ["model", "checks", "scorers", "placement", "cluster"]
 FORBIDDEN = {"aiomqtt", "aiodocker", "aiohttp", "asyncio", "core.bus", "core.service", "time"}
 
 

@@ -1,6 +1,6 @@
-"""Leader election among scheduler instances, from their retained presence.
+"""Leader election among instances of one service, from their retained presence (pure).
 
-Every instance publishes ``services/scheduler/<instance>`` (retained; its last will says
+Every instance publishes ``services/<service>/<instance>`` (retained; its last will says
 offline) with a ``leader`` flag. All instances apply the same rule to the same set, so
 they agree without talking:
 
@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from core.state import Presence
 
+__all__ = ["Candidate", "candidates", "choose_leader"]
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -30,7 +32,7 @@ class Candidate:
     leader: bool = False
 
 
-def candidates(presences: Iterable[Presence], service: str = "scheduler") -> list[Candidate]:
+def candidates(presences: Iterable[Presence], service: str) -> list[Candidate]:
     """Online instances of ``service`` among the presences."""
     return [
         Candidate(p.started, p.instance, p.leader)
