@@ -36,6 +36,7 @@ def garbage_payloads() -> list[bytes]:
         json.dumps({"kind": "apply", "body": {"apps": "not a list"}}).encode(),
         json.dumps({"kind": "apply", "body": {"apps": [{"name": 1}]}, "reply_to": "x"}).encode(),
         b"\x00" * 64,
+        b"\x81\x90\x00",  # a map keyed by a list: unhashable in Python
     ]
 
 
