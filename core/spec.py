@@ -62,10 +62,29 @@ def check_dns_label(value: str, what: str) -> str:
 
 
 class Resources(Model):
-    """Requests, also applied as Docker limits."""
+    """Requests (what placement reserves) and the Docker limits derived from them.
+
+    Memory: the request is also the hard limit unless ``memory_limit`` is larger.
+    CPU: the request becomes a proportional weight (``CpuShares``, guaranteed under
+    contention); a hard quota is set only from ``cpu_limit``. A quota equal to a small
+    request throttles even a container's start (3 replicas at 0.01 CPU took 2.4 s to start
+    against 0.37 s without), which is why Kubernetes, too, sets a quota only from a limit.
+    """
 
     cpu: Cpu = Field(default=0.1, gt=0, description="cores")
     memory: Memory = Field(default=64 * 1024**2, gt=0, description="bytes")
+    cpu_limit: Cpu | None = Field(default=None, gt=0, description="hard cap in cores")
+    memory_limit: Memory | None = Field(default=None, gt=0, description="bytes, >= memory")
+
+    @model_validator(mode="after")
+    def _limits_above_requests(self) -> Resources:
+        if self.cpu_limit is not None and self.cpu_limit < self.cpu:
+            raise ValueError(
+                f"cpu_limit ({self.cpu_limit:g}) is below the cpu request ({self.cpu:g})"
+            )
+        if self.memory_limit is not None and self.memory_limit < self.memory:
+            raise ValueError("memory_limit is below the memory request")
+        return self
 
     @field_validator("memory")
     @classmethod

@@ -70,13 +70,16 @@ def create_config(
         f"SHOAL_REVISION={replica.revision}",
     ]
     security = spec.security
+    memory_limit = spec.resources.memory_limit or spec.resources.memory
     host: dict[str, Any] = {
         "PortBindings": {
             f"{port}/tcp": [{"HostIp": address, "HostPort": ""}] for port in spec.ports.values()
         },
-        "NanoCpus": max(1, round(spec.resources.cpu * 1e9)),
-        "Memory": spec.resources.memory,
-        "MemorySwap": spec.resources.memory,  # no swap: the limit is the limit
+        # The cpu request is a weight, a hard quota only comes from cpu_limit (see Resources).
+        "CpuShares": max(2, round(spec.resources.cpu * 1024)),
+        "NanoCpus": round(spec.resources.cpu_limit * 1e9) if spec.resources.cpu_limit else 0,
+        "Memory": memory_limit,
+        "MemorySwap": memory_limit,  # no swap: the limit is the limit
         "RestartPolicy": {"Name": "no"},  # restarts are Shoal's
         "SecurityOpt": ["no-new-privileges:true"] if security.no_new_privileges else [],
         "ReadonlyRootfs": security.read_only_rootfs,

@@ -222,7 +222,8 @@ async def test_runs_assigned_replicas_and_reports_them(rig: Rig) -> None:
         "1",
     )
     host_config = one["HostConfig"]
-    assert host_config["NanoCpus"] == 100_000_000
+    assert host_config["CpuShares"] == 102
+    assert host_config["NanoCpus"] == 0
     assert host_config["Memory"] == 32 * 1024**2
     assert host_config["RestartPolicy"]["Name"] == "no"
     assert host_config["SecurityOpt"] == ["no-new-privileges:true"]

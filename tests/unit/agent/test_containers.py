@@ -54,7 +54,8 @@ def test_create_config_follows_the_conventions() -> None:
         "8080/tcp": [{"HostIp": "127.0.0.2", "HostPort": ""}],
         "9000/tcp": [{"HostIp": "127.0.0.2", "HostPort": ""}],
     }
-    assert host["NanoCpus"] == 250_000_000
+    assert host["CpuShares"] == 256
+    assert host["NanoCpus"] == 0  # no hard quota unless cpu_limit is given
     assert host["Memory"] == host["MemorySwap"] == 64 * 1024**2
     assert host["RestartPolicy"] == {"Name": "no"}
     assert host["SecurityOpt"] == ["no-new-privileges:true"]
@@ -182,3 +183,16 @@ def test_foreign_container_is_ignored() -> None:
 )
 def test_parse_time(text: str, expected: float | None) -> None:
     assert parse_time(text) == expected
+
+
+def test_explicit_limits_become_a_cpu_quota_and_a_larger_memory_limit() -> None:
+    spec = AppSpec(
+        name="web",
+        image="x",
+        resources={"cpu": 0.25, "memory": "64Mi", "cpu_limit": 1, "memory_limit": "128Mi"},
+    )
+    replica = AssignedReplica(id="default.web.0000abcd", namespace="default", app="web", revision=1)
+    host = create_config(spec, replica, prefix="p", node="n1", address="127.0.0.1")["HostConfig"]
+    assert host["CpuShares"] == 256
+    assert host["NanoCpus"] == 1_000_000_000
+    assert host["Memory"] == host["MemorySwap"] == 128 * 1024**2

@@ -39,9 +39,7 @@ def test_two_claimants_the_oldest_keeps_it() -> None:
 
 
 def test_an_offline_leader_does_not_count() -> None:
-    pool = candidates(
-        [presence("a", 1.0, "offline", leader=True), presence("b", 2.0)], "scheduler"
-    )
+    pool = candidates([presence("a", 1.0, "offline", leader=True), presence("b", 2.0)], "scheduler")
     assert choose_leader(pool) == "b"
 
 
