@@ -302,6 +302,24 @@ class Security(Model):
     cap_drop: list[str] = Field(default_factory=list)
 
 
+#: What containers are made from: changing one of these makes a new revision.
+TEMPLATE_FIELDS = (
+    "image",
+    "command",
+    "args",
+    "env",
+    "resources",
+    "ports",
+    "health",
+    "termination",
+    "labels",
+    "volumes",
+    "working_dir",
+    "user",
+    "security",
+)
+
+
 class AppSpec(Model):
     """One app, as the user declares it."""
 
@@ -412,30 +430,7 @@ class AppSpec(Model):
         Replica count, autoscaling, routing, placement and update policy are left out:
         changing them does not replace a running container.
         """
-        fields = self.model_dump(
-            mode="json",
-            include={
-                "image",
-                "command",
-                "args",
-                "env",
-                "resources",
-                "ports",
-                "health",
-                "termination",
-                "labels",
-            },
-        )
-        # Container fields added later count only when not default, so hashes stay stable.
-        extras: dict[str, object] = {
-            "volumes": [],
-            "working_dir": None,
-            "user": None,
-            "security": Security(),
-        }
-        for extra, default in extras.items():
-            if getattr(self, extra) != default:
-                fields[extra] = self.model_dump(mode="json", include={extra})[extra]
+        fields = self.model_dump(mode="json", include=set(TEMPLATE_FIELDS))
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

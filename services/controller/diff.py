@@ -10,24 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from core.spec import AppSpec
-
-#: The fields ``AppSpec.template_hash`` covers: changing one makes a new revision.
-TEMPLATE_FIELDS = (
-    "image",
-    "command",
-    "args",
-    "env",
-    "resources",
-    "ports",
-    "health",
-    "termination",
-    "labels",
-    "volumes",
-    "working_dir",
-    "user",
-    "security",
-)
+from core.spec import TEMPLATE_FIELDS, AppSpec
 
 MAX_VALUE = 60
 

@@ -45,9 +45,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from core.spec import AppSpec, Model
+from core.spec import TEMPLATE_FIELDS, AppSpec, Model
 from core.state import AppHealth, AppPhase, AppState, AppVersion, ReplicaStatus
-from services.controller.diff import TEMPLATE_FIELDS
 
 #: How often an active rollout is re-planned even without a health change (deadlines).
 TICK = 1.0
