@@ -16,7 +16,7 @@ Vocabulary:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -78,11 +78,17 @@ def _endpoint(spec: AppSpec, status: ReplicaStatus, ref: str | int | None) -> st
     return ""
 
 
-def targets_for(app: AppState, statuses: Iterable[ReplicaStatus]) -> list[Target]:
-    """Every observed replica of ``app``, sorted by replica id."""
+def targets_for(
+    app: AppState, statuses: Iterable[ReplicaStatus], lost_nodes: Collection[str] = ()
+) -> list[Target]:
+    """Every observed replica of ``app``, sorted by replica id.
+
+    Replicas on ``lost_nodes`` (offline: their agent's last will) are left out: their
+    last report cannot be trusted, and the scheduler is replacing them elsewhere.
+    """
     out: list[Target] = []
     for st in statuses:
-        if st.namespace != app.namespace or st.app != app.name:
+        if st.namespace != app.namespace or st.app != app.name or st.node in lost_nodes:
             continue
         spec = spec_for(app, st.revision)
         route_port = spec.route.port if spec.route is not None else None

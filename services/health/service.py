@@ -26,7 +26,7 @@ from core.config import ServiceConfig
 from core.errors import BusError, CodecError, TopicError
 from core.runner import Reconciler
 from core.service import Service
-from core.state import AppHealth, AppState, NodeReplicas, Presence, ReplicaStatus
+from core.state import AppHealth, AppState, NodeInfo, NodeReplicas, Presence, ReplicaStatus
 from services.health.checks import Checker
 from services.health.logic import (
     ProbeRole,
@@ -55,6 +55,7 @@ class HealthService(Service):
         self.nodes: dict[str, NodeReplicas] = {}
         self.by_app: dict[str, dict[str, ReplicaStatus]] = {}
         self.peers: dict[str, bool] = {}
+        self.lost_nodes: set[str] = set()  # nodes whose agent is offline
         self.seen: dict[str, AppHealth] = {}  # retained values, as the bus has them
         self.mine: dict[str, AppHealth] = {}  # what this instance last published
         self.targets: dict[tuple[str, float | None], Target] = {}
@@ -74,6 +75,7 @@ class HealthService(Service):
         t = self.topics
         await self.bus.subscribe(t.all_apps, self._on_app)
         await self.bus.subscribe(t.all_node_replicas, self._on_replicas)
+        await self.bus.subscribe(t.all_node_info, self._on_node_info)
         await self.bus.subscribe(t.all_health, self._on_health)
         await self.bus.subscribe(t.all_services(self.name), self._on_peer)
 
@@ -130,6 +132,26 @@ class HealthService(Service):
             if not self.by_app.get(key):
                 self.by_app.pop(key, None)
             self.runner.mark(key)
+
+    def _on_node_info(self, topic: str, env: Envelope | None) -> None:
+        try:
+            node = self.topics.node_of(topic)
+        except TopicError:
+            return
+        info = self._open(topic, env, NodeInfo) if env is not None else None
+        lost = info is None or info.status == "offline"
+        if lost == (node in self.lost_nodes):
+            return
+        if lost:
+            self.lost_nodes.add(node)
+        else:
+            self.lost_nodes.discard(node)
+        self.log.info(
+            "node offline: its replicas leave rotation" if lost else "node back", node=node
+        )
+        report = self.nodes.get(node)
+        for st in report.replicas if report is not None else ():
+            self.runner.mark(f"{st.namespace}/{st.app}")
 
     def _on_health(self, topic: str, env: Envelope | None) -> None:
         try:
@@ -201,7 +223,7 @@ class HealthService(Service):
                 self.mine.pop(key, None)
                 self.log.info("health cleared", app=key)
             return None
-        targets = targets_for(app, self.by_app.get(key, {}).values())
+        targets = targets_for(app, self.by_app.get(key, {}).values(), self.lost_nodes)
         previous = self.mine.get(key) or self.seen.get(key)
         self._sync_probes(key, targets, previous)
         health = app_health(app, targets, self.states, previous, time.time())

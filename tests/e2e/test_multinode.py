@@ -42,7 +42,11 @@ def start(cluster: Cluster) -> None:
 
 
 def nodes_of_replicas(cluster: Cluster) -> Counter[str]:
-    return Counter(str(r["node"]) for r in cluster.get_json("replicas") if r["phase"] == "running")
+    return Counter(
+        str(r["node"])
+        for r in cluster.get_json("replicas")
+        if r["phase"] == "running" and r["node_status"] == "ready"
+    )
 
 
 def test_spread_across_zones_and_node_loss_moves_replicas(cluster: Cluster) -> None:
@@ -53,15 +57,13 @@ def test_spread_across_zones_and_node_loss_moves_replicas(cluster: Cluster) -> N
     with LoadLoop("127.0.0.1", cluster.listen_port, vhost="spread.test", workers=2) as load:
         time.sleep(1)
         cluster.agents["n3"].kill()  # kill -9: the broker publishes its last will
-        wait_for(
-            lambda: (
-                nodes_of_replicas(cluster).keys() <= {"n1", "n2"}
-                and sum(nodes_of_replicas(cluster).values()) == 3
-                and cluster.get_json("apps")[0]["ready"] == 3
-            ),
-            60,
-            message="n3's replica re-placed on n1/n2",
-        )
+
+        def replaced() -> tuple[bool, object, object]:
+            placed, ready = nodes_of_replicas(cluster), cluster.get_json("apps")[0]["ready"]
+            done = placed.keys() <= {"n1", "n2"} and sum(placed.values()) == 3 and ready == 3
+            return done, placed, ready
+
+        wait_for(lambda: replaced()[0], 60, message="n3 replica re-placed")
         result = load.stop()
     # The lost node's container keeps running until its agent returns, so traffic flows on.
     assert result.failure_rate <= 0.01, (result.failed, result.total, result.errors[:5])

@@ -127,6 +127,12 @@ def test_targets_resolve_route_and_probe_endpoints() -> None:
     assert probes_to_run(t) == ["readiness", "liveness"]
 
 
+def test_replicas_of_a_lost_node_leave_the_app() -> None:
+    app = make_app({})
+    targets = targets_for(app, [status("r1"), status("r2", node="n2")], lost_nodes={"n2"})
+    assert [t.replica for t in targets] == ["r1"]
+
+
 def test_exec_probes_and_non_running_replicas_are_not_probed_here() -> None:
     app = make_app({"readiness": {"exec": ["true"]}})
     running, pending = targets_for(app, [status("r1"), status("r2", phase="pending")])
