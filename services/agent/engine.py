@@ -16,6 +16,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 from aiodocker.events import DockerEvents
+from aiodocker.execs import Exec
 
 from core.errors import EngineUnavailable, RuntimeFailure
 
@@ -36,6 +37,14 @@ def _translate(err: BaseException, what: str) -> RuntimeFailure:
 
 
 UNREACHABLE = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+class ExecTimeout(TimeoutError):
+    """An exec did not finish in time; ``exec_id`` lets the caller see when it ends."""
+
+    def __init__(self, exec_id: str | None, timeout: float) -> None:
+        self.exec_id = exec_id
+        super().__init__(f"exec did not finish within {timeout:g}s")
 
 
 class Engine:
@@ -145,6 +154,64 @@ class Engine:
         except EngineError as err:
             if err.status not in (404, 409):  # gone / not running
                 raise
+
+    async def restart(self, container_id: str, grace: float) -> None:
+        """Stop (SIGTERM, SIGKILL after ``grace``) and start again, in the engine."""
+        t = max(0, math.ceil(grace))
+        await self._call(
+            "restart",
+            self.docker._query_json(
+                f"containers/{container_id}/restart",
+                method="POST",
+                params={"t": t},
+                timeout=aiohttp.ClientTimeout(total=t + 30),
+            ),
+        )
+
+    async def exec_run(
+        self, container_id: str, command: list[str], timeout: float, keep: int = 4096
+    ) -> tuple[int | None, str]:
+        """Run ``command`` inside the container; its exit code and (the start of) its output.
+
+        Raises ``ExecTimeout`` after ``timeout`` seconds (the engine cannot kill an exec:
+        a hung command is left to finish or to die with its container; ``exec_running``
+        tells when it is over).
+        """
+        exec_id: list[str] = []
+
+        async def run() -> tuple[int | None, str]:
+            created = await self.docker._query_json(
+                f"containers/{container_id}/exec",
+                method="POST",
+                data={"AttachStdout": True, "AttachStderr": True, "Tty": False, "Cmd": command},
+            )
+            exec_id.append(str(created["Id"]))
+            execution = Exec(self.docker, exec_id[0], tty=False)
+            output = bytearray()
+            async with execution.start(detach=False) as stream:
+                while (message := await stream.read_out()) is not None:
+                    if len(output) < keep:
+                        output.extend(message.data[: keep - len(output)])
+            info = await execution.inspect()
+            code = info.get("ExitCode")
+            return (int(code) if code is not None else None), output.decode(errors="replace")
+
+        try:
+            async with asyncio.timeout(timeout):
+                result: tuple[int | None, str] = await self._call("exec", run())
+        except TimeoutError as err:
+            raise ExecTimeout(exec_id[0] if exec_id else None, timeout) from err
+        return result
+
+    async def exec_running(self, exec_id: str) -> bool:
+        """Whether an exec (one that timed out) is still running in its container."""
+        try:
+            data = await self._call("exec inspect", self.docker._query_json(f"exec/{exec_id}/json"))
+        except EngineError as err:
+            if err.status == 404:  # gone with its container
+                return False
+            raise
+        return bool(data.get("Running"))
 
     async def remove(self, container_id: str) -> None:
         try:

@@ -53,6 +53,7 @@ class ReplicaRecord:
     retry_at: float | None = None  # after a failed pull/create/start
     failures: int = 0  # consecutive failed pulls/creates/starts
     since: float = 0.0
+    exec_ready: tuple[float, bool] | None = None  # (container start, exec readiness verdict)
 
 
 def on_exit(record: ReplicaRecord, container: Container, now: float, policy: RestartPolicy) -> bool:
@@ -247,7 +248,16 @@ def replica_status(
         reason=reason,
         started_at=container.started_at if container is not None else None,
         since=record.since if record is not None else 0.0,
+        exec_ready=_exec_ready(container, record),
     )
+
+
+def _exec_ready(container: Container | None, record: ReplicaRecord | None) -> bool | None:
+    """The exec readiness verdict, only if it is about the running container's start."""
+    if record is None or record.exec_ready is None or container is None or not container.running:
+        return None
+    started_at, ready = record.exec_ready
+    return ready if container.started_at == started_at else None
 
 
 @dataclass(slots=True)

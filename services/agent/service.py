@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -24,17 +25,19 @@ from core.backoff import Backoff
 from core.bus import LastWill
 from core.codec import Envelope
 from core.config import ServiceConfig
-from core.errors import BusError, CodecError, EngineUnavailable, RuntimeFailure
+from core.errors import BusError, CodecError, EngineUnavailable, RuntimeFailure, TopicError
 from core.runner import Reconciler
 from core.service import Service
 from core.spec import AppSpec, Resources
 from core.state import (
+    AppHealth,
     AssignedReplica,
     LogChunk,
     LogsRequest,
     NodeAssignment,
     NodeInfo,
     NodeMetrics,
+    NodeReplicas,
     NodeStatus,
     ReplicaUsage,
 )
@@ -45,7 +48,7 @@ from services.agent.containers import (
     owner_filters,
     parse_container,
 )
-from services.agent.engine import Engine, EngineError
+from services.agent.engine import Engine, EngineError, ExecTimeout
 from services.agent.plan import (
     Removal,
     ReplicaRecord,
@@ -55,6 +58,24 @@ from services.agent.plan import (
     on_exit,
     plan,
     retry_delay,
+)
+from services.agent.probes import (
+    ExecTarget,
+    Incarnation,
+    LivenessRestart,
+    NotLive,
+    ProbeRole,
+    ProbeState,
+    exec_result,
+    exec_targets,
+    exec_verdict,
+    liveness_failed,
+    liveness_restarts,
+    next_probe_at,
+    not_live,
+    prune_done,
+    seeded_readiness,
+    step,
 )
 from services.agent.registry import Credential, credential_for, pull_reference
 from services.agent.stats import Sample, cpu_cores, parse_sample
@@ -123,6 +144,14 @@ class AgentService(Service):
         self._log_leases: dict[str, float] = {}
         self._log_tasks: dict[str, asyncio.Task[None]] = {}
         self._events: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue(1000)
+        # Probes (core/README.md "Probes"): the health monitor's verdicts per app, the
+        # exec probes running per (replica, role), exec liveness failures not acted on yet,
+        # and the container starts already restarted for a liveness verdict.
+        self.health: dict[tuple[str, str], AppHealth] = {}
+        self._probes: dict[tuple[str, ProbeRole], tuple[ExecTarget, asyncio.Task[None]]] = {}
+        self._exec_not_live: dict[str, NotLive] = {}
+        self._liveness_done: set[Incarnation] = set()
+        self._previous_report: NodeReplicas | None = None  # retained, from before a restart
         self.bus.on_connect(self._on_bus_connect)
 
     # -- identity ------------------------------------------------------------------------
@@ -183,6 +212,8 @@ class AgentService(Service):
     async def setup(self) -> None:
         await self.bus.subscribe(self.topics.node_assign(self.node), self._on_assign)
         await self.bus.subscribe(self.topics.logs_request, self._on_logs_request, qos=0)
+        await self.bus.subscribe(self.topics.all_health, self._on_health)
+        await self.bus.subscribe(self.topics.node_replicas(self.node), self._on_own_report)
 
     async def main(self) -> None:
         self.log.info("agent starting", node=self.node, address=self.options.address)
@@ -196,14 +227,11 @@ class AgentService(Service):
                 tg.create_task(self._stats_loop(), name="agent-stats")
                 tg.create_task(self._event_loop(), name="agent-events")
         finally:
-            for task in [*self.actions.values(), *self._log_tasks.values(), *self._pulls.values()]:
+            probes = [task for _, task in self._probes.values()]
+            tasks = [*self.actions.values(), *self._log_tasks.values(), *self._pulls.values()]
+            for task in [*tasks, *probes]:
                 task.cancel()
-            await asyncio.gather(
-                *self.actions.values(),
-                *self._log_tasks.values(),
-                *self._pulls.values(),
-                return_exceptions=True,
-            )
+            await asyncio.gather(*tasks, *probes, return_exceptions=True)
             await self.engine.close()
 
     async def on_shutdown(self) -> None:
@@ -247,6 +275,42 @@ class AgentService(Service):
         )
         self.reconciler.mark(NODE_KEY)
         self._report_wake.set()
+
+    def _on_own_report(self, topic: str, env: Envelope | None) -> None:
+        """The retained report of this node from before a restart: exec readiness verdicts
+        of container starts still running continue from it (no flap to "no verdict")."""
+        if self._synced.is_set() or env is None:
+            return  # after the start-up sync these are our own reports coming back
+        try:
+            report = env.open(NodeReplicas)
+        except CodecError as err:
+            self.log.warning("invalid retained report ignored", error=str(err))
+            return
+        if report.node == self.node:
+            self._previous_report = report
+
+    def _on_health(self, topic: str, env: Envelope | None) -> None:
+        """Keep the health monitor's verdicts; liveness restarts are decided in reconcile."""
+        try:
+            key = self.topics.app_of(topic)
+        except TopicError:
+            self.log.warning("health message on an unexpected topic dropped", topic=topic)
+            return
+        if env is None:
+            self.health.pop(key, None)
+            return
+        try:
+            health = env.open(AppHealth)
+        except CodecError as err:
+            self.log.warning("invalid health dropped", topic=topic, error=str(err))
+            return
+        mine = [r for r in health.replicas if r.node == self.node]
+        if not mine:
+            self.health.pop(key, None)
+            return
+        self.health[key] = health.model_copy(update={"replicas": mine})
+        if any(not r.live for r in mine):
+            self.reconciler.mark(NODE_KEY)
 
     # -- the engine: connection, list, events -------------------------------------------
 
@@ -378,9 +442,35 @@ class AgentService(Service):
             steps.setdefault(replica.id, []).append(
                 lambda r=replica, c=container: self._start(r, c)  # type: ignore[misc]
             )
+        # Liveness: restart the current container start of a replica found not live.
+        containers = list(self.containers.values())
+        self._liveness_done = prune_done(self._liveness_done, containers)
+        starts = {(c.replica, c.started_at) for c in containers}
+        self._exec_not_live = {
+            rid: v for rid, v in self._exec_not_live.items() if v.incarnation in starts
+        }
+        verdicts = [*not_live(self.health.values(), self.node), *self._exec_not_live.values()]
+        retrying = {
+            rid: r.retry_at for rid, r in self.records.items() if r.retry_at and r.retry_at > now
+        }
+        wake_in = decided.wake_in
+        for restart in liveness_restarts(
+            verdicts,
+            assignment=self.assignment,
+            containers=containers,
+            busy={*self.actions, *steps, *retrying},
+            done=self._liveness_done,
+        ):
+            self._liveness_done.add(restart.verdict.incarnation)
+            steps[restart.replica.id] = [functools.partial(self._liveness_restart, restart)]
         for rid, todo in steps.items():
             self._spawn(rid, todo)
-        return decided.wake_in
+        pending = {v.replica for v in verdicts} & retrying.keys()
+        if pending:  # a failed restart is tried again after its back-off
+            soonest = min(retrying[rid] for rid in pending) - now
+            wake_in = soonest if wake_in is None else min(wake_in, soonest)
+        self._sync_probes()
+        return wake_in
 
     def _forget_gone(self, now: float) -> None:
         """Drop records of replicas that are neither assigned, present nor being worked on."""
@@ -525,6 +615,137 @@ class AgentService(Service):
             )
         await self._refresh(container.id)
         self._succeeded(replica.id)
+
+    async def _liveness_restart(self, restart: LivenessRestart) -> None:
+        """Restart a container found not live: SIGTERM, SIGKILL after its grace, start."""
+        c, verdict = restart.container, restart.verdict
+        self.log.info(
+            "restarting a replica that is not live",
+            replica=c.replica,
+            container=c.id[:12],
+            source=verdict.source,
+            reason=verdict.reason,
+        )
+        try:
+            await self.engine.restart(c.id, c.grace)
+        except BaseException:
+            # Not done: tried again after the failure's back-off (``retry_at``).
+            self._liveness_done.discard(verdict.incarnation)
+            raise
+        record = self._record(c.replica)
+        record.restarts += 1
+        record.exit_code = None
+        record.reason = f"liveness: {verdict.reason}"
+        self._exec_not_live.pop(c.replica, None)
+        self._event(
+            "liveness_restart",
+            f"replica {c.replica} restarted: not live ({verdict.reason})",
+            severity="warning",
+            namespace=c.namespace,
+            app=c.app,
+            replica=c.replica,
+            data={
+                "restarts": record.restarts,
+                "source": verdict.source,
+                "reason": verdict.reason,
+                "started_at": verdict.started_at,
+            },
+        )
+        await self._refresh(c.id)
+        self._succeeded(c.replica)
+
+    # -- exec probes (run by the agent: they run inside the container) -------------------
+
+    def _sync_probes(self) -> None:
+        """Run exactly the exec probes of the running container starts; a new start (or a
+        changed probe) gets a fresh state machine."""
+        wanted = exec_targets(self.assignment, self.containers.values())
+        for key, (target, task) in list(self._probes.items()):
+            if wanted.get(key) != target:
+                task.cancel()
+                del self._probes[key]
+        for key, target in wanted.items():
+            if key not in self._probes:
+                seeded = seeded_readiness(self._previous_report, target)
+                state = ProbeState.initial(target.role, time.time(), seeded=seeded)
+                if seeded is not None:
+                    self._set_exec_ready(target, state)
+                task = asyncio.create_task(
+                    self._probe_loop(target, state), name=f"agent-probe-{key[0]}-{key[1]}"
+                )
+                self._probes[key] = (target, task)
+
+    async def _probe_loop(self, target: ExecTarget, state: ProbeState) -> None:
+        rid, probe = target.replica.id, target.probe
+        last: float | None = None
+        hung: str | None = None  # a timed-out exec: no second one while it still runs
+        try:
+            while True:
+                delay = next_probe_at(target, last) - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                last = time.time()
+                try:
+                    if hung is not None and await self.engine.exec_running(hung):
+                        success = False
+                        reason = f"exec probe timed out after {probe.timeout:g}s, still running"
+                    else:
+                        hung = None
+                        code, output = await self.engine.exec_run(
+                            target.container_id, target.command, probe.timeout
+                        )
+                        success, reason = exec_result(code, output)
+                except ExecTimeout as err:
+                    hung = err.exec_id
+                    success, reason = False, f"exec probe timed out after {probe.timeout:g}s"
+                except EngineError as err:
+                    if err.status in (404, 409):  # gone or not running: no verdict
+                        continue
+                    success, reason = False, f"exec probe could not run: {err.message}"
+                except EngineUnavailable as err:  # the engine's trouble, not the container's
+                    self.log.debug("exec probe skipped", replica=rid, error=str(err))
+                    continue
+                except RuntimeFailure as err:
+                    self.log.warning("exec probe skipped", replica=rid, error=str(err))
+                    continue
+                except Exception:  # a bug or an unexpected answer: no verdict this round
+                    self.log.exception("exec probe round failed", replica=rid, role=target.role)
+                    continue
+                before, state = state, step(state, probe, success, reason, time.time())
+                if target.role == "readiness":
+                    self._set_exec_ready(target, state)
+                elif liveness_failed(before, state):
+                    self.log.info("exec liveness probe failed", replica=rid, reason=state.reason)
+                    self._exec_not_live[rid] = NotLive(
+                        rid,
+                        target.replica.revision,
+                        target.started_at,
+                        f"exec probe: {state.reason}",
+                        "exec",
+                    )
+                    self.reconciler.mark(NODE_KEY)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("exec probe loop failed", replica=rid, role=target.role)
+
+    def _set_exec_ready(self, target: ExecTarget, state: ProbeState) -> None:
+        verdict = exec_verdict(state)
+        if verdict is None:
+            return
+        record = self._record(target.replica.id)
+        value = (target.started_at, verdict)
+        if record.exec_ready == value:
+            return
+        record.exec_ready = value
+        self._report_wake.set()
+        self.log.info(
+            "exec readiness",
+            replica=target.replica.id,
+            ready=verdict,
+            reason=state.reason,
+        )
 
     async def _remove(self, removal: Removal) -> None:
         c = removal.container

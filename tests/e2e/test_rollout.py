@@ -61,7 +61,12 @@ def test_rolling_update_v1_to_v2_without_a_failed_request(cluster: Cluster) -> N
     assert result.failed == 0, (result.failed, result.errors[:5])
     assert result.bodies["v2"] > 0
     assert only_version_answers(cluster, "v2")
-    assert len(cluster.containers(app="app", all_states=True)) == 4
+    # The last v1 replica may still be draining (termination.drain + grace) when --wait returns.
+    wait_for(
+        lambda: len(cluster.containers(app="app", all_states=True)) == 4,
+        20,
+        message="old containers removed",
+    )
 
 
 def test_bad_version_is_rolled_back_while_v1_serves(cluster: Cluster) -> None:

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,8 +52,20 @@ class Cluster:
     def lb_url(self) -> str:
         return f"http://127.0.0.1:{self.listen_port}"
 
-    def start(self, agents: dict[str, str] | None = None, *, scaler: bool = False) -> Cluster:
-        """Start the control plane and one agent per ``node id -> address``."""
+    def start(
+        self,
+        agents: dict[str, str] | None = None,
+        *,
+        scaler: bool = False,
+        scaler_args: Sequence[str] = (),
+        balancer_args: Sequence[str] = (),
+    ) -> Cluster:
+        """Start the control plane and one agent per ``node id -> address``.
+
+        ``scaler_args`` / ``balancer_args`` are extra options for those services (e.g. a
+        short ``--scale-down-window`` or ``--hold-timeout``); ``scaler_args`` implies
+        ``scaler``.
+        """
         url = self.broker.url
         self.services["controller"] = self.procs.service(
             "controller", url, "--data-dir", str(self.data_dir), prefix=self.prefix
@@ -66,10 +79,13 @@ class Cluster:
             f"127.0.0.1:{self.listen_port}",
             "--admin",
             f"127.0.0.1:{self.admin_port}",
+            *balancer_args,
             prefix=self.prefix,
         )
-        if scaler:
-            self.services["scaler"] = self.procs.service("scaler", url, prefix=self.prefix)
+        if scaler or scaler_args:
+            self.services["scaler"] = self.procs.service(
+                "scaler", url, *scaler_args, prefix=self.prefix
+            )
         for node, address in ({"node-1": "127.0.0.1"} if agents is None else agents).items():
             self.start_agent(node, address)
         wait_port("127.0.0.1", self.listen_port, timeout=20)

@@ -34,6 +34,7 @@ PURE_MODULES = [
     "services/agent/plan.py",
     "services/agent/registry.py",
     "services/agent/stats.py",
+    "services/agent/probes.py",
     "services/health/logic.py",
     "services/balancer/routes.py",
     "services/balancer/algorithms.py",

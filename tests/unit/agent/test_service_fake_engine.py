@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from core import codec
+from core.codec import Envelope
 from core.config import BrokerURL, ServiceConfig
 from core.spec import AppSpec
-from core.state import AssignedReplica, NodeAssignment
+from core.state import AppHealth, AssignedReplica, NodeAssignment, ReplicaHealth
 from services.agent.engine import EngineError
 from services.agent.service import AgentOptions, AgentService
 
@@ -35,6 +37,10 @@ class FakeEngine:
         self.inflight = 0
         self.max_inflight = 0
         self._ids = itertools.count(1)
+        self.restarts = 0
+        self.restart_error = 0
+        self.execs: list[str] = []
+        self.exec_exit: dict[str, int] = {}
 
     async def _slow(self) -> None:
         self.inflight += 1
@@ -84,6 +90,27 @@ class FakeEngine:
     async def stop(self, cid: str, grace: float) -> None:
         self.calls.append("stop")
         self.boxes[cid]["State"]["Status"] = "exited"
+
+    async def restart(self, cid: str, grace: float) -> None:
+        self.calls.append("restart")
+        if self.restart_error:
+            self.restart_error -= 1
+            raise EngineError(500, "cannot restart")
+        self.restarts += 1
+        self.boxes[cid]["State"].update(
+            Status="running", StartedAt=f"2026-01-01T00:01:{self.restarts:02d}Z"
+        )
+
+    async def exec_run(
+        self, cid: str, command: list[str], timeout: float
+    ) -> tuple[int | None, str]:
+        self.calls.append("exec")
+        self.execs.append(cid)
+        await asyncio.sleep(0)
+        return self.exec_exit.get(cid, 0), "output"
+
+    async def exec_running(self, exec_id: str) -> bool:
+        return False
 
     async def remove(self, cid: str) -> None:
         self.calls.append("remove")
@@ -259,3 +286,136 @@ async def test_exited_replica_is_restarted_and_counted(status: str) -> None:
     await settle(agent)
     assert engine.boxes[cid]["State"]["Status"] == "running"
     assert agent.records[rep.id].restarts == 1
+
+
+# -- probes: the shell's wiring (decisions are tested in test_probes.py) ---------------
+
+
+def health_env(rep: AssignedReplica, started_at: float | None, *, node: str = "n1") -> Envelope:
+    value = AppHealth(
+        namespace="default",
+        name="web",
+        replicas=[
+            ReplicaHealth(
+                id=rep.id,
+                revision=1,
+                node=node,
+                endpoint="127.0.0.9:40000",
+                ready=False,
+                live=False,
+                started_at=started_at,
+                reason="liveness: HTTP 500",
+            )
+        ],
+    )
+    env = codec.decode(codec.encode(codec.make("health", value, src="health/h1")))
+    assert env is not None
+    return env
+
+
+async def test_a_liveness_verdict_restarts_once_and_counts() -> None:
+    engine = FakeEngine()
+    (rep,) = replicas(1)
+    cid = engine.add(labels_for(rep.id))
+    agent = make_agent(engine)
+    await ready(agent)
+    assign(agent, [rep])
+    started = agent.containers[cid].started_at
+    topic = agent.topics.health("default", "web")
+
+    agent._on_health(topic, health_env(rep, started, node="n2"))  # another node's
+    agent._on_health(topic, health_env(rep, (started or 0) - 5))  # an older start
+    await settle(agent)
+    assert "restart" not in engine.calls
+
+    agent._on_health(topic, health_env(rep, started))
+    await settle(agent)
+    assert engine.calls.count("restart") == 1
+    assert agent.records[rep.id].restarts == 1
+    assert agent.containers[cid].started_at != started
+    kind, _, fields = agent._events.get_nowait()
+    assert (kind, fields["replica"], fields["data"]["source"]) == (
+        "liveness_restart",
+        rep.id,
+        "health",
+    )
+
+    agent._on_health(topic, health_env(rep, started))  # the same, stale verdict again
+    await settle(agent)
+    assert engine.calls.count("restart") == 1
+
+    agent._on_health(topic, None)  # health topic deleted: nothing breaks
+    agent._on_health("unit/health/only-one-level", health_env(rep, started))  # dropped
+    await settle(agent)
+    assert engine.calls.count("restart") == 1
+
+
+async def test_exec_probes_report_readiness_and_restart_on_liveness_failure() -> None:
+    spec = AppSpec.model_validate(
+        {
+            "name": "web",
+            "image": "img",
+            "ports": {"http": 8080},
+            "health": {
+                "readiness": {"exec": ["ready"], "interval": "10ms"},
+                "liveness": {"exec": ["alive"], "interval": "10ms", "failures": 2},
+            },
+        }
+    )
+    engine = FakeEngine()
+    (rep,) = replicas(1)
+    cid = engine.add(labels_for(rep.id))
+    agent = make_agent(engine)
+    await ready(agent)
+    agent.assignment = NodeAssignment(node="n1", replicas=[rep], specs={rep.spec_key: spec})
+    await settle(agent)
+    assert set(agent._probes) == {(rep.id, "readiness"), (rep.id, "liveness")}
+
+    async def until(predicate: Any) -> None:
+        for _ in range(1000):
+            if predicate():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("condition never met")
+
+    started = agent.containers[cid].started_at
+    await until(lambda: agent.records.get(rep.id) and agent.records[rep.id].exec_ready)
+    assert agent.records[rep.id].exec_ready == (started, True)
+
+    engine.exec_exit[cid] = 1  # both probes fail from now on
+    await until(lambda: agent._exec_not_live)
+    await settle(agent)
+    assert engine.calls.count("restart") == 1
+    assert agent.records[rep.id].restarts == 1
+    # A new start: new probe tasks (fresh state), the old verdict no longer applies.
+    new_start = agent.containers[cid].started_at
+    assert new_start != started
+    assert {t.started_at for t, _ in agent._probes.values()} == {new_start}
+    for _, task in agent._probes.values():
+        task.cancel()
+    await asyncio.gather(*(t for _, t in agent._probes.values()), return_exceptions=True)
+
+
+async def test_a_failed_liveness_restart_is_retried_after_its_back_off() -> None:
+    engine = FakeEngine()
+    engine.restart_error = 1
+    (rep,) = replicas(1)
+    cid = engine.add(labels_for(rep.id))
+    agent = make_agent(engine)
+    await ready(agent)
+    assign(agent, [rep])
+    started = agent.containers[cid].started_at
+    agent._on_health(agent.topics.health("default", "web"), health_env(rep, started))
+    await settle(agent)
+    record = agent.records[rep.id]
+    assert engine.calls.count("restart") == 1
+    assert (record.restarts, record.failures, record.hint) == (0, 1, "failed")
+    wake = await agent._reconcile("node")  # waits for the back-off, and says when to look
+    assert wake is not None
+    assert 0 < wake <= 1.0
+    assert engine.calls.count("restart") == 1
+    record.retry_at = 0.0  # time passes
+    await settle(agent)
+    assert engine.calls.count("restart") == 2
+    assert agent.records[rep.id].restarts == 1
+    assert agent.containers[cid].started_at != started

@@ -10,6 +10,10 @@ crash=0
 alloc=0
 held=""
 
+# State of one container start lives in /tmp and /www/healthz: a restart (docker start of
+# the same container, whose writable layer survives) begins afresh.
+rm -rf /tmp/* /tmp/.[!.]* 2>/dev/null
+
 trap 'stop=1' TERM INT
 trap 'crash=1' USR1
 trap 'alloc=1' USR2
