@@ -18,11 +18,11 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from core.probes import ProbeRole, ProbeState
 from core.spec import Probe
 from core.state import AppHealth, AssignedReplica, NodeAssignment, NodeReplicas
 from services.agent.containers import Container
 
-ProbeRole = Literal["readiness", "liveness"]
 ROLES: tuple[ProbeRole, ...] = ("readiness", "liveness")
 
 #: One verdict about one container start: (replica id, started_at).
@@ -164,50 +164,6 @@ def exec_targets(
             assert c.started_at is not None
             out[(rid, role)] = ExecTarget(replica, role, c.id, c.started_at, probe)
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeState:
-    """Consecutive results of one probe of one container start.
-
-    Readiness starts not ready; liveness starts alive (a container is presumed live
-    until proven otherwise). ``ok`` flips only when a threshold is reached.
-    """
-
-    ok: bool
-    successes: int = 0
-    failures: int = 0
-    results: int = 0
-    since: float = 0.0
-    reason: str = ""
-
-    @classmethod
-    def initial(cls, role: ProbeRole, now: float, *, seeded: bool | None = None) -> ProbeState:
-        """``seeded``: a verdict already reported for the same container start (by this
-        agent before it restarted), continued instead of flapping to "no verdict"."""
-        if seeded is not None:
-            return cls(ok=seeded, results=1, since=now, reason="" if seeded else "not ready")
-        if role == "readiness":
-            return cls(ok=False, since=now, reason="no successful probe yet")
-        return cls(ok=True, since=now)
-
-
-def step(state: ProbeState, probe: Probe, success: bool, reason: str, now: float) -> ProbeState:
-    """Feed one probe result: ``successes`` in a row make it ok, ``failures`` not ok."""
-    if success:
-        successes, failures = state.successes + 1, 0
-        ok = state.ok or successes >= probe.successes
-    else:
-        successes, failures = 0, state.failures + 1
-        ok = state.ok and failures < probe.failures
-    return ProbeState(
-        ok=ok,
-        successes=successes,
-        failures=failures,
-        results=state.results + 1,
-        since=now if ok != state.ok else state.since,
-        reason="" if success else reason,
-    )
 
 
 def next_probe_at(target: ExecTarget, last: float | None) -> float:

@@ -26,6 +26,7 @@ from core.bus import LastWill
 from core.codec import Envelope
 from core.config import ServiceConfig
 from core.errors import BusError, CodecError, EngineUnavailable, RuntimeFailure, TopicError
+from core.probes import ProbeRole, ProbeState, step
 from core.runner import Reconciler
 from core.service import Service
 from core.spec import AppSpec, Resources
@@ -64,8 +65,6 @@ from services.agent.probes import (
     Incarnation,
     LivenessRestart,
     NotLive,
-    ProbeRole,
-    ProbeState,
     exec_result,
     exec_targets,
     exec_verdict,
@@ -75,7 +74,6 @@ from services.agent.probes import (
     not_live,
     prune_done,
     seeded_readiness,
-    step,
 )
 from services.agent.registry import Credential, credential_for, pull_reference
 from services.agent.stats import Sample, cpu_cores, parse_sample

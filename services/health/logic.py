@@ -20,11 +20,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from core.probes import ProbeRole, ProbeState
 from core.spec import AppSpec, Probe
 from core.state import AppHealth, AppState, ReplicaHealth, ReplicaStatus
-
-ProbeRole = Literal["readiness", "liveness"]
-
 
 # -- targets ---------------------------------------------------------------------------
 
@@ -128,50 +126,6 @@ def probes_to_run(target: Target) -> list[ProbeRole]:
         if probe is not None and probe.kind != "exec" and endpoint:
             roles.append(role)
     return roles
-
-
-# -- the probe state machine -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeState:
-    """Consecutive results of one probe of one container start."""
-
-    ok: bool
-    successes: int = 0
-    failures: int = 0
-    since: float = 0.0
-    reason: str = ""
-    results: int = 0  # probes done so far
-
-    @classmethod
-    def initial(cls, role: ProbeRole, now: float, *, seeded_ok: bool | None = None) -> ProbeState:
-        """Readiness starts not ready (unless seeded from a previously published verdict);
-        liveness starts alive: a container is presumed live until proven otherwise."""
-        if seeded_ok is not None:
-            return cls(ok=seeded_ok, since=now, reason="" if seeded_ok else "not ready")
-        if role == "readiness":
-            return cls(ok=False, since=now, reason="no successful probe yet")
-        return cls(ok=True, since=now)
-
-
-def step(state: ProbeState, probe: Probe, success: bool, reason: str, now: float) -> ProbeState:
-    """Feed one probe result; ``ok`` flips when the matching threshold is reached."""
-    if success:
-        successes, failures = state.successes + 1, 0
-        ok = state.ok or successes >= probe.successes
-    else:
-        successes, failures = 0, state.failures + 1
-        ok = state.ok and failures < probe.failures
-    flipped = ok != state.ok
-    return ProbeState(
-        ok=ok,
-        successes=successes,
-        failures=failures,
-        since=now if flipped else state.since,
-        reason="" if success else reason,
-        results=state.results + 1,
-    )
 
 
 # -- building AppHealth ----------------------------------------------------------------

@@ -24,13 +24,12 @@ from pydantic import BaseModel
 from core.codec import Envelope
 from core.config import ServiceConfig
 from core.errors import BusError, CodecError, TopicError
+from core.probes import ProbeRole, ProbeState, step
 from core.runner import Reconciler
 from core.service import Service
 from core.state import AppHealth, AppState, NodeInfo, NodeReplicas, Presence, ReplicaStatus
 from services.health.checks import Checker
 from services.health.logic import (
-    ProbeRole,
-    ProbeState,
     StateKey,
     Target,
     app_health,
@@ -38,7 +37,6 @@ from services.health.logic import (
     probes_to_run,
     same_health,
     seeded_state,
-    step,
     targets_for,
     transitions,
 )
@@ -266,7 +264,7 @@ class HealthService(Service):
                 continue
             role = skey[2]
             self.states[skey] = ProbeState.initial(
-                role, now, seeded_ok=seeded_state(previous, target, role)
+                role, now, seeded=seeded_state(previous, target, role)
             )
             self.probe_tasks[skey] = asyncio.create_task(
                 self._probe_loop(key, skey), name=f"probe-{skey[0]}-{role}"

@@ -21,6 +21,7 @@ PURE_MODULES = [
     "core/topics.py",
     "core/units.py",
     "core/election.py",
+    "core/probes.py",
     "services/controller/apps.py",
     "services/controller/rollout.py",
     "services/controller/diff.py",

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.probes import ProbeState, step
 from core.spec import AppSpec, Probe
 from core.state import AppHealth, AssignedReplica, NodeAssignment, NodeReplicas, ReplicaHealth
 from services.agent.containers import Container
@@ -16,7 +17,6 @@ from services.agent.plan import ReplicaRecord, Snapshot, node_replicas
 from services.agent.probes import (
     ExecTarget,
     NotLive,
-    ProbeState,
     exec_result,
     exec_targets,
     exec_verdict,
@@ -26,7 +26,6 @@ from services.agent.probes import (
     not_live,
     prune_done,
     seeded_readiness,
-    step,
 )
 
 NOW = 1000.0

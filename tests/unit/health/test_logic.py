@@ -8,16 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.probes import ProbeState, step
 from core.spec import AppSpec, Probe
 from core.state import AppHealth, AppState, AppVersion, ReplicaHealth, ReplicaStatus
 from services.health.logic import (
-    ProbeState,
     app_health,
     owner,
     probes_to_run,
     same_health,
     seeded_state,
-    step,
     targets_for,
     transitions,
 )
