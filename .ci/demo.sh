@@ -41,7 +41,7 @@ echo "==> 9 requests through the balancer at http://$LISTEN/ (Host: demo.local)"
 for _ in $(seq 1 9); do curl -s -H 'Host: demo.local' "http://$LISTEN/"; done
 echo
 echo "==> an unknown route gets a 404 from the balancer"
-curl -s -o /dev/stdout -w ' (HTTP %{http_code})\n' -H 'Host: nowhere.local' "http://$LISTEN/"
+curl -s -w ' (HTTP %{http_code})\n' -H 'Host: nowhere.local' "http://$LISTEN/"
 
 if [ -t 0 ] && [ "${DEMO_KEEP:-1}" = 1 ]; then
   echo
