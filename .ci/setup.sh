@@ -53,9 +53,10 @@ fi
 stamp=.venv/.shoal-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing shoal into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -i "warning" || true
-  .venv/bin/python -c "import core, services, aiomqtt, aiodocker" 
+  .venv/bin/python -m pip install -q --upgrade pip >"$STATE_DIR/pip.log" 2>&1 || true
+  .venv/bin/python -m pip install -q -e '.[dev]' >>"$STATE_DIR/pip.log" 2>&1 \
+    || { tail -30 "$STATE_DIR/pip.log"; echo "pip install failed" >&2; exit 1; }
+  .venv/bin/python -c "import core, services, aiomqtt, aiodocker"
   touch "$stamp"
 fi
 
