@@ -353,6 +353,18 @@ class Bus:
         payload = codec.encode_json(env) if request.was_json else codec.encode(env)
         await self.publish_raw(request.reply_to, payload, qos=1)
 
+    async def settle(self, timeout: float = 10.0) -> bool:
+        """``sync`` until it succeeds: True once every retained value has been handled,
+        False when the connection dropped meanwhile (``on_connect`` hooks run again then)."""
+        while True:
+            try:
+                await self.sync(timeout)
+                return True
+            except BusError as err:
+                if not self.connected:
+                    return False
+                log.warning("bus sync failed; retrying", error=str(err))
+
     async def sync(self, timeout: float = 5.0) -> None:
         """Return once every message the broker sent before now has been handled."""
         marker = uuid.uuid4().hex

@@ -14,14 +14,20 @@ import os
 import signal
 import socket
 import time
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel
 
 from core import __version__, codec
 from core.bus import Bus, LastWill
+from core.codec import Envelope
 from core.config import ServiceConfig
+from core.errors import CodecError
 from core.logs import get_logger, setup_logging
 from core.state import Event, Presence
 from core.topics import Topics
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Service:
@@ -86,6 +92,17 @@ class Service:
 
     async def announce(self) -> None:
         await self.bus.publish(self.presence_topic, "presence", self.presence(), retain=True)
+
+    def read(self, topic: str, env: Envelope, model: type[M]) -> M | None:
+        """The body of a message as ``model``, or None (logged, dropped) when it does not fit:
+        bad input on a state topic never takes a service down."""
+        try:
+            return env.open(model)
+        except CodecError as err:
+            self.log.warning(
+                "malformed message dropped", topic=topic, kind=env.kind, error=str(err)[:500]
+            )
+            return None
 
     async def emit(self, kind: str, message: str, **fields: Any) -> None:
         """Publish a human-readable event (best effort: never fails the caller)."""

@@ -238,13 +238,9 @@ class AgentService(Service):
     async def _sync_then_reconcile(self) -> None:
         """Reconcile only once the retained assignment (if any) has been delivered."""
         while True:
-            try:
-                await self.bus.wait_connected(None)
-                await self.bus.sync(timeout=10)
+            await self.bus.wait_connected(None)
+            if await self.bus.settle():
                 break
-            except BusError as err:
-                self.log.warning("waiting for the broker", error=str(err))
-                await asyncio.sleep(1)
         self._synced.set()
         self.reconciler.mark(NODE_KEY)
         await self.reconciler.run()
@@ -255,18 +251,17 @@ class AgentService(Service):
         if env is None:
             assignment = NodeAssignment(node=self.node)  # deleted: nothing to run
         else:
-            try:
-                assignment = env.open(NodeAssignment)
-            except CodecError as err:
-                self.log.warning("invalid assignment dropped", error=str(err))
+            received = self.read(topic, env, NodeAssignment)
+            if received is None:
                 return
-            if assignment.node != self.node:
-                self.log.warning("assignment for another node dropped", node=assignment.node)
+            if received.node != self.node:
+                self.log.warning("assignment for another node dropped", node=received.node)
                 return
-            missing = {r.spec_key for r in assignment.replicas} - set(assignment.specs)
+            missing = {r.spec_key for r in received.replicas} - set(received.specs)
             if missing:
                 self.log.warning("assignment without specs dropped", missing=sorted(missing))
                 return
+            assignment = received
         self.assignment = assignment
         self.log.debug(
             "assignment", replicas=len(assignment.replicas), generation=assignment.generation
@@ -279,10 +274,8 @@ class AgentService(Service):
         of container starts still running continue from it (no flap to "no verdict")."""
         if self._synced.is_set() or env is None:
             return  # after the start-up sync these are our own reports coming back
-        try:
-            report = env.open(NodeReplicas)
-        except CodecError as err:
-            self.log.warning("invalid retained report ignored", error=str(err))
+        report = self.read(topic, env, NodeReplicas)
+        if report is None:
             return
         if report.node == self.node:
             self._previous_report = report
@@ -297,10 +290,8 @@ class AgentService(Service):
         if env is None:
             self.health.pop(key, None)
             return
-        try:
-            health = env.open(AppHealth)
-        except CodecError as err:
-            self.log.warning("invalid health dropped", topic=topic, error=str(err))
+        health = self.read(topic, env, AppHealth)
+        if health is None:
             return
         mine = [r for r in health.replicas if r.node == self.node]
         if not mine:

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from core.codec import Envelope
 from core.config import ServiceConfig
-from core.errors import BusError, CodecError, TopicError
+from core.errors import TopicError
 from core.runner import Reconciler
 from core.service import Service
 from core.state import AppHealth, AppState, WakeUp
@@ -85,10 +85,8 @@ class BalancerService(Service):
         if env is None:
             self.apps.pop(key, None)
         else:
-            try:
-                app = env.open(AppState)
-            except CodecError as err:
-                self.log.warning("invalid app state dropped", topic=topic, error=str(err))
+            app = self.read(topic, env, AppState)
+            if app is None:
                 return
             if app.key != key:
                 self.log.warning("app state under the wrong topic dropped", topic=topic)
@@ -105,24 +103,16 @@ class BalancerService(Service):
         if env is None:
             self.health.pop(key, None)
         else:
-            try:
-                health = env.open(AppHealth)
-            except CodecError as err:
-                self.log.warning("invalid health dropped", topic=topic, error=str(err))
+            health = self.read(topic, env, AppHealth)
+            if health is None:
                 return
             self.health[key] = health
         self._dirty.add(key)
         self.runner.mark("table")
 
     async def _after_connect(self) -> None:
-        while True:
-            try:
-                await self.bus.sync(timeout=10)
-                break
-            except BusError as err:
-                if not self.bus.connected:
-                    return  # the next connect runs this hook again
-                self.log.warning("bus sync failed; retrying", error=str(err))
+        if not await self.bus.settle():
+            return  # the connection dropped: the next connect runs this hook again
         self._synced.set()
 
     async def _rebuild(self, _: str) -> float | None:

@@ -197,10 +197,8 @@ class ControllerService(Service):
         if env is None:
             self.observed.pop(node, None)
         else:
-            try:
-                observed = env.open(NodeReplicas)
-            except CodecError as err:
-                self.log.warning("malformed node replicas ignored", node=node, error=str(err))
+            observed = self.read(topic, env, NodeReplicas)
+            if observed is None:
                 return
             by_app: dict[Key, list[ReplicaStatus]] = {}
             for replica in observed.replicas:

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from core.codec import Envelope
 from core.config import ServiceConfig
-from core.errors import BusError, CodecError, TopicError
+from core.errors import TopicError
 from core.probes import ProbeRole, ProbeState, step
 from core.runner import Reconciler
 from core.service import Service
@@ -77,13 +77,6 @@ class HealthService(Service):
         await self.bus.subscribe(t.all_health, self._on_health)
         await self.bus.subscribe(t.all_services(self.name), self._on_peer)
 
-    def _open(self, topic: str, env: Envelope, model: type[M]) -> M | None:
-        try:
-            return env.open(model)
-        except CodecError as err:
-            self.log.warning("invalid message dropped", topic=topic, error=str(err))
-            return None
-
     def _on_app(self, topic: str, env: Envelope | None) -> None:
         try:
             ns, name = self.topics.app_of(topic)
@@ -93,7 +86,7 @@ class HealthService(Service):
         if env is None:
             self.apps.pop(key, None)
         else:
-            app = self._open(topic, env, AppState)
+            app = self.read(topic, env, AppState)
             if app is None:
                 return
             if app.key != key:
@@ -109,7 +102,7 @@ class HealthService(Service):
             return
         new: NodeReplicas | None = None
         if env is not None:
-            new = self._open(topic, env, NodeReplicas)
+            new = self.read(topic, env, NodeReplicas)
             if new is None:
                 return
         old = self.nodes.pop(node, None)
@@ -136,7 +129,7 @@ class HealthService(Service):
             node = self.topics.node_of(topic)
         except TopicError:
             return
-        info = self._open(topic, env, NodeInfo) if env is not None else None
+        info = self.read(topic, env, NodeInfo) if env is not None else None
         lost = info is None or info.status == "offline"
         if lost == (node in self.lost_nodes):
             return
@@ -160,7 +153,7 @@ class HealthService(Service):
         if env is None:
             self.seen.pop(key, None)
             return
-        health = self._open(topic, env, AppHealth)
+        health = self.read(topic, env, AppHealth)
         if health is not None:
             self.seen[key] = health
             if key not in self.apps:
@@ -170,7 +163,7 @@ class HealthService(Service):
         instance = topic.rsplit("/", 1)[-1]
         online = False
         if env is not None:
-            presence = self._open(topic, env, Presence)
+            presence = self.read(topic, env, Presence)
             online = presence is not None and presence.status == "online"
         if self.peers.get(instance) != online:
             self.peers[instance] = online
@@ -180,14 +173,8 @@ class HealthService(Service):
     async def _after_connect(self) -> None:
         # Level-triggered: after every (re)connect republish everything this instance owns,
         # once the retained state is in (sync), so nothing is cleared or seeded too early.
-        while True:
-            try:
-                await self.bus.sync(timeout=10)
-                break
-            except BusError as err:
-                if not self.bus.connected:
-                    return  # the next connect runs this hook again
-                self.log.warning("bus sync failed; retrying", error=str(err))
+        if not await self.bus.settle():
+            return  # the connection dropped: the next connect runs this hook again
         self.mine.clear()
         self.synced = True
         self.runner.mark_all()

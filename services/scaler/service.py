@@ -107,10 +107,8 @@ class ScalerService(Service):
             return
         others: list[Presence] = []
         for topic, env in self.bus.cached(self.topics.all_services(self.name)).items():
-            try:
-                presence = env.open(Presence)
-            except CodecError as err:
-                self.log.warning("malformed presence ignored", topic=topic, error=str(err))
+            presence = self.read(topic, env, Presence)
+            if presence is None:
                 continue
             if presence.instance != self.instance:
                 others.append(presence)
@@ -147,10 +145,8 @@ class ScalerService(Service):
         if env is None:
             self.apps.pop(key, None)
         else:
-            try:
-                app = env.open(AppState)
-            except CodecError as err:
-                self.log.warning("malformed app record dropped", topic=topic, error=str(err))
+            app = self.read(topic, env, AppState)
+            if app is None:
                 return
             if app.key != key:
                 self.log.warning("app record on the wrong topic dropped", topic=topic)
@@ -165,18 +161,15 @@ class ScalerService(Service):
         if env is None:
             self.health.pop(key, None)
             return
-        try:
-            self.health[key] = env.open(AppHealth)
-        except CodecError as err:
-            self.log.warning("malformed health dropped", topic=topic, error=str(err))
+        value = self.read(topic, env, AppHealth)
+        if value is not None:
+            self.health[key] = value
 
     def _on_lb(self, topic: str, env: Envelope | None) -> None:
         if env is None:
             return
-        try:
-            sample = env.open(LbMetrics)
-        except CodecError as err:
-            self.log.warning("malformed balancer metrics dropped", topic=topic, error=str(err))
+        sample = self.read(topic, env, LbMetrics)
+        if sample is None:
             return
         self.book.add_lb(sample, time.monotonic())
         # evaluate now (collapses with a queued mark) so a step in load, or a request held
@@ -189,19 +182,16 @@ class ScalerService(Service):
     def _on_node(self, topic: str, env: Envelope | None) -> None:
         if env is None:
             return
-        try:
-            self.book.add_node(env.open(NodeMetrics), time.monotonic())
-        except CodecError as err:
-            self.log.warning("malformed node metrics dropped", topic=topic, error=str(err))
+        sample = self.read(topic, env, NodeMetrics)
+        if sample is not None:
+            self.book.add_node(sample, time.monotonic())
 
     def _on_wake(self, topic: str, env: Envelope | None) -> None:
         key = self._key(topic, "wake")
         if key is None or env is None:
             return
-        try:
-            wake = env.open(WakeUp)
-        except CodecError as err:
-            self.log.warning("malformed wake-up dropped", topic=topic, error=str(err))
+        wake = self.read(topic, env, WakeUp)
+        if wake is None:
             return
         if f"{wake.namespace}/{wake.name}" != key:
             self.log.warning("wake-up on the wrong topic dropped", topic=topic)

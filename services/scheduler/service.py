@@ -100,13 +100,9 @@ class SchedulerService(Service):
 
     async def main(self) -> None:
         while True:
-            try:
-                await self.bus.wait_connected(None)
-                await self.bus.sync(timeout=30)
+            await self.bus.wait_connected(None)
+            if await self.bus.settle(timeout=30):
                 break
-            except ShoalError as err:
-                self.log.warning("waiting for the retained state", error=str(err))
-                await asyncio.sleep(1)
         self._synced = True
         self.log.info(
             "retained state loaded",
@@ -243,7 +239,7 @@ class SchedulerService(Service):
     def _on_app(self, topic: str, env: Envelope | None) -> None:
         namespace, name = self.topics.app_of(topic)
         key = f"{namespace}/{name}"
-        state = self._open(env, AppState, topic) if env is not None else None
+        state = self.read(topic, env, AppState) if env is not None else None
         if env is not None and state is None:
             return
         if state is not None and (state.namespace, state.name) != (namespace, name):
@@ -265,7 +261,7 @@ class SchedulerService(Service):
                 self._mark_apps(cluster.remove_node(node_id))
                 self._flush()
             return
-        info = self._open(env, NodeInfo, topic)
+        info = self.read(topic, env, NodeInfo)
         if info is None:
             return
         if info.node != node_id:
@@ -307,7 +303,7 @@ class SchedulerService(Service):
         if env is None:
             ready = None
         else:
-            health = self._open(env, AppHealth, topic)
+            health = self.read(topic, env, AppHealth)
             if health is None:
                 return
             ready = {r.id for r in health.ready}
@@ -482,23 +478,16 @@ class SchedulerService(Service):
         for key in keys:
             self.apps.mark(key)
 
-    def _open(self, env: Envelope, model: type[M], topic: str) -> M | None:
-        try:
-            return env.open(model)
-        except CodecError as err:
-            self.log.warning("malformed message dropped", topic=topic, error=str(err)[:500])
-            return None
-
     def _cached_ready(self, key: str) -> set[str] | None:
         namespace, _, name = key.partition("/")
         env = self.bus.cache.get(self.topics.health(namespace, name))
-        health = self._open(env, AppHealth, "health") if env is not None else None
+        health = self.read("health", env, AppHealth) if env is not None else None
         return {r.id for r in health.ready} if health is not None else None
 
     def _cached_models(self, pattern: str, model: type[M]) -> list[M]:
         out = []
         for topic, env in sorted(self.bus.cached(pattern).items()):
-            value = self._open(env, model, topic)
+            value = self.read(topic, env, model)
             if value is not None:
                 out.append(value)
         return out
