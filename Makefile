@@ -7,13 +7,14 @@ PYTEST := $(PY) -m pytest
 demo:  ## set up this machine and run the demo
 	bash .ci/demo.sh
 
-test:  ## set up this machine and run every test (unit, integration, e2e), then lint
+test:  ## set up this machine, lint (ruff, mypy), run every test (unit, integration, e2e)
 	SHOAL_TEST_DEPS=1 bash .ci/setup.sh
 	$(PY) -m ruff check .
+	$(PY) -m mypy core services
 	$(PYTEST) -p no:cacheprovider
 
 lint:
-	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy core services
 
 unit:
 	$(PYTEST) tests/unit

@@ -31,8 +31,17 @@ class LoadResult:
 
 
 class LoadLoop:
-    def __init__(self, host: str, port: int, *, vhost: str | None = None, path: str = "/",
-                 workers: int = 4, max_seconds: float = 120.0, body_key: int = 0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        vhost: str | None = None,
+        path: str = "/",
+        workers: int = 4,
+        max_seconds: float = 120.0,
+        body_key: int = 0,
+    ) -> None:
         self.host, self.port, self.vhost, self.path = host, port, vhost, path
         self.workers = workers
         self.max_seconds = max_seconds
@@ -60,8 +69,13 @@ class LoadLoop:
 
     def snapshot(self) -> LoadResult:
         with self._lock:
-            return LoadResult(self.result.ok, self.result.failed, Counter(self.result.statuses),
-                              Counter(self.result.bodies), list(self.result.errors))
+            return LoadResult(
+                self.result.ok,
+                self.result.failed,
+                Counter(self.result.statuses),
+                Counter(self.result.bodies),
+                list(self.result.errors),
+            )
 
     def _record(self, status: int | str, body: str) -> None:
         with self._lock:
