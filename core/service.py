@@ -22,9 +22,9 @@ from core import __version__, codec
 from core.bus import Bus, LastWill
 from core.codec import Envelope
 from core.config import ServiceConfig
-from core.errors import CodecError
+from core.errors import CodecError, TopicError
 from core.logs import get_logger, setup_logging
-from core.state import Event, Presence
+from core.state import AppState, Event, Presence
 from core.topics import Topics
 
 M = TypeVar("M", bound=BaseModel)
@@ -103,6 +103,29 @@ class Service:
                 "malformed message dropped", topic=topic, kind=env.kind, error=str(err)[:500]
             )
             return None
+
+    def track_app(self, topic: str, env: Envelope | None, apps: dict[str, AppState]) -> str | None:
+        """Keep ``apps`` (keyed ``ns/name``) in step with one ``apps/<ns>/<name>`` message.
+
+        Returns the key that changed, or None when the message was dropped (malformed, or an
+        app record published under another app's topic).
+        """
+        try:
+            namespace, name = self.topics.app_of(topic)
+        except TopicError:
+            return None
+        key = f"{namespace}/{name}"
+        if env is None:
+            apps.pop(key, None)
+            return key
+        app = self.read(topic, env, AppState)
+        if app is None:
+            return None
+        if app.key != key:
+            self.log.warning("app state under the wrong topic dropped", topic=topic)
+            return None
+        apps[key] = app
+        return key
 
     async def emit(self, kind: str, message: str, **fields: Any) -> None:
         """Publish a human-readable event (best effort: never fails the caller)."""

@@ -78,22 +78,10 @@ class BalancerService(Service):
         return ns, name, f"{ns}/{name}"
 
     def _on_app(self, topic: str, env: Envelope | None) -> None:
-        parsed = self._key(topic)
-        if parsed is None:
-            return
-        _, _, key = parsed
-        if env is None:
-            self.apps.pop(key, None)
-        else:
-            app = self.read(topic, env, AppState)
-            if app is None:
-                return
-            if app.key != key:
-                self.log.warning("app state under the wrong topic dropped", topic=topic)
-                return
-            self.apps[key] = app
-        self._dirty.add(key)
-        self.runner.mark("table")
+        key = self.track_app(topic, env, self.apps)
+        if key is not None:
+            self._dirty.add(key)
+            self.runner.mark("table")
 
     def _on_health(self, topic: str, env: Envelope | None) -> None:
         parsed = self._key(topic)

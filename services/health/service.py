@@ -78,22 +78,9 @@ class HealthService(Service):
         await self.bus.subscribe(t.all_services(self.name), self._on_peer)
 
     def _on_app(self, topic: str, env: Envelope | None) -> None:
-        try:
-            ns, name = self.topics.app_of(topic)
-        except TopicError:
-            return
-        key = f"{ns}/{name}"
-        if env is None:
-            self.apps.pop(key, None)
-        else:
-            app = self.read(topic, env, AppState)
-            if app is None:
-                return
-            if app.key != key:
-                self.log.warning("app state under the wrong topic dropped", topic=topic)
-                return
-            self.apps[key] = app
-        self.runner.mark(key)
+        key = self.track_app(topic, env, self.apps)
+        if key is not None:
+            self.runner.mark(key)
 
     def _on_replicas(self, topic: str, env: Envelope | None) -> None:
         try:

@@ -139,20 +139,9 @@ class ScalerService(Service):
         return f"{parts[1]}/{parts[2]}"
 
     def _on_app(self, topic: str, env: Envelope | None) -> None:
-        key = self._key(topic, "apps")
-        if key is None:
-            return
-        if env is None:
-            self.apps.pop(key, None)
-        else:
-            app = self.read(topic, env, AppState)
-            if app is None:
-                return
-            if app.key != key:
-                self.log.warning("app record on the wrong topic dropped", topic=topic)
-                return
-            self.apps[key] = app
-        self.runner.mark(key)
+        key = self.track_app(topic, env, self.apps)
+        if key is not None:
+            self.runner.mark(key)
 
     def _on_health(self, topic: str, env: Envelope | None) -> None:
         key = self._key(topic, "health")
