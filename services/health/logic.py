@@ -44,6 +44,7 @@ class Target:
     liveness: Probe | None
     liveness_endpoint: str
     exec_ready: bool | None = None
+    leaving: bool = False  # its revision is no longer desired (rolled back, replaced)
 
     @property
     def key(self) -> str:
@@ -64,6 +65,13 @@ def spec_for(app: AppState, revision: int) -> AppSpec:
         if version.revision == revision:
             return version.spec
     return app.spec
+
+
+def is_desired(app: AppState, revision: int) -> bool:
+    """Whether replicas of ``revision`` should exist at all. A replica of any other revision
+    (rolled back, or replaced by a finished rollout) is about to be removed; judging it by
+    the current spec's probes could route traffic to a version the user just left."""
+    return revision == app.revision or any(v.revision == revision for v in app.versions)
 
 
 def _endpoint(spec: AppSpec, status: ReplicaStatus, ref: str | int | None) -> str:
@@ -106,6 +114,7 @@ def targets_for(
                 liveness=live_p,
                 liveness_endpoint=_endpoint(spec, st, live_p.target_port) if live_p else "",
                 exec_ready=st.exec_ready,
+                leaving=not is_desired(app, st.revision),
             )
         )
     out.sort(key=lambda t: t.replica)
@@ -117,7 +126,7 @@ def probes_to_run(target: Target) -> list[ProbeRole]:
 
     Exec probes run inside the container, so the agent runs them (see core/README.md).
     """
-    if target.phase != "running":
+    if target.phase != "running" or target.leaving:
         return []
     roles: list[ProbeRole] = []
     all_roles: tuple[ProbeRole, ...] = ("readiness", "liveness")
@@ -146,9 +155,14 @@ def replica_health(
     if target.liveness is not None and live_state is not None and not live_state.ok:
         live = False
         reason = reason or f"liveness: {live_state.reason}"
-    terminating = target.phase == "terminating"
+    terminating = target.phase == "terminating" or target.leaving
     if terminating:
-        ready, reason = False, "terminating"
+        ready = False
+        reason = (
+            "terminating"
+            if target.phase == "terminating"
+            else (f"revision {target.revision} is no longer desired")
+        )
     since = now
     if previous is not None and previous.ready == ready and previous.terminating == terminating:
         since = previous.since

@@ -161,7 +161,10 @@ class Rig:
         if node:
             filters += ["--filter", f"label=shoal.node={node}"]
         ids = docker("ps", "-aq", *filters).split()
-        return json.loads(docker("inspect", *ids)) if ids else []
+        # A container listed a moment ago may be gone now (the agent removing an orphan):
+        # inspect prints the ones it found and fails for the rest.
+        found = docker("inspect", *ids, check=False) if ids else ""
+        return list(json.loads(found)) if found else []
 
     def events(self, kind: str) -> list[Event]:
         topic = self.obs.topics.event(kind)

@@ -126,6 +126,19 @@ def test_targets_resolve_route_and_probe_endpoints() -> None:
     assert probes_to_run(t) == ["readiness", "liveness"]
 
 
+def test_a_replica_of_a_revision_no_longer_desired_gets_no_traffic() -> None:
+    # After a rollback the app lists revision 1 only: a leftover revision-2 replica must not
+    # be judged by revision 1's probes (it would pass them) but leave rotation at once.
+    app = make_app({"readiness": {"http": "/healthz", "port": "http"}})
+    (leftover,) = targets_for(app, [status("r2", revision=2)])
+    assert leftover.leaving
+    assert probes_to_run(leftover) == []
+    verdict = app_health(app, [leftover], {}, None, 10.0).replicas[0]
+    assert not verdict.ready
+    assert verdict.terminating
+    assert verdict.reason == "revision 2 is no longer desired"
+
+
 def test_replicas_of_a_lost_node_leave_the_app() -> None:
     app = make_app({})
     targets = targets_for(app, [status("r1"), status("r2", node="n2")], lost_nodes={"n2"})
