@@ -56,6 +56,21 @@ class ReplicaRecord:
     exec_ready: tuple[float, bool] | None = None  # (container start, exec readiness verdict)
 
 
+def remembered(previous: NodeReplicas | None, node: str, now: float) -> dict[str, ReplicaRecord]:
+    """Restart counters from this node's last report before the agent restarted.
+
+    Docker does not count Shoal's restarts (its restart policy is ``no``), so without this
+    an adopted replica would report ``restarts=0`` and a crash loop would look fresh.
+    """
+    if previous is None or previous.node != node:
+        return {}
+    return {
+        r.id: ReplicaRecord(restarts=r.restarts, exit_code=r.exit_code, reason=r.reason, since=now)
+        for r in previous.replicas
+        if r.restarts or r.exit_code is not None
+    }
+
+
 def on_exit(record: ReplicaRecord, container: Container, now: float, policy: RestartPolicy) -> bool:
     """Account an exit of ``container``; False when this exit was accounted already."""
     key = (container.id, container.finished_at)

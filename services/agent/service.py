@@ -58,6 +58,7 @@ from services.agent.plan import (
     node_replicas,
     on_exit,
     plan,
+    remembered,
     retry_delay,
 )
 from services.agent.probes import (
@@ -241,6 +242,8 @@ class AgentService(Service):
             await self.bus.wait_connected(None)
             if await self.bus.settle():
                 break
+        for rid, record in remembered(self._previous_report, self.node, time.time()).items():
+            self.records.setdefault(rid, record)
         self._synced.set()
         self.reconciler.mark(NODE_KEY)
         await self.reconciler.run()

@@ -417,6 +417,28 @@ async def test_adoption_after_kill_9_restarts_nothing_and_removes_orphans(rig: R
     assert all(s.restarts == 0 for s in rig.report().values())
 
 
+async def test_restart_counts_survive_an_agent_restart(rig: Rig) -> None:
+    agent = rig.start_agent()
+    spec = echo_spec()
+    (replica,) = new_replicas(spec, 1)
+    await rig.assign("n1", [replica], spec)
+    first = (await rig.wait_phases("n1", [replica.id], "running"))[replica.id]
+    docker("kill", first.container_id)
+    await rig.wait(
+        lambda: (s := rig.report().get(replica.id)) and s.phase == "running" and s.restarts == 1,
+        15,
+        "restarted once",
+    )
+    agent.kill()
+    await rig.wait(lambda: (i := rig.info()) is not None and i.status == "offline", 30, "gone")
+    rig.start_agent()
+    await rig.wait(lambda: (i := rig.info()) is not None and i.status == "ready", 30, "back")
+    await asyncio.sleep(1)  # a few report cycles of the new agent
+    (status,) = rig.report().values()
+    assert status.restarts == 1  # carried over from the retained report, not reset to 0
+    assert status.exit_code == 137
+
+
 async def test_two_agents_on_one_engine_touch_only_their_own(rig: Rig) -> None:
     rig.start_agent("n1", "127.0.0.2")
     rig.start_agent("n2", "127.0.0.3")

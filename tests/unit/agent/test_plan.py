@@ -238,3 +238,27 @@ def test_converges_in_a_few_rounds_and_never_over_creates(
     assert {c.replica for c in containers} == assigned
     assert all(c.running for c in containers)
     assert len(containers) == len(assigned)
+
+
+def test_restart_counters_survive_an_agent_restart_through_its_last_report() -> None:
+    from core.state import NodeReplicas, ReplicaStatus
+    from services.agent.plan import remembered
+
+    def status(rid: str, restarts: int, exit_code: int | None) -> ReplicaStatus:
+        return ReplicaStatus(
+            id=rid,
+            namespace="default",
+            app="web",
+            revision=1,
+            node="n1",
+            phase="running",
+            restarts=restarts,
+            exit_code=exit_code,
+        )
+
+    report = NodeReplicas(node="n1", replicas=[status("a", 3, 137), status("b", 0, None)])
+    records = remembered(report, "n1", 5.0)
+    assert set(records) == {"a"}
+    assert (records["a"].restarts, records["a"].exit_code) == (3, 137)
+    assert remembered(report, "n2", 5.0) == {}
+    assert remembered(None, "n1", 5.0) == {}
