@@ -45,6 +45,7 @@ class ReplicaRecord:
     restarts: int = 0
     attempts: int = 0  # consecutive quick exits: drives the back-off
     restart_at: float | None = None  # when the exited container may start again
+    next_liveness_restart: float | None = None  # an earlier one waits (back-off)
     exit_code: int | None = None
     reason: str = ""
     accounted_exit: tuple[str, float | None] | None = None  # (container id, finished_at)
@@ -90,6 +91,18 @@ def on_exit(record: ReplicaRecord, container: Container, now: float, policy: Res
     record.attempts += 1
     record.since = now
     return True
+
+
+def on_liveness_restart(
+    record: ReplicaRecord, ran_for: float, now: float, policy: RestartPolicy
+) -> None:
+    """Account a restart for failing liveness as an exit is accounted: a replica restarted
+    again and again for not being live backs off like a crash loop (its next liveness
+    restart waits), and a run of ``reset_after`` seconds forgives it."""
+    if ran_for >= policy.reset_after:
+        record.attempts = 0
+    record.next_liveness_restart = now + policy.delay(record.attempts)
+    record.attempts += 1
 
 
 def retry_delay(failures: int, initial: float = 1.0, cap: float = 60.0) -> float:

@@ -57,6 +57,7 @@ from services.agent.plan import (
     Snapshot,
     node_replicas,
     on_exit,
+    on_liveness_restart,
     plan,
     remembered,
     retry_delay,
@@ -442,9 +443,12 @@ class AgentService(Service):
             rid: v for rid, v in self._exec_not_live.items() if v.incarnation in starts
         }
         verdicts = [*not_live(self.health.values(), self.node), *self._exec_not_live.values()]
-        retrying = {
-            rid: r.retry_at for rid, r in self.records.items() if r.retry_at and r.retry_at > now
+        # Held: after a failed action (retry_at), or a liveness restart's back-off.
+        held = {
+            rid: max(r.retry_at or 0.0, r.next_liveness_restart or 0.0)
+            for rid, r in self.records.items()
         }
+        retrying = {rid: until for rid, until in held.items() if until > now}
         wake_in = decided.wake_in
         for restart in liveness_restarts(
             verdicts,
@@ -645,6 +649,9 @@ class AgentService(Service):
         )
         await self._refresh(c.id)
         self._succeeded(c.replica)
+        now = time.time()
+        ran_for = now - c.started_at if c.started_at is not None else 0.0
+        on_liveness_restart(record, ran_for, now, self.options.restart)
 
     # -- exec probes (run by the agent: they run inside the container) -------------------
 

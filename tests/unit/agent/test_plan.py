@@ -262,3 +262,18 @@ def test_restart_counters_survive_an_agent_restart_through_its_last_report() -> 
     assert (records["a"].restarts, records["a"].exit_code) == (3, 137)
     assert remembered(report, "n2", 5.0) == {}
     assert remembered(None, "n1", 5.0) == {}
+
+
+def test_liveness_restarts_back_off_like_a_crash_loop() -> None:
+    from services.agent.plan import ReplicaRecord, RestartPolicy, on_liveness_restart
+
+    policy = RestartPolicy(initial=0.25, factor=2.0, cap=30.0, reset_after=10.0)
+    record = ReplicaRecord()
+    waits = []
+    for now in (100.0, 103.0, 106.0, 109.0):
+        on_liveness_restart(record, ran_for=3.0, now=now, policy=policy)
+        assert record.next_liveness_restart is not None
+        waits.append(record.next_liveness_restart - now)
+    assert waits == [0.25, 0.5, 1.0, 2.0]
+    on_liveness_restart(record, ran_for=60.0, now=200.0, policy=policy)  # ran long: forgiven
+    assert record.next_liveness_restart == 200.25
