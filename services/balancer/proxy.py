@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -32,6 +32,7 @@ from multidict import CIMultiDict, istr
 from yarl import URL
 
 from core.logs import get_logger
+from core.state import ReplicaHealth
 from services.balancer.algorithms import Picker, make_picker
 from services.balancer.headers import (
     HOP_BY_HOP,
@@ -82,12 +83,18 @@ class BodyState:
 
 
 class Ejected:
-    """Replica ids ejected until a monotonic deadline; ``in`` checks expiry."""
+    """Replica ids ejected until a monotonic deadline; ``in`` checks expiry.
 
-    __slots__ = ("until",)
+    A replica comes back when its deadline passes, or earlier when health reports it ready
+    again with a verdict newer than the ejection (``readmit``): a container that was
+    killed and restarted in place is back in rotation as soon as it answers probes.
+    """
+
+    __slots__ = ("at", "until")
 
     def __init__(self) -> None:
         self.until: dict[str, float] = {}
+        self.at: dict[str, float] = {}  # wall-clock time of the ejection
 
     def __contains__(self, rid: object) -> bool:
         until = self.until.get(rid)  # type: ignore[call-overload]
@@ -101,14 +108,27 @@ class Ejected:
 
     def add(self, rid: str, seconds: float) -> None:
         self.until[rid] = time.monotonic() + seconds
+        self.at[rid] = time.time()
 
     def discard(self, rid: str) -> None:
         self.until.pop(rid, None)
+        self.at.pop(rid, None)
+
+    def readmit(self, replicas: Iterable[ReplicaHealth]) -> list[str]:
+        """Readmit ejected replicas that health found ready after they were ejected."""
+        back = [
+            r.id
+            for r in replicas
+            if r.ready and not r.terminating and r.id in self.at and r.since > self.at[r.id]
+        ]
+        for rid in back:
+            self.discard(rid)
+        return back
 
     def purge(self) -> None:
         now = time.monotonic()
         for rid in [r for r, t in self.until.items() if t <= now]:
-            del self.until[rid]
+            self.discard(rid)
 
 
 def text(status: int, message: str, request_id: str = "") -> web.Response:

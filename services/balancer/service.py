@@ -95,6 +95,8 @@ class BalancerService(Service):
             if health is None:
                 return
             self.health[key] = health
+            for rid in self.proxy.ejected.readmit(health.replicas):
+                self.log.info("replica readmitted: ready again after its ejection", replica=rid)
         self._dirty.add(key)
         self.runner.mark("table")
 

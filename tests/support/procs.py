@@ -164,6 +164,9 @@ def proc_group(prefix: str = "shoal-test-") -> Iterator[ProcGroup]:
         yield group
     finally:
         group.close()
+        # Logs of a failed test are printed by the `procs` fixture before this point.
+        if not os.environ.get("SHOAL_KEEP_TEST_DIRS"):
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def wait_until(
