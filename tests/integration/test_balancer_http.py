@@ -204,15 +204,27 @@ async def test_workers_share_one_port(mosquitto: Broker, procs: ProcGroup, prefi
             if served >= 40:
                 break
         assert served >= 40
-        # each worker counted its own share (fresh connections spread over both)
-        counts = []
-        for a in (admin, admin + 1):
-            out = await exchange(
-                a, b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-            )
-            line = next(
-                (ln for ln in out.split(b"\n") if ln.startswith(b"shoal_lb_requests_total")), b""
-            )
-            counts.append(float(line.rsplit(b" ", 1)[-1]) if line else 0.0)
+
+        # each worker counted its own share (fresh connections spread over both); a worker
+        # may account a request a moment after answering it, so read until all are counted
+        async def counted() -> list[float]:
+            counts = []
+            for a in (admin, admin + 1):
+                out = await exchange(
+                    a, b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                )
+                # one series per app and status class: add them all up
+                series = [
+                    ln for ln in out.split(b"\n") if ln.startswith(b"shoal_lb_requests_total")
+                ]
+                counts.append(sum(float(ln.rsplit(b" ", 1)[-1]) for ln in series))
+            return counts
+
+        counts = await counted()
+        for _ in range(50):
+            if sum(counts) >= served:
+                break
+            await asyncio.sleep(0.1)
+            counts = await counted()
         assert sum(counts) >= 40
         assert all(c > 0 for c in counts), counts
