@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import os
 from collections.abc import Callable
 
@@ -268,7 +269,7 @@ async def test_streams_large_bodies_both_ways(mosquitto: Broker, lb: StartLb, pr
         async with s.post(f"{url}/echo", data=upload()) as r:
             assert r.status == 200
             assert r.headers.get("Transfer-Encoding") == "chunked"
-            h = __import__("hashlib").sha256()
+            h = hashlib.sha256()
             size = 0
             async for chunk in r.content.iter_any():
                 h.update(chunk)
