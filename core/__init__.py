@@ -1,6 +1,6 @@
-"""Shoal's shared core: models, wire codec, topic map, bus client and service base.
+"""Shoal's shared core: models, the bus contract, wire codec, bus client and service base.
 
-Services import from here and never from each other (see ``DESIGN.md``).
+Services import from here and never from each other (see ``core/README.md``).
 """
 
 __version__ = "0.1.0"

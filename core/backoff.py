@@ -25,8 +25,5 @@ class Backoff:
         self.attempts += 1
         return delay * (1 + random.uniform(-self.jitter, self.jitter))
 
-    def peek(self) -> float:
-        return min(self.cap, self.initial * self.factor**self.attempts)
-
     def reset(self) -> None:
         self.attempts = 0

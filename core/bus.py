@@ -1,17 +1,25 @@
 """The bus client: Shoal's only way for services to talk.
 
-A thin layer over aiomqtt that adds what every service needs:
+``Bus`` adds to a broker connection what every service needs:
 
+- typed channels (``core.channels``): ``publish(APPS, state)`` derives topic, kind, retain
+  and QoS from the contract; ``subscribe(HEALTH, handler)`` decodes, checks the body's key
+  against the topic, and hands the handler ``(key, value)`` (value None: retained value
+  deleted); ``view(APPS)`` keeps the latest value per key (``core.view``);
+- commands: ``request(APPLY, body)`` waits for the typed answer; ``answer(APPLY, handler)``
+  validates bodies strictly and replies to every request, errors included;
 - reconnect with jittered backoff, resubscribe, and ``on_connect`` hooks (a service
   republishes its retained state there: level-triggered, so a broker restart loses nothing);
-- envelopes in and out (``core.codec``), malformed payloads logged and dropped;
-- a cache of the latest value of every topic subscribed with ``cache=True``;
-- request/reply with a timeout over ``<prefix>/reply/<client-id>``;
+- malformed payloads and bodies logged and dropped, never raised into a service;
 - ``sync()``: a barrier that returns once every retained message delivered for the current
   subscriptions has been handled.
 
 Handlers run one at a time in arrival order on a dispatcher task, so per-topic ordering
 holds. Replies are resolved on the receiving task, so a handler may await ``request``.
+
+The transport is a subclass's business: ``MqttBus`` speaks MQTT through aiomqtt;
+``core.memory.MemoryBus`` is an in-process broker with the same semantics (retained values,
+wildcards, last will, sync) for unit tests of service shells. ``connect_bus`` picks one.
 """
 
 from __future__ import annotations
@@ -24,40 +32,39 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from core import codec
 from core.backoff import Backoff
+from core.channels import REPLY_KINDS, Channel, Command, reply_topic
 from core.codec import Envelope
-from core.config import BrokerURL
-from core.errors import BusError, CodecError, RequestTimeout
+from core.commands import Reply
+from core.config import BrokerURL, InProcessBroker
+from core.errors import BusError, CodecError, RequestTimeout, ShoalError, SpecError, TopicError
 from core.logs import get_logger
 from core.topics import Topics, matches
+from core.view import Handler, View
 
-Handler = Callable[[str, Envelope | None], Awaitable[None] | None]
+RawHandler = Callable[[str, Envelope | None], Awaitable[None] | None]
 Hook = Callable[[], Awaitable[None]]
+K = TypeVar("K")
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+#: A command handler: the validated body and its envelope -> the answer (None: no answer).
+Answerer = Callable[[M, Envelope], Awaitable[R | Reply | None]]
 
 log = get_logger("shoal.bus")
-
-
-def _payload_bytes(payload: object) -> bytes:
-    if payload is None:
-        return b""
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    return str(payload).encode()
 
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
     pattern: str
-    handler: Handler
+    handler: RawHandler
     qos: int = 1
     allow_json: bool = False
-    cache: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,22 +75,14 @@ class LastWill:
     qos: int = 1
 
 
-def _no_delay(client: aiomqtt.Client) -> None:
-    """Send small packets at once (TCP_NODELAY): paho leaves Nagle on, so a publish that
-    follows a PUBACK waits for the peer's delayed ACK (~40 ms) on every request/reply."""
-    paho = getattr(client, "_client", None)
-    sock = paho.socket() if paho is not None else None
-    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 class Bus:
-    """An MQTT connection that survives the broker going away."""
+    """A broker connection that survives the broker going away (transport: a subclass)."""
+
+    #: Errors of the transport that mean "the connection is gone; reconnect".
+    connection_errors: tuple[type[BaseException], ...] = (ConnectionError,)
 
     def __init__(
         self,
-        broker: BrokerURL,
         topics: Topics,
         *,
         client_id: str,
@@ -91,23 +90,38 @@ class Bus:
         will: LastWill | None = None,
         keepalive: int = 10,
     ) -> None:
-        self.broker = broker
         self.topics = topics
+        self.prefix = topics.prefix
         self.client_id = client_id
         self.src = src or client_id
         self.will = will
         self.keepalive = keepalive
-        self.cache: dict[str, Envelope] = {}
-        self.reply_topic = topics.reply(client_id)
+        self.reply_topic = reply_topic(self.prefix, client_id)
         self._subs: list[Subscription] = []
         self._hooks: list[Hook] = []
-        self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._inbox: asyncio.Queue[tuple[str, bytes] | asyncio.Future[Any]] = asyncio.Queue()
         self._closing = False
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self.connects = 0
+
+    # -- transport (subclasses) ---------------------------------------------------------
+
+    async def _session(self) -> None:
+        """Connect, subscribe ``self.patterns()``, call ``_on_session_start``, then feed
+        every message to ``_receive`` until the connection drops (raise a connection error)."""
+        raise NotImplementedError
+
+    async def _send(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
+        raise NotImplementedError
+
+    async def _subscribe_now(self, pattern: str, qos: int) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Where this bus connects (for logs and errors)."""
+        return "broker"
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -119,7 +133,7 @@ class Bus:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
         except TimeoutError as err:
-            raise BusError(f"no connection to the broker at {self.broker}") from err
+            raise BusError(f"no connection to the broker at {self.describe()}") from err
 
     def on_connect(self, hook: Hook) -> None:
         """Run ``hook`` after every (re)connect, once subscriptions are in place."""
@@ -134,7 +148,7 @@ class Bus:
                 started = time.monotonic()
                 try:
                     await self._session()
-                except aiomqtt.MqttError as err:
+                except self.connection_errors as err:
                     if self._closing:
                         break
                     if time.monotonic() - started > 10:
@@ -142,7 +156,7 @@ class Bus:
                     delay = backoff.next()
                     log.warning(
                         "broker connection lost",
-                        broker=str(self.broker),
+                        broker=self.describe(),
                         error=str(err),
                         retry_in=round(delay, 2),
                     )
@@ -157,38 +171,19 @@ class Bus:
         broker does *not* publish the last will (it does on a crash)."""
         self._closing = True
 
-    async def _session(self) -> None:
-        will = None
-        if self.will is not None:
-            will = aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
-        async with aiomqtt.Client(
-            self.broker.host,
-            self.broker.port,
-            username=self.broker.username,
-            password=self.broker.password,
-            identifier=self.client_id,
-            will=will,
-            keepalive=self.keepalive,
-            clean_session=True,
-            tls_context=self.broker.tls_context(),
-            timeout=10,
-        ) as client:
-            self._client = client
-            _no_delay(client)
-            try:
-                await client.subscribe(self.reply_topic, qos=1)
-                for sub in self._subs:
-                    await client.subscribe(sub.pattern, qos=sub.qos)
-                self.connects += 1
-                self._connected.set()
-                log.info("connected to broker", broker=str(self.broker), client=self.client_id)
-                for hook in self._hooks:
-                    self._run_hook(hook)
-                async for message in client.messages:
-                    self._receive(str(message.topic), _payload_bytes(message.payload))
-            finally:
-                self._connected.clear()
-                self._client = None
+    def patterns(self) -> list[tuple[str, int]]:
+        """What a new session subscribes: the reply topic, then every subscription."""
+        return [(self.reply_topic, 1), *((s.pattern, s.qos) for s in self._subs)]
+
+    def _on_session_start(self) -> None:
+        self.connects += 1
+        self._connected.set()
+        log.info("connected to broker", broker=self.describe(), client=self.client_id)
+        for hook in self._hooks:
+            self._run_hook(hook)
+
+    def _on_session_end(self) -> None:
+        self._connected.clear()
 
     def _run_hook(self, hook: Hook) -> None:
         async def guarded() -> None:
@@ -244,11 +239,6 @@ class Bus:
         except CodecError as err:
             log.warning("malformed message dropped", topic=topic, error=str(err), size=len(payload))
             return
-        if sub.cache:
-            if env is None:
-                self.cache.pop(topic, None)
-            else:
-                self.cache[topic] = env
         try:
             result = sub.handler(topic, env)
             if inspect.isawaitable(result):
@@ -263,27 +253,71 @@ class Bus:
 
     # -- subscribing --------------------------------------------------------------------
 
+    async def watch(
+        self, pattern: str, handler: RawHandler, *, qos: int = 1, allow_json: bool = False
+    ) -> None:
+        """Raw envelopes of every topic matching ``pattern`` (for tools and tests; services
+        use ``subscribe``). Takes effect now if connected, and after every reconnect."""
+        self._subs.append(Subscription(pattern, handler, qos, allow_json))
+        if self.connected:
+            await self._subscribe_now(pattern, qos)
+
     async def subscribe(
         self,
-        pattern: str,
-        handler: Handler,
+        channel: Channel[M, K],
+        handler: Handler[K, M],
         *,
-        qos: int = 1,
-        allow_json: bool = False,
-        cache: bool = False,
+        key: K | None = None,
+        **fixed: str,
     ) -> None:
-        """Register a handler; takes effect now if connected, and after every reconnect."""
-        sub = Subscription(pattern, handler, qos, allow_json, cache)
-        self._subs.append(sub)
-        client = self._client
-        if client is not None and self.connected:
-            try:
-                await client.subscribe(pattern, qos=qos)
-            except aiomqtt.MqttError as err:
-                raise BusError(f"subscribe {pattern}: {err}") from err
+        """Every message of ``channel`` (or of one ``key``, or with some levels ``fixed``),
+        decoded and checked: ``handler(key, value)``; value None when deleted."""
+        pattern = channel.topic(self.prefix, key) if key is not None else None
+        pattern = pattern or channel.pattern(self.prefix, **fixed)
 
-    def cached(self, pattern: str) -> dict[str, Envelope]:
-        return {t: e for t, e in self.cache.items() if matches(pattern, t)}
+        async def on_message(topic: str, env: Envelope | None) -> None:
+            try:
+                got_key = channel.parse(self.prefix, topic)
+            except TopicError as err:
+                log.warning("message on a malformed topic dropped", topic=topic, error=str(err))
+                return
+            value = None if env is None else self.open(channel, topic, env, got_key)
+            if env is not None and value is None:
+                return
+            result = handler(got_key, value)
+            if inspect.isawaitable(result):
+                await result
+
+        await self.watch(pattern, on_message, qos=channel.qos, allow_json=channel.json)
+
+    def open(self, channel: Channel[M, K], topic: str, env: Envelope, key: K) -> M | None:
+        """The body of one message of ``channel``, or None (logged) when it does not fit."""
+        if env.kind != channel.kind:
+            log.warning("message of another kind dropped", topic=topic, kind=env.kind)
+            return None
+        try:
+            value = env.open(channel.model, lenient=channel.lenient)
+            if channel.key_of is not None and channel.key_of(value) != key:
+                raise CodecError(f"its body names {channel.key_of(value)}, its topic {key}")
+        except CodecError as err:
+            log.warning(
+                "malformed message dropped", topic=topic, kind=env.kind, error=str(err)[:500]
+            )
+            return None
+        return value
+
+    async def view(
+        self,
+        channel: Channel[M, K],
+        *,
+        on_change: Handler[K, M] | None = None,
+        key: K | None = None,
+        **fixed: str,
+    ) -> View[K, M]:
+        """Subscribe a ``View``: the latest value per key of a retained channel."""
+        view: View[K, M] = View(channel, on_change=on_change)
+        await self.subscribe(channel, view.update, key=key, **fixed)
+        return view
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -292,18 +326,31 @@ class Bus:
 
     async def publish(
         self,
-        topic: str,
-        kind: str,
-        body: BaseModel | dict[str, Any],
+        channel: Channel[M, K],
+        body: M,
         *,
-        retain: bool = False,
-        qos: int = 1,
+        key: K | None = None,
+        qos: int | None = None,
         timeout: float | None = 10.0,
-        **extra: Any,
     ) -> Envelope:
-        env = self.envelope(kind, body, **extra)
-        await self.publish_raw(topic, codec.encode(env), retain=retain, qos=qos, timeout=timeout)
+        """Publish ``body`` on its channel, under the key it names (or ``key``)."""
+        topic = channel.topic(self.prefix, key if key is not None else channel.key_for(body))
+        env = self.envelope(channel.kind, body)
+        await self.publish_raw(
+            topic,
+            codec.encode(env),
+            retain=channel.retained,
+            qos=channel.qos if qos is None else qos,
+            timeout=timeout,
+        )
         return env
+
+    async def clear(self, channel: Channel[Any, K], key: K) -> None:
+        """Delete the retained value of one key (an empty retained payload)."""
+        await self.clear_raw(channel.topic(self.prefix, key))
+
+    async def clear_raw(self, topic: str) -> None:
+        await self.publish_raw(topic, b"", retain=True)
 
     async def publish_raw(
         self,
@@ -315,22 +362,29 @@ class Bus:
         timeout: float | None = 10.0,
     ) -> None:
         await self.wait_connected(timeout)
-        client = self._client
-        if client is None:
-            raise BusError("not connected")
         try:
-            await asyncio.wait_for(client.publish(topic, payload, qos=qos, retain=retain), timeout)
-        except (aiomqtt.MqttError, TimeoutError) as err:
-            raise BusError(f"publish to {topic} failed: {err or 'timeout'}") from err
+            await asyncio.wait_for(self._send(topic, payload, qos=qos, retain=retain), timeout)
+        except TimeoutError as err:
+            raise BusError(f"publish to {topic} failed: timeout") from err
 
-    async def clear(self, topic: str) -> None:
-        """Delete a retained value (an empty retained payload)."""
-        await self.publish_raw(topic, b"", retain=True)
+    # -- commands -----------------------------------------------------------------------
 
-    async def request(
-        self, topic: str, kind: str, body: BaseModel | dict[str, Any], *, timeout: float = 10.0
+    async def request(self, command: Command[M, R], body: M, *, timeout: float = 10.0) -> R | Reply:
+        """Send a command and wait for its answer: ``command.answer``, or a ``Reply`` (with
+        ``ok=False`` and the errors) when it was refused."""
+        env = await self.request_raw(command.topic(self.prefix), command.kind, body, timeout)
+        model = command.answer if env.kind == command.answer_kind else REPLY_KINDS.get(env.kind)
+        if model is None:
+            raise CodecError(f"{command.name}: unexpected answer kind {env.kind!r}")
+        answer = env.open(model, lenient=True)
+        if isinstance(answer, command.answer | Reply):
+            return answer
+        raise CodecError(f"{command.name}: unexpected answer {type(answer).__name__}")
+
+    async def request_raw(
+        self, topic: str, kind: str, body: BaseModel | dict[str, Any], timeout: float = 10.0
     ) -> Envelope:
-        """Publish a command and wait for its reply."""
+        """Publish a request envelope and wait for the envelope that answers it."""
         env = self.envelope(kind, body, reply_to=self.reply_topic)
         fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
         self._pending[env.id] = fut
@@ -344,6 +398,46 @@ class Bus:
         finally:
             self._pending.pop(env.id, None)
 
+    async def answer(self, command: Command[M, R], handler: Answerer[M, R]) -> None:
+        """Serve ``command``: bodies are validated strictly (user input), the handler's
+        answer (or the error that stopped it) goes back to the requester."""
+        from core.spec import format_validation_error
+
+        async def on_request(topic: str, env: Envelope | None) -> None:
+            if env is None:
+                return
+            result: BaseModel | None
+            try:
+                if env.kind != command.kind:
+                    raise SpecError(
+                        [f"a {command.kind!r} command was expected on {topic}, got {env.kind!r}"]
+                    )
+                try:
+                    body = command.model.model_validate(env.body)
+                except ValidationError as err:
+                    errors = format_validation_error(err, f"{command.name} command")
+                    raise SpecError(errors) from err
+                result = await handler(body, env)
+            except SpecError as err:
+                result = Reply(ok=False, errors=err.errors)
+            except ShoalError as err:
+                log.warning("command failed", command=command.name, error=str(err))
+                result = Reply(ok=False, errors=[f"{command.name} failed: {err}"])
+            except Exception as err:  # a bug must not cost the client its answer
+                log.exception("command crashed", command=command.name)
+                result = Reply(ok=False, errors=[f"{command.name} failed: internal error: {err}"])
+            if result is None:
+                return
+            if isinstance(result, Reply) and not result.ok:
+                log.info("command refused", command=command.name, src=env.src, errors=result.errors)
+            kind = command.answer_kind if isinstance(result, command.answer) else "reply"
+            try:
+                await self.reply(env, kind, result)
+            except (BusError, TopicError) as err:
+                log.warning("reply not sent", command=command.name, to=env.reply_to, error=str(err))
+
+        await self.watch(command.topic(self.prefix), on_request, allow_json=True)
+
     async def reply(self, request: Envelope, kind: str, body: BaseModel | dict[str, Any]) -> None:
         """Answer ``request`` on its ``reply_to`` topic, if it has one."""
         if not request.reply_to:
@@ -352,6 +446,8 @@ class Bus:
         # Requests that arrived as JSON (mosquitto_pub, a CI job) get a JSON reply.
         payload = codec.encode_json(env) if request.was_json else codec.encode(env)
         await self.publish_raw(request.reply_to, payload, qos=1)
+
+    # -- barriers -----------------------------------------------------------------------
 
     async def settle(self, timeout: float = 10.0) -> bool:
         """``sync`` until it succeeds: True once every retained value has been handled,
@@ -381,3 +477,94 @@ class Bus:
             raise RequestTimeout("bus sync timed out") from err
         finally:
             self._pending.pop(marker, None)
+
+
+# -- MQTT ------------------------------------------------------------------------------
+
+
+def _payload_bytes(payload: object) -> bytes:
+    if payload is None:
+        return b""
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return str(payload).encode()
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """Send small packets at once (TCP_NODELAY): paho leaves Nagle on, so a publish that
+    follows a PUBACK waits for the peer's delayed ACK (~40 ms) on every request/reply."""
+    paho = getattr(client, "_client", None)
+    sock = paho.socket() if paho is not None else None
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class MqttBus(Bus):
+    """The bus over a real MQTT broker (mosquitto, or the embedded one)."""
+
+    connection_errors = (aiomqtt.MqttError,)
+
+    def __init__(self, broker: BrokerURL, topics: Topics, **kwargs: Any) -> None:
+        super().__init__(topics, **kwargs)
+        self.broker = broker
+        self._client: aiomqtt.Client | None = None
+
+    def describe(self) -> str:
+        return str(self.broker)
+
+    async def _session(self) -> None:
+        will = None
+        if self.will is not None:
+            will = aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
+        async with aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            username=self.broker.username,
+            password=self.broker.password,
+            identifier=self.client_id,
+            will=will,
+            keepalive=self.keepalive,
+            clean_session=True,
+            tls_context=self.broker.tls_context(),
+            timeout=10,
+        ) as client:
+            self._client = client
+            _no_delay(client)
+            try:
+                for pattern, qos in self.patterns():
+                    await client.subscribe(pattern, qos=qos)
+                self._on_session_start()
+                async for message in client.messages:
+                    self._receive(str(message.topic), _payload_bytes(message.payload))
+            finally:
+                self._on_session_end()
+                self._client = None
+
+    async def _send(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
+        client = self._client
+        if client is None:
+            raise BusError("not connected")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain)
+        except aiomqtt.MqttError as err:
+            raise BusError(f"publish to {topic} failed: {err}") from err
+
+    async def _subscribe_now(self, pattern: str, qos: int) -> None:
+        client = self._client
+        if client is None:
+            return  # the next session subscribes it
+        try:
+            await client.subscribe(pattern, qos=qos)
+        except aiomqtt.MqttError as err:
+            raise BusError(f"subscribe {pattern}: {err}") from err
+
+
+def connect_bus(broker: BrokerURL | InProcessBroker, topics: Topics, **kwargs: Any) -> Bus:
+    """A bus on ``broker``: MQTT for a URL; an in-process broker makes its own."""
+    if isinstance(broker, BrokerURL):
+        return MqttBus(broker, topics, **kwargs)
+    bus = broker.bus(topics, **kwargs)
+    if not isinstance(bus, Bus):
+        raise TypeError(f"{type(broker).__name__}.bus() must return a core.bus.Bus")
+    return bus

@@ -11,6 +11,7 @@ An empty payload is the MQTT convention for "retained value deleted" and decodes
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any, TypeVar
@@ -18,65 +19,12 @@ from typing import Any, TypeVar
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from core.commands import (
-    ApplyCommand,
-    DeleteCommand,
-    History,
-    HistoryQuery,
-    NodeCommand,
-    Reply,
-    RollbackCommand,
-    RolloutCommand,
-    ScaleCommand,
-)
 from core.errors import CodecError
-from core.state import (
-    AppHealth,
-    AppState,
-    Event,
-    LbMetrics,
-    LogChunk,
-    LogsRequest,
-    NodeAssignment,
-    NodeCordon,
-    NodeInfo,
-    NodeMetrics,
-    NodeReplicas,
-    Presence,
-    ScalerStatus,
-    SchedulerStatus,
-    WakeUp,
-)
+from core.logs import get_logger
 
 WIRE_VERSION = 1
 
-#: Every kind of body, by the name carried in ``Envelope.kind``.
-KINDS: dict[str, type[BaseModel]] = {
-    "apply": ApplyCommand,
-    "delete": DeleteCommand,
-    "scale": ScaleCommand,
-    "rollback": RollbackCommand,
-    "history": HistoryQuery,
-    "rollout": RolloutCommand,
-    "revisions": History,
-    "reply": Reply,
-    "app": AppState,
-    "node": NodeInfo,
-    "assign": NodeAssignment,
-    "replicas": NodeReplicas,
-    "health": AppHealth,
-    "presence": Presence,
-    "event": Event,
-    "lb_metrics": LbMetrics,
-    "node_metrics": NodeMetrics,
-    "wake": WakeUp,
-    "node_command": NodeCommand,
-    "cordon": NodeCordon,
-    "scheduler_status": SchedulerStatus,
-    "scaler_status": ScalerStatus,
-    "logs_request": LogsRequest,
-    "logs": LogChunk,
-}
+log = get_logger("shoal.codec")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -99,19 +47,49 @@ class Envelope(BaseModel):
         """True when this envelope arrived as JSON rather than msgpack."""
         return self._json
 
-    def open(self, model: type[M]) -> M:
-        """Validate the body as ``model``; raise ``CodecError`` on mismatch."""
+    def open(self, model: type[M], *, lenient: bool = False) -> M:
+        """Validate the body as ``model``; raise ``CodecError`` on mismatch.
+
+        ``lenient`` ignores fields ``model`` does not know, at any depth (a newer peer's
+        additions), and says so at debug level; otherwise they are errors.
+        """
         try:
-            return model.model_validate(self.body)
+            if not lenient:
+                return model.model_validate(self.body)
+            value = model.model_validate(self.body, extra="ignore")
         except ValidationError as err:
             raise CodecError(f"{self.kind} body is invalid: {err}") from err
+        if _debug_enabled():
+            unknown = _unknown_fields(model, self.body)
+            if unknown:
+                log.debug("unknown fields ignored", kind=self.kind, src=self.src, fields=unknown)
+        return value
 
     def open_kind(self) -> BaseModel:
-        """Validate the body as the model registered for ``kind``."""
-        model = KINDS.get(self.kind)
+        """Validate the body as the model its ``kind`` names in the contract."""
+        from core.channels import kinds
+
+        model = kinds().get(self.kind)
         if model is None:
             raise CodecError(f"unknown message kind {self.kind!r}")
-        return self.open(model)
+        return self.open(model, lenient=True)
+
+
+def _debug_enabled() -> bool:
+    return bool(log.is_enabled_for(logging.DEBUG))
+
+
+def _unknown_fields(model: type[BaseModel], body: dict[str, Any]) -> list[str]:
+    """Dotted paths of the fields of ``body`` that ``model`` would refuse as unknown."""
+    try:
+        model.model_validate(body)
+    except ValidationError as err:
+        return [
+            ".".join(str(p) for p in e["loc"])
+            for e in err.errors()
+            if e["type"] == "extra_forbidden"
+        ]
+    return []
 
 
 def make(kind: str, body: BaseModel | dict[str, Any], *, src: str = "", **extra: Any) -> Envelope:

@@ -7,7 +7,7 @@ import socket
 import ssl
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from core.errors import ShoalError
@@ -68,13 +68,23 @@ class BrokerURL:
         return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
 
 
+class InProcessBroker(Protocol):
+    """A broker that lives in this process and makes its own bus clients
+    (``core.memory.MemoryBroker``): ``bus(topics, client_id=..., ...)`` returns a ``Bus``."""
+
+    def bus(self, topics: Any, **kwargs: Any) -> Any: ...
+
+
 def default_instance() -> str:
     return f"{socket.gethostname().split('.')[0]}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
-    broker: BrokerURL = field(default_factory=lambda: BrokerURL.parse(DEFAULT_BROKER))
+    #: where the bus connects: a URL, or a broker in this process (unit tests)
+    broker: BrokerURL | InProcessBroker = field(
+        default_factory=lambda: BrokerURL.parse(DEFAULT_BROKER)
+    )
     prefix: str = "shoal"
     instance: str = field(default_factory=default_instance)
     log_level: str = "info"

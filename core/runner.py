@@ -6,6 +6,11 @@ already queued collapse into one; a key is never reconciled twice at once. A fai
 key is retried with its own backoff; ``reconcile`` may also return a delay to be called
 again (requeue-after). Every ``resync`` seconds all keys from ``keys()`` are marked, so
 a lost message is repaired in bounded time.
+
+Errors are told apart by ``ShoalError.retryable``: a terminal one (invalid input: a
+``SpecError``, ``CodecError`` or ``TopicError``) is logged and the key dropped until it is
+marked again, since retrying cannot fix it; anything else (the broker or the engine gone,
+or a bug) is retried with the key's backoff.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 from core.backoff import Backoff
+from core.errors import ShoalError
 from core.logs import get_logger
 
 K = TypeVar("K", bound=Hashable)
@@ -98,18 +104,20 @@ class Reconciler(Generic[K]):
             again = await self._reconcile(key)
         except asyncio.CancelledError:
             raise
-        except Exception as err:
-            backoff = self._backoffs.setdefault(key, Backoff(self._initial, self._cap))
-            delay = backoff.next()
-            log.warning(
-                "reconcile failed; will retry",
+        except ShoalError as err:
+            if err.retryable:
+                self._retry(key, err)
+                return
+            self._backoffs.pop(key, None)
+            log.error(
+                "reconcile failed on invalid input; not retried",
                 runner=self.name,
                 key=str(key),
                 error=f"{type(err).__name__}: {err}",
-                retry_in=round(delay, 2),
-                exc_info=not getattr(err, "retryable", False),
             )
-            self.mark_later(key, delay)
+            return
+        except Exception as err:
+            self._retry(key, err)
             return
         self._backoffs.pop(key, None)
         if again is not None:
@@ -120,6 +128,19 @@ class Reconciler(Generic[K]):
             key=str(key),
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+    def _retry(self, key: K, err: Exception) -> None:
+        backoff = self._backoffs.setdefault(key, Backoff(self._initial, self._cap))
+        delay = backoff.next()
+        log.warning(
+            "reconcile failed; will retry",
+            runner=self.name,
+            key=str(key),
+            error=f"{type(err).__name__}: {err}",
+            retry_in=round(delay, 2),
+            exc_info=not getattr(err, "retryable", False),
+        )
+        self.mark_later(key, delay)
 
     async def _resync_loop(self) -> None:
         if not self._resync or self._keys is None:

@@ -14,20 +14,17 @@ import os
 import signal
 import socket
 import time
-from typing import Any, ClassVar, Literal, TypeVar
-
-from pydantic import BaseModel
+from typing import Any, ClassVar, Literal
 
 from core import __version__, codec
-from core.bus import Bus, LastWill
-from core.codec import Envelope
+from core.bus import LastWill, connect_bus
+from core.channels import EVENTS, PRESENCE
 from core.config import ServiceConfig
-from core.errors import CodecError, TopicError
+from core.keys import ServiceKey
+from core.leadership import Callback, Leadership
 from core.logs import get_logger, setup_logging
-from core.state import AppState, Event, Presence
+from core.state import Event, Presence
 from core.topics import Topics
-
-M = TypeVar("M", bound=BaseModel)
 
 
 class Service:
@@ -39,7 +36,7 @@ class Service:
         self.instance = config.instance
         self.started = time.time()
         self.log = get_logger(f"shoal.{self.name}").bind(instance=self.instance)
-        self.bus = Bus(
+        self.bus = connect_bus(
             config.broker,
             self.topics,
             client_id=f"{self.name}-{self.instance}",
@@ -48,6 +45,7 @@ class Service:
         )
         self.bus.on_connect(self.announce)
         self._stop = asyncio.Event()
+        self._leadership: Leadership | None = None
 
     # -- overridable -----------------------------------------------------------------
 
@@ -55,7 +53,9 @@ class Service:
         return LastWill(
             self.presence_topic,
             codec.encode(
-                codec.make("presence", self.presence("offline"), src=f"{self.name}/{self.instance}")
+                codec.make(
+                    PRESENCE.kind, self.presence("offline"), src=f"{self.name}/{self.instance}"
+                )
             ),
         )
 
@@ -73,7 +73,7 @@ class Service:
 
     @property
     def presence_topic(self) -> str:
-        return self.topics.service(self.name, self.instance)
+        return PRESENCE.topic(self.topics.prefix, ServiceKey(self.name, self.instance))
 
     def presence(self, status: Literal["online", "offline"] = "online") -> Presence:
         return Presence(
@@ -88,50 +88,35 @@ class Service:
         )
 
     def is_leader(self) -> bool:
-        return False
+        return self._leadership is not None and self._leadership.leading
+
+    def elect_leader(
+        self,
+        *,
+        on_elected: Callback | None = None,
+        on_deposed: Callback | None = None,
+    ) -> Leadership:
+        """Take part in electing one leader among this service's instances (a scheduler, a
+        scaler): ``is_leader`` and the presence's ``leader`` flag then follow the result."""
+        self._leadership = Leadership(
+            self.bus,
+            self.name,
+            self.instance,
+            self.started,
+            announce=self.announce,
+            on_elected=on_elected,
+            on_deposed=on_deposed,
+        )
+        return self._leadership
 
     async def announce(self) -> None:
-        await self.bus.publish(self.presence_topic, "presence", self.presence(), retain=True)
-
-    def read(self, topic: str, env: Envelope, model: type[M]) -> M | None:
-        """The body of a message as ``model``, or None (logged, dropped) when it does not fit:
-        bad input on a state topic never takes a service down."""
-        try:
-            return env.open(model)
-        except CodecError as err:
-            self.log.warning(
-                "malformed message dropped", topic=topic, kind=env.kind, error=str(err)[:500]
-            )
-            return None
-
-    def track_app(self, topic: str, env: Envelope | None, apps: dict[str, AppState]) -> str | None:
-        """Keep ``apps`` (keyed ``ns/name``) in step with one ``apps/<ns>/<name>`` message.
-
-        Returns the key that changed, or None when the message was dropped (malformed, or an
-        app record published under another app's topic).
-        """
-        try:
-            namespace, name = self.topics.app_of(topic)
-        except TopicError:
-            return None
-        key = f"{namespace}/{name}"
-        if env is None:
-            apps.pop(key, None)
-            return key
-        app = self.read(topic, env, AppState)
-        if app is None:
-            return None
-        if app.key != key:
-            self.log.warning("app state under the wrong topic dropped", topic=topic)
-            return None
-        apps[key] = app
-        return key
+        await self.bus.publish(PRESENCE, self.presence())
 
     async def emit(self, kind: str, message: str, **fields: Any) -> None:
         """Publish a human-readable event (best effort: never fails the caller)."""
         event = Event(kind=kind, message=message, **fields)
         try:
-            await self.bus.publish(self.topics.event(kind), "event", event, qos=0, timeout=2)
+            await self.bus.publish(EVENTS, event, timeout=2)
         except Exception as err:
             self.log.debug("event not published", kind=kind, error=str(err))
 
@@ -180,13 +165,7 @@ class Service:
             self.log.exception("shutdown hook failed")
         if self.bus.connected:
             with contextlib.suppress(Exception):
-                await self.bus.publish(
-                    self.presence_topic,
-                    "presence",
-                    self.presence("offline"),
-                    retain=True,
-                    timeout=2,
-                )
+                await self.bus.publish(PRESENCE, self.presence("offline"), timeout=2)
 
 
 def install_event_loop_policy() -> None:

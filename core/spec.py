@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from core.errors import SpecError
+from core.keys import AppKey
 from core.units import parse_cpu, parse_duration, parse_memory
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -47,7 +48,12 @@ EnvValue = Annotated[str, BeforeValidator(_env_value)]
 
 
 class Model(BaseModel):
-    """Base of every Shoal model: immutable, strict about unknown fields."""
+    """Base of every Shoal model: immutable, strict about unknown fields.
+
+    Strictness is for what users write. Messages between services are read with
+    ``Envelope.open(model, lenient=True)`` (the contract's state channels), which ignores
+    fields a newer peer added, at any depth.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -405,8 +411,8 @@ class AppSpec(Model):
     # -- derived values ---------------------------------------------------------------
 
     @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def key(self) -> AppKey:
+        return AppKey(self.namespace, self.name)
 
     def port_number(self, ref: str | int | None) -> int | None:
         """Resolve a port reference (name, number or None = first declared port)."""
@@ -487,7 +493,7 @@ def validate_apps(docs: list[Any], source: str = "") -> list[AppSpec]:
             specs.append(AppSpec.model_validate(doc))
         except ValidationError as err:
             errors.extend(format_validation_error(err, where))
-    seen: set[str] = set()
+    seen: set[AppKey] = set()
     for spec in specs:
         if spec.key in seen:
             errors.append(f"app {spec.key} is declared more than once")

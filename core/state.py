@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from core.keys import AppKey
 from core.spec import AppSpec, Model, Resources
 
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
@@ -58,8 +59,8 @@ class AppState(Model):
     updated: float = 0.0
 
     @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def key(self) -> AppKey:
+        return AppKey(self.namespace, self.name)
 
 
 # -- nodes (writer: each agent for itself) ---------------------------------------------

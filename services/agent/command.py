@@ -84,7 +84,8 @@ def command(
     registry_config: Path | None,
 ) -> None:
     """Run the node agent: make the Docker engine match this node's assignment."""
-    from services.agent.service import AgentOptions, AgentService
+    from services.agent.node import AgentOptions
+    from services.agent.service import AgentService
 
     try:
         check_node_id(node_id)

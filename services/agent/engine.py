@@ -143,18 +143,6 @@ class Engine:
             if err.status not in (304, 404):  # already stopped / gone
                 raise
 
-    async def kill(self, container_id: str, signal: str = "SIGTERM") -> None:
-        try:
-            await self._call(
-                "kill",
-                self.docker._query_json(
-                    f"containers/{container_id}/kill", method="POST", params={"signal": signal}
-                ),
-            )
-        except EngineError as err:
-            if err.status not in (404, 409):  # gone / not running
-                raise
-
     async def restart(self, container_id: str, grace: float) -> None:
         """Stop (SIGTERM, SIGKILL after ``grace``) and start again, in the engine."""
         t = max(0, math.ceil(grace))

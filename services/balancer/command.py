@@ -12,7 +12,7 @@ import click
 from core.config import ServiceConfig
 from core.options import service_options
 from core.service import run_service
-from services.balancer.proxy import ProxyOptions
+from services.balancer.policy import ProxyOptions
 from services.balancer.service import BalancerOptions
 
 

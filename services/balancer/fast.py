@@ -1,15 +1,16 @@
-"""The fast engine: HTTP/1.1 proxying on asyncio protocols with httptools (llhttp).
+"""The fast engine (the default): HTTP/1.1 on asyncio protocols with httptools (llhttp).
 
-The default engine. Same routing, algorithms, ejection, retries, holds and statistics as
-the aiohttp engine (``proxy.Proxy`` holds that shared state and policy); what differs is
-the plumbing: no per-request client/session objects, no header multidicts, and response
-bytes are relayed from the upstream's ``data_received`` straight into the client's
-transport. Per request there is one coroutine step and one future.
+``policy.Policy`` decides what happens to each request (route, pick, retry, eject, hold,
+statistics); this module only carries the bytes: no per-request client or session
+objects, no header multidicts, and response bytes are relayed from the upstream's
+``data_received`` straight into the client's transport. Per request there is one
+coroutine step of the policy, one of the forward, and one future.
 
 Connections:
 
 - ``ClientConn`` — one per user connection: parses requests (keep-alive and pipelining:
-  requests are served one after the other, in order), serves each, writes the response.
+  requests are served one after the other, in order) into ``Request``s, the policy's
+  ``Exchange``: it writes the balancer's answers and forwards to the replica picked.
 - ``UpstreamConn`` — one per replica connection, kept in a per-replica idle pool
   (keep-alive). While bound to a request it relays the response to the client, re-framing
   it (Content-Length kept, otherwise chunked). Flow control both ways: a full client buffer
@@ -28,31 +29,25 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import httptools
 
 from core.logs import get_logger
-from services.balancer.headers import IDEMPOTENT
-from services.balancer.proxy import Proxy
-from services.balancer.routes import AppRoute, Backend, normalize_host
+from services.balancer.headers import HOP_BY_HOP, IDEMPOTENT
+from services.balancer.policy import (
+    Closed,
+    ConnectTimeout,
+    Failure,
+    Invalid,
+    Policy,
+    ReadTimeout,
+    Refused,
+)
+from services.balancer.routes import Backend, normalize_host
 
 log = get_logger("shoal.balancer.fast")
 
-HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
+HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 # replaced by the balancer's own values on the way up
 OWN_REQUEST = frozenset({b"x-forwarded-for", b"x-request-id"})
 OWN_RESPONSE = frozenset({b"x-request-id", b"x-shoal-replica"})
@@ -72,21 +67,16 @@ CLIENT_IDLE_TIMEOUT = 75.0
 LINGER_SECONDS = 2.0
 
 
-class UpstreamFailed(Exception):
-    """The replica failed; ``responded`` tells whether the client got any response bytes."""
-
-    def __init__(self, message: str, *, responded: bool, timeout: bool = False) -> None:
-        super().__init__(message)
-        self.responded = responded
-        self.timeout = timeout
-
-
 class Request:
+    """One request on a client connection: what was parsed, and the policy's ``Exchange``
+    (the balancer's answers and the forwarding to a replica)."""
+
     __slots__ = (
         "body",
         "buffered",
         "chunked",
         "complete",
+        "conn",
         "connection",
         "content_length",
         "discard",
@@ -105,7 +95,8 @@ class Request:
         "xff",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, conn: ClientConn) -> None:
+        self.conn = conn
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.method = b"GET"
@@ -130,6 +121,110 @@ class Request:
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
+
+    # -- policy.Exchange ----------------------------------------------------------------
+
+    @property
+    def retriable(self) -> bool:
+        return not self.has_body and self.method in IDEMPOTENT_B
+
+    def hash_key(self, header: str | None) -> str:
+        if header is not None:
+            want = header.lower().encode()
+            for name, value in self.headers:
+                if name.lower() == want and value:
+                    return value.decode("latin-1")
+        return self.conn.client_ip
+
+    def reply(self, status: int, message: str, *, close: bool = False) -> int:
+        conn = self.conn
+        if close or self.upgrade:  # an upgrade is a tunnel or an error, never more requests
+            conn.keep_alive = False
+        if conn.transport is not None:
+            keep_alive = conn.keep_alive and self.keep_alive
+            conn.transport.write(error_response(status, message, self.request_id, keep_alive))
+        return status
+
+    async def forward(self, backend: Backend) -> int:
+        conn = self.conn
+        engine = conn.engine
+        up = engine.idle_conn(backend)
+        if up is None:
+            up = await engine.connect(backend)
+        if self.too_large:  # the body went over the limit while we were connecting
+            engine.release(up)
+            raise Failure("request body too large")
+        engine.bound[conn] = up
+        conn.status = 0
+        try:
+            reusable = await up.start(conn, self, self.head())
+        except Failure as err:
+            if not up.responded:
+                raise
+            # the head is out: all we can do is cut the connection
+            conn.keep_alive = False
+            if self.too_large:
+                return 413
+            log.warning("upstream failed mid-response", replica=backend.id, error=str(err))
+            return conn.status or 502
+        finally:
+            engine.bound.pop(conn, None)
+        if reusable and self.complete:
+            engine.release(up)
+        elif up.transport is not None:
+            up.transport.close()
+        if not self.complete:
+            conn.keep_alive = False  # the rest of the body was never read
+        return conn.status
+
+    async def tunnel(self, backend: Backend) -> int:
+        conn = self.conn
+        conn.keep_alive = False
+        up = await conn.engine.connect(backend)
+        assert up.transport is not None
+        up.tunnel = conn
+        conn.tunnel = up
+        up.transport.write(self.head(upgrade=True))
+        if conn.upgrade_rest:
+            up.transport.write(conn.upgrade_rest)
+            conn.upgrade_rest = b""
+        conn.resume()
+        try:
+            await conn.tunnel_done.wait()  # the tunnel runs in the protocols' callbacks
+        finally:
+            up.transport.close()
+        return 101
+
+    def head(self, *, upgrade: bool = False) -> bytes:
+        """The request as the replica gets it."""
+        drop = HOP | OWN_REQUEST
+        if self.connection:
+            drop = drop | connection_tokens(self.connection)
+        if upgrade:
+            drop = OWN_REQUEST
+        parts = [self.method, b" ", self.url, b" HTTP/1.1\r\n"]
+        has_proto = has_host = False
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname in drop:
+                continue
+            if lname == b"x-forwarded-proto":
+                has_proto = True
+            elif lname == b"x-forwarded-host":
+                has_host = True
+            parts.append(name + b": " + value + b"\r\n")
+        ip = self.conn.client_ip.encode() or b"unknown"
+        xff = self.xff + b", " + ip if self.xff else ip
+        parts.append(b"X-Forwarded-For: " + xff + b"\r\n")
+        if not has_proto:
+            parts.append(b"X-Forwarded-Proto: http\r\n")
+        if not has_host and self.host:
+            parts.append(b"X-Forwarded-Host: " + self.host + b"\r\n")
+        parts.append(b"X-Request-Id: " + self.request_id + b"\r\n")
+        if self.chunked and not upgrade:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:
@@ -217,7 +312,7 @@ class UpstreamConn(_Reading, asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as err:
             self.reusable = False
-            self._fail(UpstreamFailed(f"sent an invalid response: {err}", responded=self.responded))
+            self._fail(Invalid(str(err)))
             if self.transport is not None:
                 self.transport.close()
         finally:
@@ -242,8 +337,7 @@ class UpstreamConn(_Reading, asyncio.Protocol):
                     client.transport.write(b"0\r\n\r\n")
                 self._finish(False)
             else:
-                what = "closed the connection" + (f": {exc}" if exc else "")
-                self._fail(UpstreamFailed(what, responded=self.responded))
+                self._fail(Closed(str(exc) if exc else "", new=self.fresh))
 
     def pause_writing(self) -> None:  # the request body outruns the replica
         client = self.client or self.tunnel
@@ -261,12 +355,12 @@ class UpstreamConn(_Reading, asyncio.Protocol):
         """Send ``head`` (and the request body as it comes); the future resolves when the
         whole response was relayed (True: this connection may be reused)."""
         transport = self.transport
+        self.responded = False
         if self.closed or transport is None or transport.is_closing():
             # accepted and closed at once (a proxy in front of a dead process does that)
-            raise UpstreamFailed("closed the connection before the request", responded=False)
+            raise Closed("before the request was sent", new=self.fresh)
         self.client = client
         self.request = request
-        self.responded = False
         self._reset_head()
         self.chunked_out = self.close_delimited = self.no_body = False
         self.activity = time.monotonic()
@@ -307,7 +401,7 @@ class UpstreamConn(_Reading, asyncio.Protocol):
         self.conn_tokens: frozenset[bytes] = frozenset()
         self.chunked_in = False
 
-    def _fail(self, err: UpstreamFailed) -> None:
+    def _fail(self, err: Failure) -> None:
         self.reusable = False
         if self.done is not None and not self.done.done():
             self.done.set_exception(err)
@@ -328,11 +422,7 @@ class UpstreamConn(_Reading, asyncio.Protocol):
         self.request = None
 
     def timeout(self, seconds: float) -> None:
-        self._fail(
-            UpstreamFailed(
-                f"did not answer within {seconds:g}s", responded=self.responded, timeout=True
-            )
-        )
+        self._fail(ReadTimeout(seconds))
         if self.transport is not None:
             self.transport.close()
 
@@ -368,7 +458,7 @@ class UpstreamConn(_Reading, asyncio.Protocol):
             if lname not in drop:
                 parts.append(name + b": " + value + b"\r\n")
         parts.append(b"X-Request-Id: " + request.request_id + b"\r\n")
-        if self.engine.proxy.options.expose_replica:
+        if self.engine.options.expose_replica:
             parts.append(b"X-Shoal-Replica: " + self.backend.id.encode() + b"\r\n")
         self.no_body = request.method == b"HEAD" or status in (204, 304)
         if request.method == b"HEAD":
@@ -415,7 +505,7 @@ class UpstreamConn(_Reading, asyncio.Protocol):
 class ClientConn(_Reading, asyncio.Protocol):
     def __init__(self, engine: FastEngine) -> None:
         self.engine = engine
-        self.proxy = engine.proxy
+        self.policy = engine.policy
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
@@ -492,7 +582,7 @@ class ClientConn(_Reading, asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.current = Request()
+        self.current = Request(self)
 
     def on_url(self, url: bytes) -> None:
         assert self.current is not None
@@ -537,12 +627,12 @@ class ClientConn(_Reading, asyncio.Protocol):
         if req.discard:
             return
         req.size += len(body)
-        if req.size > self.proxy.options.max_body:
+        if req.size > self.policy.options.max_body:
             req.discard = True
             req.too_large = True
             up = self.engine.bound.get(self)
             if up is not None and up.request is req:
-                up._fail(UpstreamFailed("request body too large", responded=up.responded))
+                up._fail(Failure("request body too large"))
                 if up.transport is not None:
                     up.transport.close()
             return
@@ -570,6 +660,7 @@ class ClientConn(_Reading, asyncio.Protocol):
         (a future per wait, not a task per request); idle connections are closed by the
         engine's sweeper."""
         loop = asyncio.get_running_loop()
+        policy = self.policy
         try:
             while not self.closed:
                 if not self.queue:
@@ -578,7 +669,10 @@ class ClientConn(_Reading, asyncio.Protocol):
                     self.wakeup = None
                     continue
                 req = self.queue[0]
-                await self._serve(req)
+                if not req.request_id:
+                    req.request_id = policy.next_request_id().encode()
+                host = normalize_host(req.host.decode("latin-1"))
+                await policy.serve(req, host, req.url.decode("latin-1").split("?", 1)[0])
                 self.queue.popleft()
                 self.resume()  # whatever paused it belonged to the exchange just done
                 self.idle_since = time.monotonic()
@@ -609,233 +703,13 @@ class ClientConn(_Reading, asyncio.Protocol):
             await asyncio.wait_for(self.linger, LINGER_SECONDS)
         self.linger = None
 
-    def _reply(self, status: int, message: str, req: Request, *, close: bool = False) -> int:
-        if close:
-            self.keep_alive = False
-        if self.transport is not None:
-            self.transport.write(
-                error_response(status, message, req.request_id, self.keep_alive and req.keep_alive)
-            )
-        return status
-
-    async def _serve(self, req: Request) -> None:
-        proxy = self.proxy
-        started = time.perf_counter()
-        if not req.request_id:
-            req.request_id = proxy.next_request_id().encode()
-        url = req.url.decode("latin-1")
-        path = url.split("?", 1)[0]
-        host = normalize_host(req.host.decode("latin-1"))
-        route = proxy.table.match(host, path)
-        if route is None:
-            self._reply(404, f"no route for host {host!r} and path {path!r}", req)
-            proxy.stats.app("-").done(None, 404, time.perf_counter() - started)
-            return
-        stats = proxy.stats.app(route.key)
-        stats.inflight += 1
-        status, replica = 500, None
-        try:
-            status, replica = await self._serve_route(req, route, stats)
-        except asyncio.CancelledError:
-            status = 499  # the client went away
-            raise
-        finally:
-            stats.inflight -= 1
-            stats.done(replica, status, time.perf_counter() - started)
-
-    async def _serve_route(
-        self, req: Request, route: AppRoute, stats: Any
-    ) -> tuple[int, str | None]:
-        proxy = self.proxy
-        opts = proxy.options
-        if not route.backends and route.scale_to_zero:
-            held = await proxy.hold(route, stats)
-            if held is None:
-                msg = (
-                    f"app {route.key} is scaled to zero and no replica became ready within "
-                    f"{opts.hold_timeout:g}s"
-                )
-                return self._reply(503, msg, req), None
-            route = held
-        if not route.backends:
-            return self._reply(503, f"app {route.key} has no ready replica", req), None
-        if req.too_large:  # a chunked body already went over the limit while buffered
-            msg = f"request body exceeds the limit of {opts.max_body} bytes"
-            return self._reply(413, msg, req, close=True), None
-        if req.content_length is not None and req.content_length > opts.max_body:
-            msg = f"request body of {req.content_length} bytes exceeds the limit of {opts.max_body}"
-            return self._reply(413, msg, req, close=True), None
-        picker = proxy.picker(route)
-        key = ""
-        if route.algorithm == "hash":
-            key = self.client_ip
-            hh = route.hash_header
-            if hh is not None:
-                want = hh.lower().encode()
-                for name, value in req.headers:
-                    if name.lower() == want and value:
-                        key = value.decode("latin-1")
-                        break
-        if req.upgrade:
-            self.keep_alive = False  # a tunnel or an error, never another request after
-            return await self._tunnel(req, route, picker, key)
-        head = self._head(req)
-        retriable = req.method in IDEMPOTENT_B and not req.has_body
-        tried: set[str] = set()
-        last = ""
-        for _ in range(1 + max(0, opts.retries)):
-            exclude: Any = ()
-            if tried or proxy.ejected:
-                exclude = tried | {r for r in proxy.ejected.until if r in proxy.ejected}
-            backend = picker.pick(route.backends, key=key, exclude=exclude, inflight=proxy.inflight)
-            if backend is None:
-                break
-            tried.add(backend.id)
-            up = self.engine.idle_conn(backend)
-            try:
-                if up is None:
-                    up = await self.engine.connect(backend)
-            except TimeoutError:
-                proxy.eject(route, backend, stats, "connect timeout")
-                last = (
-                    f"replica {backend.id} did not accept a connection within "
-                    f"{opts.connect_timeout:g}s"
-                )
-                if len(tried) >= len(route.backends):
-                    return self._reply(504, last, req), backend.id
-                stats.retries += 1
-                continue
-            except OSError as err:
-                proxy.eject(route, backend, stats, f"connect failed: {err.strerror or err}")
-                last = f"replica {backend.id} refused the connection"
-                stats.retries += 1
-                continue
-            if req.too_large:  # the body went over the limit while we were connecting
-                self.engine.release(up)
-                msg = f"request body exceeds the limit of {opts.max_body} bytes"
-                return self._reply(413, msg, req, close=True), None
-            proxy.inflight[backend.id] = proxy.inflight.get(backend.id, 0) + 1
-            self.engine.bound[self] = up
-            self.status = 0
-            try:
-                reusable = await up.start(self, req, head)
-            except UpstreamFailed as err:
-                self.keep_alive = self.keep_alive and not err.responded
-                if req.too_large:
-                    if err.responded:
-                        self.keep_alive = False
-                        return 413, backend.id
-                    msg = f"request body exceeds the limit of {opts.max_body} bytes"
-                    return self._reply(413, msg, req, close=True), backend.id
-                if err.responded:  # the head is out: all we can do is cut the connection
-                    self.keep_alive = False
-                    log.warning("upstream failed mid-response", replica=backend.id, error=str(err))
-                    return self.status or 502, backend.id
-                if err.timeout:
-                    return self._reply(504, f"replica {backend.id} {err}", req), backend.id
-                if up.fresh:  # a new connection dropped unanswered: the replica is gone
-                    proxy.eject(route, backend, stats, f"new connection {err}")
-                last = f"replica {backend.id} {err}"
-                if not retriable:
-                    return self._reply(502, last, req), backend.id
-                stats.upstream_errors += 1
-                stats.retries += 1
-                continue
-            finally:
-                self.engine.bound.pop(self, None)
-                n = proxy.inflight.get(backend.id, 1) - 1
-                if n > 0:
-                    proxy.inflight[backend.id] = n
-                else:
-                    proxy.inflight.pop(backend.id, None)
-            if reusable and req.complete:
-                self.engine.release(up)
-            elif up.transport is not None:
-                up.transport.close()
-            if not req.complete:
-                self.keep_alive = False  # the rest of the body was never read
-            return self.status, backend.id
-        if not last:
-            return self._reply(
-                503, f"app {route.key} has no ready replica (all ejected)", req
-            ), None
-        return self._reply(502, last, req), None
-
-    def _head(self, req: Request, *, upgrade: bool = False) -> bytes:
-        """The request as the replica gets it."""
-        drop = HOP | OWN_REQUEST
-        if req.connection:
-            drop = drop | connection_tokens(req.connection)
-        if upgrade:
-            drop = OWN_REQUEST
-        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
-        has_proto = has_host = False
-        for name, value in req.headers:
-            lname = name.lower()
-            if lname in drop:
-                continue
-            if lname == b"x-forwarded-proto":
-                has_proto = True
-            elif lname == b"x-forwarded-host":
-                has_host = True
-            parts.append(name + b": " + value + b"\r\n")
-        ip = self.client_ip.encode() or b"unknown"
-        parts.append(b"X-Forwarded-For: " + (req.xff + b", " + ip if req.xff else ip) + b"\r\n")
-        if not has_proto:
-            parts.append(b"X-Forwarded-Proto: http\r\n")
-        if not has_host and req.host:
-            parts.append(b"X-Forwarded-Host: " + req.host + b"\r\n")
-        parts.append(b"X-Request-Id: " + req.request_id + b"\r\n")
-        if req.chunked and not upgrade:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
-
-    async def _tunnel(
-        self, req: Request, route: AppRoute, picker: Any, key: str
-    ) -> tuple[int, str | None]:
-        proxy = self.proxy
-        backend = picker.pick(
-            route.backends, key=key, exclude=proxy.ejected, inflight=proxy.inflight
-        )
-        if backend is None:
-            return self._reply(503, f"app {route.key} has no ready replica", req), None
-        try:
-            up = await self.engine.connect(backend)
-        except (OSError, TimeoutError) as err:
-            if not isinstance(err, TimeoutError):
-                proxy.eject(route, backend, proxy.stats.app(route.key), "connect failed")
-            return self._reply(
-                502, f"replica {backend.id}: upgrade connect failed: {err}", req, close=True
-            ), backend.id
-        assert up.transport is not None
-        assert self.transport is not None
-        up.tunnel = self
-        self.tunnel = up
-        up.transport.write(self._head(req, upgrade=True))
-        if self.upgrade_rest:
-            up.transport.write(self.upgrade_rest)
-            self.upgrade_rest = b""
-        self.resume()
-        self.keep_alive = False
-        proxy.inflight[backend.id] = proxy.inflight.get(backend.id, 0) + 1
-        try:
-            await self.tunnel_done.wait()  # the tunnel runs in the protocols' callbacks
-        finally:
-            n = proxy.inflight.get(backend.id, 1) - 1
-            if n > 0:
-                proxy.inflight[backend.id] = n
-            else:
-                proxy.inflight.pop(backend.id, None)
-            up.transport.close()
-        return 101, backend.id
-
 
 class FastEngine:
     """Listener, upstream pools and the read-timeout sweeper."""
 
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.options = policy.options
         self.clients: set[ClientConn] = set()
         self.busy: set[UpstreamConn] = set()
         self.bound: dict[ClientConn, UpstreamConn] = {}
@@ -880,10 +754,18 @@ class FastEngine:
 
     async def connect(self, backend: Backend) -> UpstreamConn:
         loop = asyncio.get_running_loop()
-        _, up = await asyncio.wait_for(
-            loop.create_connection(lambda: UpstreamConn(self, backend), backend.host, backend.port),
-            self.proxy.options.connect_timeout,
-        )
+        timeout = self.options.connect_timeout
+        try:
+            _, up = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: UpstreamConn(self, backend), backend.host, backend.port
+                ),
+                timeout,
+            )
+        except TimeoutError as err:  # (an OSError too: first)
+            raise ConnectTimeout(timeout) from err
+        except OSError as err:
+            raise Refused(err.strerror or str(err)) from err
         return up
 
     def idle_conn(self, backend: Backend) -> UpstreamConn | None:
@@ -916,7 +798,7 @@ class FastEngine:
             pool.remove(up)
 
     async def _sweep(self) -> None:
-        timeout = self.proxy.options.read_timeout
+        timeout = self.options.read_timeout
         step = min(0.1, timeout / 4)
         ticks = 0
         while True:

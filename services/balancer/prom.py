@@ -19,12 +19,12 @@ from prometheus_client.core import (
 from services.balancer.stats import BUCKETS, CODE_CLASSES
 
 if TYPE_CHECKING:
-    from services.balancer.proxy import Proxy
+    from services.balancer.policy import Policy
 
 
 class LbCollector:
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -49,7 +49,11 @@ class LbCollector:
         ready = GaugeMetricFamily(
             "shoal_lb_ready_replicas", "Ready replicas in the route table", labels=["app"]
         )
-        for key, s in list(self.proxy.stats.apps.items()):
+        stats = self.policy.stats
+        apps = [(str(key), s) for key, s in list(stats.apps.items())]
+        if stats.unrouted.total:  # requests that matched no route, as app "-"
+            apps.append(("-", stats.unrouted))
+        for key, s in apps:
             for cls, n in zip(CODE_CLASSES, s.by_class, strict=True):
                 if n:
                     requests.add_metric([key, cls], n)
@@ -64,6 +68,6 @@ class LbCollector:
             errors.add_metric([key], s.upstream_errors)
             retries.add_metric([key], s.retries)
             ejections.add_metric([key], s.ejections)
-        for key, route in self.proxy.table.routes.items():
-            ready.add_metric([key], len(route.backends))
+        for app, route in self.policy.table.routes.items():
+            ready.add_metric([str(app)], len(route.backends))
         yield from (requests, duration, inflight, held, errors, retries, ejections, ready)

@@ -13,9 +13,10 @@ so every balancer instance picks the same one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from core.keys import AppKey
 from core.spec import Route
 from core.state import AppHealth, AppState
 
@@ -45,9 +46,7 @@ class Backend:
 class AppRoute:
     """One routed app: the balancer's view, rebuilt when its state or health changes."""
 
-    key: str
-    namespace: str
-    name: str
+    key: AppKey
     host: str | None
     path: str
     algorithm: str
@@ -56,7 +55,6 @@ class AppRoute:
     terminating: frozenset[str] = frozenset()
     desired: int = 0
     scale_to_zero: bool = False
-    generation: int = 0
 
     @property
     def hash_header(self) -> str | None:
@@ -108,9 +106,7 @@ def app_route(app: AppState, health: AppHealth | None) -> AppRoute | None:
             backends.append(backend)
     autoscale = app.spec.autoscale
     return AppRoute(
-        key=app.key,
-        namespace=app.namespace,
-        name=app.name,
+        key=AppKey(app.namespace, app.name),
         host=route.host,
         path=route.path,
         algorithm=route.algorithm,
@@ -119,7 +115,6 @@ def app_route(app: AppState, health: AppHealth | None) -> AppRoute | None:
         terminating=terminating,
         desired=app.replicas,
         scale_to_zero=autoscale is not None and autoscale.min == 0,
-        generation=app.generation,
     )
 
 
@@ -150,7 +145,9 @@ class RouteTable:
     __slots__ = ("_by_host", "_hostless", "_wildcards", "routes")
 
     def __init__(self, routes: Iterable[AppRoute]) -> None:
-        self.routes: dict[str, AppRoute] = {r.key: r for r in sorted(routes, key=lambda r: r.key)}
+        self.routes: dict[AppKey, AppRoute] = {
+            r.key: r for r in sorted(routes, key=lambda r: r.key)
+        }
         by_host: dict[str, list[AppRoute]] = {}
         wildcards: dict[str, list[AppRoute]] = {}
         hostless: list[AppRoute] = []
@@ -187,12 +184,3 @@ class RouteTable:
             if prefix_matches(r.path, path):
                 return r
         return None
-
-
-def build_table(apps: Mapping[str, AppState], health: Mapping[str, AppHealth]) -> RouteTable:
-    routes = []
-    for key, app in apps.items():
-        r = app_route(app, health.get(key))
-        if r is not None:
-            routes.append(r)
-    return RouteTable(routes)

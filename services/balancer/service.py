@@ -1,13 +1,14 @@
 """The balancer's I/O shell: bus state in, a route table out, two HTTP listeners.
 
-Inputs (retained): ``apps/+/+`` (route, algorithm, desired replicas, version weights) and
-``health/+/+`` (ready replicas and their endpoints). Every change marks the table dirty;
-a ``Reconciler`` rebuilds the routes of the changed apps and swaps in a new immutable
-``RouteTable`` (bursts of messages collapse into one rebuild).
+Inputs (retained, kept in views): ``APPS`` (route, algorithm, desired replicas, version
+weights) and ``HEALTH`` (ready replicas and their endpoints). Every change marks its app
+dirty; a ``Reconciler`` rebuilds the routes of the dirty apps and swaps in a new
+immutable ``RouteTable`` (bursts of messages collapse into one rebuild).
 
-Outputs: user traffic on ``--listen``; ``/metrics`` (Prometheus), ``/routes`` and
-``/healthz`` on ``--admin``; ``LbMetrics`` on ``metrics/lb/<instance>`` every second
-(QoS 0); ``WakeUp`` on ``wake/<ns>/<app>`` while requests are held for an app scaled to zero.
+Outputs: user traffic on ``--listen`` (the engine: ``fast.py`` or ``proxy.py``, deciding
+through ``policy.py``); ``/metrics`` (Prometheus), ``/routes`` and ``/healthz`` on
+``--admin``; ``LB_METRICS`` every second (QoS 0); ``WAKE`` while requests are held for
+an app scaled to zero.
 """
 
 from __future__ import annotations
@@ -15,21 +16,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from core.codec import Envelope
+from core.channels import APPS, HEALTH, LB_METRICS, WAKE
 from core.config import ServiceConfig
-from core.errors import TopicError
+from core.keys import AppKey
 from core.runner import Reconciler
 from core.service import Service
 from core.state import AppHealth, AppState, WakeUp
+from core.view import View
 from services.balancer.fast import FastEngine
+from services.balancer.policy import Policy, ProxyOptions
 from services.balancer.prom import LbCollector
-from services.balancer.proxy import Proxy, ProxyOptions
+from services.balancer.proxy import AiohttpEngine
 from services.balancer.routes import AppRoute, RouteTable, app_route
 
 
@@ -45,60 +49,40 @@ class BalancerOptions:
 
 class BalancerService(Service):
     name = "balancer"
+    apps: View[AppKey, AppState]
+    health: View[AppKey, AppHealth]
 
     def __init__(self, config: ServiceConfig, options: BalancerOptions | None = None) -> None:
         super().__init__(config)
         self.options = options or BalancerOptions()
-        self.apps: dict[str, AppState] = {}
-        self.health: dict[str, AppHealth] = {}
-        self.routes: dict[str, AppRoute] = {}
-        self._dirty: set[str] = set()
+        self.routes: dict[AppKey, AppRoute] = {}
+        self._dirty: set[AppKey] = set()
         self._synced = asyncio.Event()
-        self._woken: dict[str, float] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.proxy = Proxy(self.options.proxy, instance=self.instance, on_hold=self._on_hold)
+        self._woken: dict[AppKey, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.policy = Policy(self.options.proxy, instance=self.instance, on_hold=self._on_hold)
         self.runner: Reconciler[str] = Reconciler(
             "routes", self._rebuild, keys=lambda: ["table"], resync=30.0
         )
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(LbCollector(self.proxy))
+        self.registry.register(LbCollector(self.policy))
         self.bus.on_connect(self._after_connect)
 
     # -- inputs ------------------------------------------------------------------------
 
     async def setup(self) -> None:
-        await self.bus.subscribe(self.topics.all_apps, self._on_app)
-        await self.bus.subscribe(self.topics.all_health, self._on_health)
+        self.apps = await self.bus.view(APPS, on_change=self._changed)
+        self.health = await self.bus.view(HEALTH, on_change=self._on_health)
 
-    def _key(self, topic: str) -> tuple[str, str, str] | None:
-        try:
-            ns, name = self.topics.app_of(topic)
-        except TopicError:
-            return None
-        return ns, name, f"{ns}/{name}"
-
-    def _on_app(self, topic: str, env: Envelope | None) -> None:
-        key = self.track_app(topic, env, self.apps)
-        if key is not None:
-            self._dirty.add(key)
-            self.runner.mark("table")
-
-    def _on_health(self, topic: str, env: Envelope | None) -> None:
-        parsed = self._key(topic)
-        if parsed is None:
-            return
-        _, _, key = parsed
-        if env is None:
-            self.health.pop(key, None)
-        else:
-            health = self.read(topic, env, AppHealth)
-            if health is None:
-                return
-            self.health[key] = health
-            for rid in self.proxy.ejected.readmit(health.replicas):
-                self.log.info("replica readmitted: ready again after its ejection", replica=rid)
+    def _changed(self, key: AppKey, _: object) -> None:
         self._dirty.add(key)
         self.runner.mark("table")
+
+    def _on_health(self, key: AppKey, health: AppHealth | None) -> None:
+        if health is not None:
+            for rid in self.policy.ejected.readmit(health.replicas):
+                self.log.info("replica readmitted: ready again after its ejection", replica=rid)
+        self._changed(key, health)
 
     async def _after_connect(self) -> None:
         if not await self.bus.settle():
@@ -115,11 +99,11 @@ class BalancerService(Service):
             else:
                 self.routes[key] = route
         if dirty:
-            self.proxy.set_table(RouteTable(self.routes.values()))
+            self.policy.set_table(RouteTable(self.routes.values()))
             self.log.debug(
                 "route table rebuilt",
                 apps=len(self.routes),
-                changed=sorted(dirty)[:10],
+                changed=[str(k) for k in sorted(dirty)[:10]],
             )
         return None
 
@@ -129,22 +113,19 @@ class BalancerService(Service):
         last = self._woken.get(route.key, 0.0)
         if time.monotonic() - last >= 1.0:
             self._woken[route.key] = time.monotonic()
-            self._spawn(self._publish_wake(route.namespace, route.name))
+            self._spawn(self._publish_wake(route.key))
 
-    async def _publish_wake(self, namespace: str, name: str) -> None:
-        held = self.proxy.stats.app(f"{namespace}/{name}").held
+    async def _publish_wake(self, app: AppKey) -> None:
+        held = self.policy.stats.app(app).held
         try:
             await self.bus.publish(
-                self.topics.wake(namespace, name),
-                "wake",
-                WakeUp(namespace=namespace, name=name, held=held),
-                timeout=2,
+                WAKE, WakeUp(namespace=app.namespace, name=app.name, held=held), timeout=2
             )
-            self.log.info("wake-up requested", app=f"{namespace}/{name}", held=held)
+            self.log.info("wake-up requested", app=str(app), held=held)
         except Exception as err:
-            self.log.warning("wake-up not published", app=f"{namespace}/{name}", error=str(err))
+            self.log.warning("wake-up not published", app=str(app), error=str(err))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -158,28 +139,39 @@ class BalancerService(Service):
             await asyncio.sleep(interval - (time.monotonic() - last) % interval)
             now = time.monotonic()
             window, last = now - last, now
-            self.proxy.ejected.purge()
-            snapshot = self.proxy.stats.snapshot(
-                self.instance, window, time.time(), self.proxy.inflight
-            )
-            for key, s in self.proxy.stats.apps.items():
-                if s.held > 0 and key in self.routes:
-                    route = self.routes[key]
+            policy = self.policy
+            policy.ejected.purge()
+            snapshot = policy.stats.snapshot(self.instance, window, time.time(), policy.inflight)
+            for key, s in policy.stats.apps.items():
+                route = self.routes.get(key)
+                if s.held > 0 and route is not None:
                     self._on_hold(route)
             if not self.bus.connected:
                 continue
             try:
-                await self.bus.publish(
-                    self.topics.metrics_lb(self.instance),
-                    "lb_metrics",
-                    snapshot,
-                    qos=0,
-                    timeout=1,
-                )
+                await self.bus.publish(LB_METRICS, snapshot, timeout=1)
             except Exception as err:
                 self.log.debug("metrics not published", error=str(err))
 
     # -- HTTP --------------------------------------------------------------------------
+
+    def route_table(self) -> dict[str, Any]:
+        """The routes as ``/routes`` shows them, by ``ns/name``."""
+        ejected = self.policy.ejected
+        return {
+            str(key): {
+                "host": r.host,
+                "path": r.path,
+                "algorithm": r.algorithm,
+                "desired": r.desired,
+                "backends": [
+                    {"id": b.id, "endpoint": f"{b.host}:{b.port}", "weight": b.weight}
+                    for b in r.backends
+                ],
+                "ejected": [b.id for b in r.backends if b.id in ejected],
+            }
+            for key, r in self.routes.items()
+        }
 
     def admin_app(self) -> web.Application:
         app = web.Application()
@@ -194,22 +186,7 @@ class BalancerService(Service):
             )
 
         async def routes(_: web.Request) -> web.Response:
-            return web.json_response(
-                {
-                    key: {
-                        "host": r.host,
-                        "path": r.path,
-                        "algorithm": r.algorithm,
-                        "desired": r.desired,
-                        "backends": [
-                            {"id": b.id, "endpoint": f"{b.host}:{b.port}", "weight": b.weight}
-                            for b in r.backends
-                        ],
-                        "ejected": [b.id for b in r.backends if b.id in self.proxy.ejected],
-                    }
-                    for key, r in self.routes.items()
-                }
-            )
+            return web.json_response(self.route_table())
 
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
@@ -222,19 +199,9 @@ class BalancerService(Service):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._synced.wait(), 5)
         host, port = self.options.listen
-        runner: web.ServerRunner | None = None
-        engine: FastEngine | None = None
-        if self.options.engine == "fast":
-            engine = FastEngine(self.proxy)
-            await engine.start(host, port, reuse_port=self.options.reuse_port)
-        else:
-            await self.proxy.start()
-            server = web.Server(self.proxy.handle, access_log=None)
-            runner = web.ServerRunner(server, access_log=None, handle_signals=False)
-            await runner.setup()
-            await web.TCPSite(
-                runner, host, port, reuse_port=self.options.reuse_port or None, backlog=1024
-            ).start()
+        fast = self.options.engine == "fast"
+        engine = FastEngine(self.policy) if fast else AiohttpEngine(self.policy)
+        await engine.start(host, port, reuse_port=self.options.reuse_port)
         admin_runner: web.AppRunner | None = None
         if self.options.admin is not None:
             admin_runner = web.AppRunner(self.admin_app(), access_log=None, handle_signals=False)
@@ -259,10 +226,6 @@ class BalancerService(Service):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             # in-flight requests finish (up to the shutdown timeout), new ones are refused
-            if engine is not None:
-                await engine.close()
-            if runner is not None:
-                await runner.cleanup()
+            await engine.close()
             if admin_runner is not None:
                 await admin_runner.cleanup()
-            await self.proxy.close()

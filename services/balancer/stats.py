@@ -8,6 +8,7 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from core.keys import AppKey
 from core.state import LbMetrics, ReplicaRouteMetrics, RouteMetrics
 
 BUCKETS: tuple[float, ...] = (
@@ -119,12 +120,13 @@ class AppStats:
 
 
 class Stats:
-    """Per app (``ns/name``; ``-`` for requests that matched no route)."""
+    """Per app; ``unrouted`` counts the requests that matched no route."""
 
     def __init__(self) -> None:
-        self.apps: dict[str, AppStats] = {}
+        self.apps: dict[AppKey, AppStats] = {}
+        self.unrouted = AppStats()
 
-    def app(self, key: str) -> AppStats:
+    def app(self, key: AppKey) -> AppStats:
         s = self.apps.get(key)
         if s is None:
             s = self.apps[key] = AppStats()
@@ -137,12 +139,13 @@ class Stats:
         now: float,
         inflight: Mapping[str, int] | None = None,
     ) -> LbMetrics:
-        """Every app that saw traffic (or holds some) in the window; ``inflight`` is per
-        replica id, across apps (ids are unique cluster-wide)."""
+        """Every app that saw traffic (or holds some) in the window, by ``ns/name``;
+        ``inflight`` is per replica id, across apps (ids are unique cluster-wide)."""
+        self.unrouted.flush(window)
         apps: dict[str, RouteMetrics] = {}
         for key, s in self.apps.items():
-            if key == "-" or s.idle:
+            if s.idle:
                 s.flush(window)
                 continue
-            apps[key] = s.flush(window, inflight)
+            apps[str(key)] = s.flush(window, inflight)
         return LbMetrics(instance=instance, window=window, apps=apps, ts=now)

@@ -5,17 +5,29 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.bus import Bus
+from core.channels import (
+    APPLY,
+    APPS,
+    DELETE,
+    HEALTH,
+    NODE_INFO,
+    NODE_REPLICAS,
+    SCALER_STATUS,
+    SCHEDULER_STATUS,
+)
 from core.commands import ApplyCommand, DeleteCommand, Reply
 from core.errors import ShoalError, SpecError
+from core.keys import AppKey
 from core.spec import load_specs, parse_documents
 from core.state import (
     AppHealth,
@@ -62,7 +74,7 @@ def _load_files(files: tuple[str, ...]) -> list[Any]:
     return docs
 
 
-def _fail(errors: list[str]) -> None:
+def _fail(errors: list[str]) -> NoReturn:
     err_console.print("[red]error:[/red] the spec is invalid; nothing was changed", highlight=False)
     for line in errors:
         err_console.print(f"  - {line}", highlight=False, markup=False)
@@ -73,9 +85,8 @@ def _print_reply(reply: Reply) -> None:
     if not reply.ok:
         _fail(reply.errors)
     for result in reply.results:
-        click.echo(
-            f"app {result.namespace}/{result.name} {result.change} (revision {result.revision})"
-        )
+        key = AppKey(result.namespace, result.name)
+        click.echo(f"app {key} {result.change} (revision {result.revision})")
 
 
 # -- apply ------------------------------------------------------------------------------
@@ -111,16 +122,14 @@ async def _apply(
     source: str,
 ) -> None:
     async with connect(opts) as bus:
-        env = await bus.request(
-            bus.topics.cmd("apply"),
-            "apply",
+        reply = await bus.request(
+            APPLY,
             ApplyCommand(apps=docs, dry_run=dry_run, source=f"cli:{source}"),
             timeout=opts.timeout,
         )
-        reply = env.open(Reply)
         _print_reply(reply)
         if wait and not dry_run:
-            keys = [(r.namespace, r.name) for r in reply.results]
+            keys = [AppKey(r.namespace, r.name) for r in reply.results]
             await wait_ready(bus, keys, wait_timeout)
 
 
@@ -132,11 +141,10 @@ def rollout_progress(app: AppState, health: AppHealth | None) -> tuple[int, int,
     return ready, app.replicas, others
 
 
-async def wait_ready(bus: Bus, keys: list[tuple[str, str]], timeout: float) -> None:
+async def wait_ready(bus: Bus, keys: list[AppKey], timeout: float) -> None:
     """Show progress until every app has all replicas of its revision ready."""
-    topics = bus.topics
-    await bus.subscribe(topics.all_apps, lambda t, e: None, cache=True)
-    await bus.subscribe(topics.all_health, lambda t, e: None, cache=True)
+    apps = await bus.view(APPS)
+    healths = await bus.view(HEALTH)
     started = time.monotonic()
     with Progress(
         TextColumn("{task.description}"),
@@ -146,28 +154,25 @@ async def wait_ready(bus: Bus, keys: list[tuple[str, str]], timeout: float) -> N
         console=err_console,
         transient=False,
     ) as progress:
-        tasks = {key: progress.add_task(f"{key[0]}/{key[1]}", total=None, note="") for key in keys}
+        tasks = {key: progress.add_task(str(key), total=None, note="") for key in keys}
         pending = set(keys)
         while pending:
             if time.monotonic() - started > timeout:
                 raise ShoalError(
                     f"timed out after {timeout:g}s waiting for "
-                    + ", ".join(f"{ns}/{n}" for ns, n in sorted(pending))
+                    + ", ".join(str(key) for key in sorted(pending))
                 )
             for key in list(pending):
-                env = bus.cache.get(topics.app(*key))
-                if env is None:
+                app = apps.get(key)
+                if app is None:
                     continue
-                app = env.open(AppState)
-                h_env = bus.cache.get(topics.health(*key))
-                health = h_env.open(AppHealth) if h_env else None
-                ready, desired, others = rollout_progress(app, health)
+                ready, desired, others = rollout_progress(app, healths.get(key))
                 note = f"(+{others} old)" if others else ""
                 if app.phase in ("rolled_back", "failed"):
                     note = f"[red]{app.phase}: {app.message}[/red]"
                 progress.update(tasks[key], total=desired, completed=ready, note=note)
                 if app.phase in ("rolled_back", "failed"):
-                    raise ShoalError(f"{key[0]}/{key[1]} {app.phase}: {app.message}")
+                    raise ShoalError(f"{key} {app.phase}: {app.message}")
                 if ready >= desired and others == 0:
                     pending.discard(key)
             await asyncio.sleep(0.1)
@@ -175,13 +180,6 @@ async def wait_ready(bus: Bus, keys: list[tuple[str, str]], timeout: float) -> N
 
 
 # -- get --------------------------------------------------------------------------------
-
-
-async def snapshot(bus: Bus, *patterns: str) -> None:
-    """Fill the bus cache with the retained values under ``patterns``."""
-    for pattern in patterns:
-        await bus.subscribe(pattern, lambda t, e: None, cache=True)
-    await bus.sync()
 
 
 def _age(ts: float | None) -> str:
@@ -207,53 +205,31 @@ def get(opts: ClientOptions, what: str, namespace: str | None, output: str) -> N
 
 async def _get(opts: ClientOptions, what: str, namespace: str | None, output: str) -> None:
     async with connect(opts) as bus:
-        t = bus.topics
-        await snapshot(
-            bus,
-            t.all_apps,
-            t.all_health,
-            t.all_node_info,
-            t.all_node_replicas,
-            t.all_scheduler_status,
-            t.all_scaler_status,
-        )
-        apps = [e.open(AppState) for e in bus.cached(t.all_apps).values()]
-        healths = {
-            (h.namespace, h.name): h
-            for h in (e.open(AppHealth) for e in bus.cached(t.all_health).values())
-        }
-        nodes = [e.open(NodeInfo) for e in bus.cached(t.all_node_info).values()]
-        observed = [e.open(NodeReplicas) for e in bus.cached(t.all_node_replicas).values()]
-        placement = {
-            (s.namespace, s.name): s
-            for s in (e.open(SchedulerStatus) for e in bus.cached(t.all_scheduler_status).values())
-        }
-        scaling = {
-            (s.namespace, s.name): s
-            for s in (e.open(ScalerStatus) for e in bus.cached(t.all_scaler_status).values())
-        }
+        app_view = await bus.view(APPS)
+        health_view = await bus.view(HEALTH)
+        node_view = await bus.view(NODE_INFO)
+        observed_view = await bus.view(NODE_REPLICAS)
+        placement_view = await bus.view(SCHEDULER_STATUS)
+        scaling_view = await bus.view(SCALER_STATUS)
+        await bus.sync()
+        apps = sorted(app_view.items())
+        healths = dict(health_view)
+        nodes = list(node_view.values())
+        observed = list(observed_view.values())
+        placement = dict(placement_view)
+        scaling = dict(scaling_view)
     if namespace:
-        apps = [a for a in apps if a.namespace == namespace]
-    apps.sort(key=lambda a: (a.namespace, a.name))
+        apps = [(key, a) for key, a in apps if key.namespace == namespace]
     nodes.sort(key=lambda n: n.node)
     replicas = sorted(
         (r for o in observed for r in o.replicas if not namespace or r.namespace == namespace),
         key=lambda r: r.id,
     )
     if what == "apps":
-        running: dict[tuple[str, str], int] = {}
-        for r in replicas:
-            if r.phase == "running":
-                running[(r.namespace, r.app)] = running.get((r.namespace, r.app), 0) + 1
+        running = Counter(AppKey(r.namespace, r.app) for r in replicas if r.phase == "running")
         views = [
-            AppView(
-                a,
-                healths.get((a.namespace, a.name)),
-                running.get((a.namespace, a.name), 0),
-                placement.get((a.namespace, a.name)),
-                scaling.get((a.namespace, a.name)),
-            )
-            for a in apps
+            AppView(a, healths.get(key), running[key], placement.get(key), scaling.get(key))
+            for key, a in apps
         ]
         _show_apps(views, output)
     elif what == "nodes":
@@ -284,7 +260,7 @@ async def _get(opts: ClientOptions, what: str, namespace: str | None, output: st
                 phase = f"unknown (node {node_status.get(r.node, 'unknown')})"
             table.add_row(
                 r.id,
-                f"{r.namespace}/{r.app}",
+                str(AppKey(r.namespace, r.app)),
                 str(r.revision),
                 r.node,
                 phase,
@@ -441,10 +417,9 @@ async def _delete(opts: ClientOptions, commands: list[DeleteCommand]) -> None:
     failed = False
     async with connect(opts) as bus:
         for cmd in commands:
-            env = await bus.request(bus.topics.cmd("delete"), "delete", cmd, timeout=opts.timeout)
-            reply = env.open(Reply)
+            reply = await bus.request(DELETE, cmd, timeout=opts.timeout)
             if reply.ok:
-                click.echo(f"app {cmd.namespace}/{cmd.name} deleted")
+                click.echo(f"app {AppKey(cmd.namespace, cmd.name)} deleted")
             else:
                 failed = True
                 for line in reply.errors:

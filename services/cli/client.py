@@ -16,7 +16,7 @@ import click
 from pydantic import BaseModel
 from rich.console import Console
 
-from core.bus import Bus
+from core.bus import Bus, connect_bus
 from core.config import DEFAULT_BROKER, BrokerURL, ConfigError
 from core.errors import ShoalError
 from core.topics import Topics
@@ -84,7 +84,8 @@ async def connect(opts: ClientOptions) -> AsyncIterator[Bus]:
         url = BrokerURL.parse(opts.broker)
     except ConfigError as err:
         raise click.BadParameter(str(err), param_hint="--broker") from err
-    bus = Bus(url, Topics(opts.prefix), client_id=f"cli-{uuid.uuid4().hex[:10]}", src="cli")
+    client_id = f"cli-{uuid.uuid4().hex[:10]}"
+    bus = connect_bus(url, Topics(opts.prefix), client_id=client_id, src="cli")
     task = asyncio.create_task(bus.run(), name="cli-bus")
     try:
         try:

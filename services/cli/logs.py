@@ -12,11 +12,13 @@ import asyncio
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 
 import click
 
-from core.codec import Envelope
-from core.errors import CodecError, ShoalError
+from core.channels import LOGS_REQUEST, LOGS_STREAM, NODE_REPLICAS
+from core.errors import ShoalError
+from core.keys import AppKey
 from core.logs import setup_logging
 from core.state import LogChunk, LogsRequest, NodeReplicas
 from services.cli.client import ClientOptions, client_options, connect, err_console, run_async
@@ -25,15 +27,14 @@ LEASE = 10.0
 
 
 def expected_streams(
-    reports: list[NodeReplicas], namespace: str, app: str, replica: str | None
+    reports: Iterable[NodeReplicas], app: AppKey, replica: str | None
 ) -> set[tuple[str, str]]:
     """(node, replica) of every container the agents report for the app."""
     return {
         (r.node, r.id)
         for report in reports
         for r in report.replicas
-        if r.namespace == namespace
-        and r.app == app
+        if AppKey(r.namespace, r.app) == app
         and r.container_id
         and (replica is None or r.id == replica or r.id.endswith(replica))
     }
@@ -51,27 +52,18 @@ async def _logs(
         request_id = uuid.uuid4().hex
         chunks: asyncio.Queue[LogChunk] = asyncio.Queue()
 
-        def on_chunk(topic: str, env: Envelope | None) -> None:
-            if env is None:
-                return
-            try:
-                chunks.put_nowait(env.open(LogChunk))
-            except CodecError as err:
-                err_console.print(f"[yellow]warning:[/yellow] bad log chunk: {err}")
+        def on_chunk(request: str, chunk: LogChunk | None) -> None:
+            if chunk is not None:
+                chunks.put_nowait(chunk)
 
-        await bus.subscribe(bus.topics.all_node_replicas, lambda t, e: None, cache=True)
-        await bus.subscribe(bus.topics.logs_stream(request_id), on_chunk)
+        reports = await bus.view(NODE_REPLICAS)
+        await bus.subscribe(LOGS_STREAM, on_chunk, key=request_id)
         await bus.sync(timeout=opts.timeout)
-        reports = []
-        for env in bus.cached(bus.topics.all_node_replicas).values():
-            try:
-                reports.append(env.open(NodeReplicas))
-            except CodecError:
-                continue
-        expected = expected_streams(reports, namespace, app, replica)
+        key = AppKey(namespace, app)
+        expected = expected_streams(reports.values(), key, replica)
         if not expected:
             what = f"replica {replica} of " if replica else ""
-            raise ShoalError(f"no running {what}app {namespace}/{app} found on any node")
+            raise ShoalError(f"no running {what}app {key} found on any node")
         # A --replica suffix resolves to the full id.
         replica_id = next(iter(expected))[1] if replica and len(expected) == 1 else replica
         request = LogsRequest(
@@ -83,14 +75,14 @@ async def _logs(
             follow=follow,
             lease=LEASE,
         )
-        await bus.publish(bus.topics.logs_request, "logs_request", request, qos=1)
+        await bus.publish(LOGS_REQUEST, request)
         prefix_lines = len(expected) > 1
         pending = set(expected)
         renewed = time.monotonic()
         last_chunk = time.monotonic()
         while follow or pending:
             if follow and time.monotonic() - renewed > LEASE / 3:
-                await bus.publish(bus.topics.logs_request, "logs_request", request, qos=1)
+                await bus.publish(LOGS_REQUEST, request)
                 renewed = time.monotonic()
             try:
                 chunk = await asyncio.wait_for(chunks.get(), timeout=1.0)

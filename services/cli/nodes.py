@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TypeVar
 
 import click
-from pydantic import BaseModel
 from rich.table import Table
 
 from core.bus import Bus
-from core.commands import NodeCommand, Reply
-from core.errors import CodecError, RequestTimeout, ShoalError
+from core.channels import NODE, NODE_ASSIGN, NODE_CORDON, NODE_INFO
+from core.commands import NodeCommand
+from core.errors import RequestTimeout, ShoalError
 from core.logs import setup_logging
 from core.state import NodeAssignment, NodeCordon, NodeInfo
 from core.units import format_memory
@@ -28,8 +27,6 @@ from services.cli.client import (
     run_async,
 )
 
-M = TypeVar("M", bound=BaseModel)
-
 
 @click.group("node")
 def node() -> None:
@@ -38,10 +35,9 @@ def node() -> None:
 
 async def _request(bus: Bus, command: NodeCommand, timeout: float) -> None:
     try:
-        env = await bus.request(bus.topics.cmd("node"), "node_command", command, timeout=timeout)
+        reply = await bus.request(NODE, command, timeout=timeout)
     except RequestTimeout as err:
         raise RequestTimeout(f"{err} (node commands are answered by the scheduler)") from err
-    reply = env.open(Reply)
     if not reply.ok:
         for line in reply.errors:
             err_console.print(f"[red]error:[/red] {line}", highlight=False)
@@ -49,14 +45,13 @@ async def _request(bus: Bus, command: NodeCommand, timeout: float) -> None:
 
 
 async def _wait_empty(bus: Bus, node_id: str, timeout: float) -> None:
-    topic = bus.topics.node_assign(node_id)
-    await bus.subscribe(topic, lambda t, e: None, cache=True)
+    assignments = await bus.view(NODE_ASSIGN, key=node_id)
     await bus.sync()
     deadline = time.monotonic() + timeout
     last = -1
     while True:
-        env = bus.cache.get(topic)
-        left = len(env.open(NodeAssignment).replicas) if env is not None else 0
+        assignment = assignments.get(node_id)
+        left = len(assignment.replicas) if assignment is not None else 0
         if left == 0:
             click.echo(f"node {node_id} drained")
             return
@@ -131,16 +126,16 @@ class NodeRow:
 
 
 def node_rows(
-    infos: list[NodeInfo], assigns: list[NodeAssignment], cordons: list[NodeCordon]
+    infos: Iterable[NodeInfo],
+    assigns: Mapping[str, NodeAssignment],
+    cordons: Mapping[str, NodeCordon],
 ) -> list[NodeRow]:
     """One row per node: status, cordon, labels, replicas and what they request."""
-    by_assign = {a.node: a for a in assigns}
-    by_cordon = {c.node: c for c in cordons}
     rows = []
     for info in sorted(infos, key=lambda i: i.node):
-        assignment = by_assign.get(info.node) or NodeAssignment(node=info.node)
+        assignment = assigns.get(info.node) or NodeAssignment(node=info.node)
         specs = [assignment.specs.get(r.spec_key) for r in assignment.replicas]
-        cordon = by_cordon.get(info.node)
+        cordon = cordons.get(info.node)
         schedule = ("draining" if cordon.drain else "cordoned") if cordon is not None else ""
         rows.append(
             NodeRow(
@@ -167,23 +162,11 @@ def list_nodes(opts: ClientOptions, output: str) -> None:
 
     async def go() -> list[NodeRow]:
         async with connect(opts) as bus:
-            t = bus.topics
-            for pattern in (t.all_node_info, t.all_node_assign, t.all_node_cordon):
-                await bus.subscribe(pattern, lambda topic, env: None, cache=True)
+            infos = await bus.view(NODE_INFO)
+            assigns = await bus.view(NODE_ASSIGN)
+            cordons = await bus.view(NODE_CORDON)
             await bus.sync()
-
-            def models(pattern: str, model: type[M]) -> list[M]:
-                found = []
-                for env in bus.cached(pattern).values():
-                    with contextlib.suppress(CodecError):
-                        found.append(env.open(model))
-                return found
-
-            return node_rows(
-                models(t.all_node_info, NodeInfo),
-                models(t.all_node_assign, NodeAssignment),
-                models(t.all_node_cordon, NodeCordon),
-            )
+            return node_rows(infos.values(), assigns, cordons)
 
     rows = run_async(go())
     if output == "json":

@@ -7,24 +7,27 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import click
+from pydantic import BaseModel
 from rich.markup import escape
 from rich.table import Table
 
 from core.bus import Bus
+from core.channels import APPLY, APPS, HEALTH, HISTORY, ROLLBACK, ROLLOUT, Command
 from core.commands import (
     ApplyCommand,
-    History,
     HistoryQuery,
     Reply,
     RollbackCommand,
     RolloutCommand,
 )
 from core.errors import ShoalError, SpecError
+from core.keys import AppKey
 from core.spec import load_specs, parse_documents
 from core.state import AppHealth, AppState
+from core.view import View
 from services.cli.client import (
     ClientOptions,
     client_options,
@@ -38,8 +41,10 @@ from services.cli.client import (
 #: Phases in which a rollout has stopped moving by itself.
 SETTLED = ("stable", "rolled_back", "failed", "paused")
 
+M = TypeVar("M", bound=BaseModel)
 
-def _refused(errors: list[str]) -> None:
+
+def _refused(errors: list[str]) -> NoReturn:
     for line in errors:
         err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False)
     sys.exit(1)
@@ -49,25 +54,19 @@ def _time(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-async def _command(bus: Bus, command: str, body: Any, timeout: float) -> Reply:
-    env = await bus.request(bus.topics.cmd(command), command, body, timeout=timeout)
-    reply = env.open(Reply)
+async def _command(bus: Bus, command: Command[M, Reply], body: M, timeout: float) -> Reply:
+    reply = await bus.request(command, body, timeout=timeout)
     if not reply.ok:
         _refused(reply.errors)
     return reply
 
 
-async def _app(bus: Bus, namespace: str, name: str) -> tuple[AppState | None, AppHealth | None]:
-    topics = bus.topics
-    await bus.subscribe(topics.app(namespace, name), lambda t, e: None, cache=True)
-    await bus.subscribe(topics.health(namespace, name), lambda t, e: None, cache=True)
+async def _follow(bus: Bus, key: AppKey) -> tuple[View[AppKey, AppState], View[AppKey, AppHealth]]:
+    """Views of one app's desired state and health, loaded."""
+    apps = await bus.view(APPS, key=key)
+    healths = await bus.view(HEALTH, key=key)
     await bus.sync()
-    app_env = bus.cache.get(topics.app(namespace, name))
-    health_env = bus.cache.get(topics.health(namespace, name))
-    return (
-        app_env.open(AppState) if app_env else None,
-        health_env.open(AppHealth) if health_env else None,
-    )
+    return apps, healths
 
 
 @click.group()
@@ -93,15 +92,11 @@ def history(opts: ClientOptions, name: str, namespace: str, output: str) -> None
 
 async def _history(opts: ClientOptions, namespace: str, name: str, output: str) -> None:
     async with connect(opts) as bus:
-        env = await bus.request(
-            bus.topics.cmd("history"),
-            "history",
-            HistoryQuery(namespace=namespace, name=name),
-            timeout=opts.timeout,
+        hist = await bus.request(
+            HISTORY, HistoryQuery(namespace=namespace, name=name), timeout=opts.timeout
         )
-    if env.kind != "revisions":
-        _refused(env.open(Reply).errors)
-    hist = env.open(History)
+    if isinstance(hist, Reply):
+        _refused(hist.errors)
     if output == "json":
         print_json(hist)
         return
@@ -119,7 +114,7 @@ async def _history(opts: ClientOptions, namespace: str, name: str, output: str) 
         )
     console.print(table)
     console.print(
-        f"{namespace}/{name}: revision {hist.revision}, {hist.phase}"
+        f"{AppKey(namespace, name)}: revision {hist.revision}, {hist.phase}"
         + (f" ({hist.message})" if hist.message else ""),
         highlight=False,
         markup=False,
@@ -145,15 +140,16 @@ async def _undo(opts: ClientOptions, namespace: str, name: str, to_revision: int
     async with connect(opts) as bus:
         reply = await _command(
             bus,
-            "rollback",
+            ROLLBACK,
             RollbackCommand(namespace=namespace, name=name, to_revision=to_revision),
             opts.timeout,
         )
     for r in reply.results:
+        key = AppKey(r.namespace, r.name)
         if r.change == "unchanged":
-            click.echo(f"app {r.namespace}/{r.name} unchanged: already on that template")
+            click.echo(f"app {key} unchanged: already on that template")
         else:
-            click.echo(f"app {r.namespace}/{r.name} rolling back as revision {r.revision}")
+            click.echo(f"app {key} rolling back as revision {r.revision}")
             for line in r.changes:
                 click.echo(f"  {line}")
 
@@ -175,9 +171,9 @@ def _action_command(action: str, doc: str) -> click.Command:
 async def _action(opts: ClientOptions, namespace: str, name: str, action: str) -> None:
     async with connect(opts) as bus:
         body = RolloutCommand(namespace=namespace, name=name, action=action)
-        reply = await _command(bus, "rollout", body, opts.timeout)
+        reply = await _command(bus, ROLLOUT, body, opts.timeout)
     done = "promoted: rolling out" if action == "promote" else "aborted: back to"
-    click.echo(f"app {namespace}/{name} {done} revision {reply.revision}")
+    click.echo(f"app {AppKey(namespace, name)} {done} revision {reply.revision}")
 
 
 promote = _action_command("promote", "Complete a paused canary: roll the new revision out.")
@@ -194,7 +190,7 @@ def describe(app: AppState, health: AppHealth | None) -> list[str]:
         if r.ready and not r.terminating:
             ready[r.revision] = ready.get(r.revision, 0) + 1
     lines = [
-        f"{app.namespace}/{app.name}: revision {app.revision}, {app.phase}"
+        f"{AppKey(app.namespace, app.name)}: revision {app.revision}, {app.phase}"
         + (f": {app.message}" if app.message else "")
     ]
     for v in app.versions:
@@ -223,10 +219,12 @@ def status(
 async def _status(
     opts: ClientOptions, namespace: str, name: str, watch: bool, watch_timeout: float
 ) -> None:
+    key = AppKey(namespace, name)
     async with connect(opts) as bus:
-        app, health = await _app(bus, namespace, name)
+        apps, healths = await _follow(bus, key)
+        app, health = apps.get(key), healths.get(key)
         if app is None:
-            raise ShoalError(f"app {namespace}/{name} not found")
+            raise ShoalError(f"app {key} not found")
         shown: list[str] = []
         started = time.monotonic()
         while True:
@@ -238,14 +236,11 @@ async def _status(
             if not watch or app.phase in SETTLED:
                 break
             if time.monotonic() - started > watch_timeout:
-                raise ShoalError(f"rollout of {namespace}/{name} still {app.phase}")
+                raise ShoalError(f"rollout of {key} still {app.phase}")
             await asyncio.sleep(0.2)
-            app_env = bus.cache.get(bus.topics.app(namespace, name))
-            if app_env is None:
-                raise ShoalError(f"app {namespace}/{name} was deleted")
-            app = app_env.open(AppState)
-            health_env = bus.cache.get(bus.topics.health(namespace, name))
-            health = health_env.open(AppHealth) if health_env else None
+            app, health = apps.get(key), healths.get(key)
+            if app is None:
+                raise ShoalError(f"app {key} was deleted")
     if app.phase in ("failed", "rolled_back"):
         sys.exit(1)
 
@@ -280,22 +275,19 @@ def diff(opts: ClientOptions, files: tuple[str, ...], exit_code: bool) -> None:
 
 async def _diff(opts: ClientOptions, docs: list[Any], source: str) -> bool:
     async with connect(opts) as bus:
-        await bus.subscribe(bus.topics.all_apps, lambda t, e: None, cache=True)
+        apps = await bus.view(APPS)
         await bus.sync()
-        current = {
-            (a.namespace, a.name): a
-            for a in (e.open(AppState) for e in bus.cached(bus.topics.all_apps).values())
-        }
+        current = dict(apps)
         reply = await _command(
             bus,
-            "apply",
+            APPLY,
             ApplyCommand(apps=docs, dry_run=True, source=f"cli:{source}"),
             opts.timeout,
         )
     changed = False
     for r in reply.results:
-        label = f"{r.namespace}/{r.name}"
-        now = current.get((r.namespace, r.name))
+        label = AppKey(r.namespace, r.name)
+        now = current.get(label)
         if r.change == "unchanged":
             click.echo(f"  {label}: unchanged (revision {r.revision})")
             continue

@@ -11,7 +11,9 @@ import sys
 import click
 from pydantic import ValidationError
 
-from core.commands import Reply, ScaleCommand
+from core.channels import SCALE
+from core.commands import ScaleCommand
+from core.keys import AppKey
 from core.spec import format_validation_error
 from services.cli.client import ClientOptions, client_options, connect, err_console, run_async
 
@@ -34,9 +36,8 @@ def scale(opts: ClientOptions, name: str, replicas: int, namespace: str) -> None
 
 async def _scale(opts: ClientOptions, command: ScaleCommand) -> None:
     async with connect(opts) as bus:
-        env = await bus.request(bus.topics.cmd("scale"), "scale", command, timeout=opts.timeout)
-    reply = env.open(Reply)
-    key = f"{command.namespace}/{command.name}"
+        reply = await bus.request(SCALE, command, timeout=opts.timeout)
+    key = AppKey(command.namespace, command.name)
     if not reply.ok:
         err_console.print(f"[red]error:[/red] {key} was not scaled", highlight=False)
         for line in reply.errors or ["the controller refused without a reason"]:

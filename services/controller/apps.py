@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 
 from core.commands import AppChange, ScaleCommand
 from core.errors import SpecError
+from core.keys import AppKey
 from core.spec import AppSpec
 from core.state import AppState, AppVersion
 from services.controller.diff import diff_specs, template_changed
 from services.controller.rollout import Rollout, begin_rollback, with_template
-
-Key = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,8 @@ class AppRecord:
     rollout: Rollout | None = None
 
     @property
-    def key(self) -> Key:
-        return (self.state.namespace, self.state.name)
+    def key(self) -> AppKey:
+        return AppKey(self.state.namespace, self.state.name)
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class NewRevision:
 
 @dataclass(frozen=True)
 class Decision:
-    key: Key
+    key: AppKey
     change: AppChange
     record: AppRecord | None
     revision: NewRevision | None = None
@@ -69,10 +68,6 @@ class Decision:
         if self.record is not None:
             return self.record.state.revision
         return self.revision.revision if self.revision is not None else 0
-
-
-def key_of(spec: AppSpec) -> Key:
-    return (spec.namespace, spec.name)
 
 
 def effective_replicas(spec: AppSpec, current: int | None) -> int:
@@ -134,7 +129,7 @@ def decide_apply(
     current: AppRecord | None, spec: AppSpec, next_revision: int, now: float, source: str
 ) -> Decision:
     """Create or update one app from a validated spec."""
-    key = key_of(spec)
+    key = spec.key
     spec = _with_replicas(
         spec, effective_replicas(spec, current.state.replicas if current else None)
     )
@@ -226,13 +221,12 @@ def decide_scale(current: AppRecord, command: ScaleCommand, now: float) -> Decis
     state = current.state
     key = current.key
     scale = state.spec.autoscale
-    name = f"{state.namespace}/{state.name}"
     if command.source == "autoscaler" and scale is None:
-        raise SpecError([f"app {name} has no autoscale; the autoscaler may not scale it"])
+        raise SpecError([f"app {key} has no autoscale; the autoscaler may not scale it"])
     if scale is not None and not scale.min <= command.replicas <= scale.max:
         raise SpecError(
             [
-                f"app {name} autoscales between {scale.min} and {scale.max} replicas: "
+                f"app {key} autoscales between {scale.min} and {scale.max} replicas: "
                 f"cannot scale to {command.replicas} (change autoscale in the spec)"
             ]
         )
@@ -281,7 +275,7 @@ def decide_promote(current: AppRecord, now: float) -> Decision:
     rollout = current.rollout
     state = current.state
     if rollout is None or not rollout.canary:
-        raise SpecError([f"app {state.namespace}/{state.name} has no canary to promote"])
+        raise SpecError([f"app {current.key} has no canary to promote"])
     new_rollout = rollout.model_copy(update={"canary": False, "progress_at": now})
     new_state = state.model_copy(
         update={
@@ -298,15 +292,15 @@ def decide_promote(current: AppRecord, now: float) -> Decision:
 def decide_abort(current: AppRecord, now: float, who: str = "") -> Decision:
     rollout = current.rollout
     state = current.state
-    name = f"{state.namespace}/{state.name}"
+    key = current.key
     if rollout is None or rollout.rollback_of is not None:
-        raise SpecError([f"app {name} has no rollout in progress to abort"])
+        raise SpecError([f"app {key} has no rollout in progress to abort"])
     what = "canary" if rollout.canary else "rollout"
     reason = f"{what} of revision {state.revision} aborted{' by ' + who if who else ''}"
     reason = f"rolled back to revision {rollout.from_revision}: {reason}"
     rolled = begin_rollback(state, rollout, now, reason)
     if rolled is None:
-        raise SpecError([f"app {name}: revision {rollout.from_revision} is no longer available"])
+        raise SpecError([f"app {key}: revision {rollout.from_revision} is no longer available"])
     new_rollout = Rollout(
         from_revision=rolled.revision,
         started=now,

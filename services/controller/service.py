@@ -1,21 +1,29 @@
 """The controller's I/O shell: commands in, retained ``apps/<ns>/<name>`` out.
 
 Decisions are made by ``apps.py`` (commands) and ``rollout.py`` (rollout steps); this
-module reads and writes the SQLite store, publishes, replies and emits events. One lock
-serialises every read-modify-write of an app record (command handlers, rollout steps and
-the republish on connect), so a record is persisted, then published, in one order.
+module reads and writes the SQLite store, publishes, answers commands and emits events.
+One lock serialises every read-modify-write of an app record (command handlers, rollout
+steps and the republish on connect), so a record is persisted, then published, in one order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
+from core.channels import (
+    APPLY,
+    APPS,
+    DELETE,
+    HEALTH,
+    HISTORY,
+    NODE_REPLICAS,
+    ROLLBACK,
+    ROLLOUT,
+    SCALE,
+)
 from core.codec import Envelope
 from core.commands import (
     ApplyCommand,
@@ -30,41 +38,27 @@ from core.commands import (
     ScaleCommand,
 )
 from core.config import ServiceConfig
-from core.errors import BusError, CodecError, ShoalError, SpecError, TopicError
+from core.errors import BusError, ShoalError, SpecError
+from core.keys import AppKey
 from core.runner import Reconciler
 from core.service import Service
-from core.spec import format_validation_error, validate_apps
+from core.spec import validate_apps
 from core.state import AppHealth, AppState, NodeReplicas, ReplicaStatus
 from services.controller.apps import (
     AppRecord,
     Decision,
-    Key,
     decide_abort,
     decide_apply,
     decide_promote,
     decide_scale,
     decide_undo,
-    key_of,
 )
 from services.controller.rollout import Note, failing_replicas, plan_rollout
 from services.controller.store import Store
-
-#: Commands this service answers, by the last level of ``cmd/<command>``.
-HANDLED: dict[str, type[BaseModel]] = {
-    "apply": ApplyCommand,
-    "delete": DeleteCommand,
-    "scale": ScaleCommand,
-    "rollback": RollbackCommand,
-    "history": HistoryQuery,
-    "rollout": RolloutCommand,
-}
+from services.controller.strays import follow_keys
 
 #: Seconds between full passes over active rollouts (health changes also trigger a step).
 RESYNC = 5.0
-
-
-def _label(key: Key) -> str:
-    return f"{key[0]}/{key[1]}"
 
 
 def _source(kind: str, detail: str, env: Envelope) -> str:
@@ -79,12 +73,16 @@ class ControllerService(Service):
         super().__init__(config)
         self.data_dir = Path(data_dir)
         self.store: Store | None = None
-        self.apps: dict[Key, AppRecord] = {}
+        self.apps: dict[AppKey, AppRecord] = {}
         self.lock = asyncio.Lock()
-        self.unpublished: set[Key] = set()
+        self.unpublished: set[AppKey] = set()
+        #: retained health per app (a view of the bus once set up)
+        self.health: Mapping[AppKey, AppHealth] = {}
+        #: every app with a retained value on ``apps/``, whatever that value is
+        self.retained: set[AppKey] = set()
         #: observed replicas, node -> app -> replicas (to see new revisions crash-loop)
-        self.observed: dict[str, dict[Key, list[ReplicaStatus]]] = {}
-        self.rollouts: Reconciler[Key] = Reconciler(
+        self.observed: dict[str, dict[AppKey, list[ReplicaStatus]]] = {}
+        self.rollouts: Reconciler[AppKey] = Reconciler(
             "rollouts", self._step, keys=self._active, resync=RESYNC
         )
         self.bus.on_connect(self._republish)
@@ -101,10 +99,15 @@ class ControllerService(Service):
                 rollout = record.rollout.model_copy(update={"progress_at": now})
                 self.apps[key] = AppRecord(record.state, rollout)
         self.log.info("loaded apps", count=len(self.apps), db=str(self.store.path))
-        await self.bus.subscribe(self.topics.all_commands, self._on_command, allow_json=True)
-        await self.bus.subscribe(self.topics.all_health, self._on_health, cache=True)
-        await self.bus.subscribe(self.topics.all_apps, self._on_app, cache=True)
-        await self.bus.subscribe(self.topics.all_node_replicas, self._on_node_replicas)
+        await self.bus.answer(APPLY, self._cmd_apply)
+        await self.bus.answer(DELETE, self._cmd_delete)
+        await self.bus.answer(SCALE, self._cmd_scale)
+        await self.bus.answer(ROLLBACK, self._cmd_rollback)
+        await self.bus.answer(HISTORY, self._cmd_history)
+        await self.bus.answer(ROLLOUT, self._cmd_rollout)
+        self.health = await self.bus.view(HEALTH, on_change=self._on_health)
+        self.retained = await follow_keys(self.bus, APPS, self._on_app)
+        await self.bus.subscribe(NODE_REPLICAS, self._on_node_replicas)
 
     async def main(self) -> None:
         # Resume rollouts once the retained health is in: a step without it removes nothing
@@ -117,7 +120,7 @@ class ControllerService(Service):
         self.rollouts.mark_all()
         await self.rollouts.run()
 
-    def _active(self) -> Iterable[Key]:
+    def _active(self) -> Iterable[AppKey]:
         return [k for k, r in self.apps.items() if r.rollout is not None]
 
     @property
@@ -129,11 +132,9 @@ class ControllerService(Service):
     # -- retained state -----------------------------------------------------------------
 
     async def _publish(self, state: AppState) -> None:
-        key = (state.namespace, state.name)
+        key = state.key
         try:
-            await self.bus.publish(
-                self.topics.app(state.namespace, state.name), "app", state, retain=True
-            )
+            await self.bus.publish(APPS, state)
         except BusError:
             self.unpublished.add(key)
             raise
@@ -146,63 +147,31 @@ class ControllerService(Service):
                 await self._publish(record.state)
         await self.bus.sync(timeout=10)
         async with self.lock:
-            for topic in list(self.bus.cached(self.topics.all_apps)):
-                try:
-                    key = self.topics.app_of(topic)
-                except TopicError:
-                    continue
-                if key not in self.apps:
-                    self.log.info("clearing retained app not in the store", topic=topic)
-                    await self.bus.clear(topic)
+            for key in sorted(self.retained - self.apps.keys()):
+                self.log.info("clearing retained app not in the store", app=str(key))
+                await self.bus.clear(APPS, key)
         self.log.info("republished apps", count=len(self.apps))
 
-    async def _on_app(self, topic: str, env: Envelope | None) -> None:
+    async def _on_app(self, key: AppKey) -> None:
         """Our own retained topics come back here. The controller is their only writer:
         a value for an app it does not know was left by someone else, and is cleared."""
-        if env is None:
-            return
-        try:
-            key = self.topics.app_of(topic)
-        except TopicError:
-            return
         if key not in self.apps:
-            self.log.warning("clearing a retained app the store does not know", topic=topic)
-            await self.bus.clear(topic)
+            self.log.warning("clearing a retained app the store does not know", app=str(key))
+            await self.bus.clear(APPS, key)
 
-    def _health(self, key: Key) -> AppHealth | None:
-        env = self.bus.cache.get(self.topics.health(*key))
-        if env is None:
-            return None
-        try:
-            return env.open(AppHealth)
-        except CodecError as err:
-            self.log.warning("malformed health ignored", app=_label(key), error=str(err))
-            return None
-
-    def _on_health(self, topic: str, env: Envelope | None) -> None:
-        try:
-            key = self.topics.app_of(topic)
-        except TopicError:
-            return
+    def _on_health(self, key: AppKey, health: AppHealth | None) -> None:
         record = self.apps.get(key)
         if record is not None and record.rollout is not None:
             self.rollouts.mark(key)
 
-    def _on_node_replicas(self, topic: str, env: Envelope | None) -> None:
-        try:
-            node = self.topics.node_of(topic)
-        except TopicError:
-            return
+    def _on_node_replicas(self, node: str, observed: NodeReplicas | None) -> None:
         before = set(self.observed.get(node, {}))
-        if env is None:
+        if observed is None:
             self.observed.pop(node, None)
         else:
-            observed = self.read(topic, env, NodeReplicas)
-            if observed is None:
-                return
-            by_app: dict[Key, list[ReplicaStatus]] = {}
+            by_app: dict[AppKey, list[ReplicaStatus]] = {}
             for replica in observed.replicas:
-                by_app.setdefault((replica.namespace, replica.app), []).append(replica)
+                by_app.setdefault(AppKey(replica.namespace, replica.app), []).append(replica)
             self.observed[node] = by_app
         for key in before | set(self.observed.get(node, {})):
             record = self.apps.get(key)
@@ -215,72 +184,28 @@ class ControllerService(Service):
 
     # -- commands -----------------------------------------------------------------------
 
-    async def _on_command(self, topic: str, env: Envelope | None) -> None:
-        if env is None:
-            return
-        command = topic.rsplit("/", 1)[-1]
-        model = HANDLED.get(command)
-        if model is None:
-            return  # another service's command (e.g. cmd/node)
-        try:
-            if env.kind != command:
-                raise SpecError(
-                    [f"a {command!r} command was expected on {topic}, got {env.kind!r}"]
-                )
-            try:
-                body = model.model_validate(env.body)
-            except ValidationError as err:
-                raise SpecError(format_validation_error(err, f"{command} command")) from err
-            handler: Callable[[Envelope, Any], Awaitable[tuple[str, BaseModel]]] = getattr(
-                self, f"_cmd_{command}"
-            )
-            kind, reply = await handler(env, body)
-        except SpecError as err:
-            kind, reply = "reply", Reply(ok=False, errors=err.errors)
-        except ShoalError as err:
-            self.log.warning("command failed", command=command, error=str(err))
-            kind, reply = "reply", Reply(ok=False, errors=[f"{command} failed: {err}"])
-        except Exception as err:  # a bug must not cost the client its answer
-            self.log.exception("command crashed", command=command)
-            kind, reply = (
-                "reply",
-                Reply(ok=False, errors=[f"{command} failed: internal error: {err}"]),
-            )
-        if isinstance(reply, Reply) and not reply.ok:
-            self.log.info("command refused", command=command, src=env.src, errors=reply.errors)
-        if not env.reply_to:
-            return
-        try:
-            await self.bus.reply(env, kind, reply)
-        except (BusError, TopicError) as err:
-            self.log.warning("reply not sent", command=command, to=env.reply_to, error=str(err))
-
     def _record(self, namespace: str, name: str) -> AppRecord:
-        record = self.apps.get((namespace, name))
+        key = AppKey(namespace, name)
+        record = self.apps.get(key)
         if record is None:
-            raise SpecError([f"app {namespace}/{name} not found"])
+            raise SpecError([f"app {key} not found"])
         return record
 
-    async def _cmd_apply(self, env: Envelope, cmd: ApplyCommand) -> tuple[str, Reply]:
+    async def _cmd_apply(self, cmd: ApplyCommand, env: Envelope) -> Reply:
         specs = validate_apps(cmd.apps, cmd.source)
         source = _source("apply", cmd.source, env)
         async with self.lock:
             now = time.time()
-            decisions = [
-                decide_apply(
-                    self.apps.get(key_of(spec)),
-                    spec,
-                    self.db.last_revision(key_of(spec)) + 1,
-                    now,
-                    source,
-                )
-                for spec in specs
-            ]
+            decisions = []
+            for spec in specs:
+                key = spec.key
+                next_revision = self.db.last_revision(key) + 1
+                decisions.append(decide_apply(self.apps.get(key), spec, next_revision, now, source))
             if not cmd.dry_run:
                 await self._commit(decisions, now)
-        return "reply", self._reply(decisions)
+        return self._reply(decisions)
 
-    async def _cmd_delete(self, env: Envelope, cmd: DeleteCommand) -> tuple[str, Reply]:
+    async def _cmd_delete(self, cmd: DeleteCommand, env: Envelope) -> Reply:
         async with self.lock:
             record = self._record(cmd.namespace, cmd.name)
             decision = Decision(record.key, "deleted", None)
@@ -291,9 +216,9 @@ class ControllerService(Service):
                 revision=record.state.revision,
                 change="deleted",
             )
-        return "reply", Reply(ok=True, revision=record.state.revision, results=[result])
+        return Reply(ok=True, revision=record.state.revision, results=[result])
 
-    async def _cmd_scale(self, env: Envelope, cmd: ScaleCommand) -> tuple[str, Reply]:
+    async def _cmd_scale(self, cmd: ScaleCommand, env: Envelope) -> Reply:
         async with self.lock:
             now = time.time()
             decision = decide_scale(self._record(cmd.namespace, cmd.name), cmd, now)
@@ -302,13 +227,13 @@ class ControllerService(Service):
             why = f" ({cmd.reason})" if cmd.reason else ""
             await self.emit(
                 "scale",
-                f"{_label(decision.key)} scaled to {cmd.replicas} by {cmd.source}{why}",
+                f"{decision.key} scaled to {cmd.replicas} by {cmd.source}{why}",
                 namespace=cmd.namespace,
                 app=cmd.name,
             )
-        return "reply", self._reply([decision])
+        return self._reply([decision])
 
-    async def _cmd_rollback(self, env: Envelope, cmd: RollbackCommand) -> tuple[str, Reply]:
+    async def _cmd_rollback(self, cmd: RollbackCommand, env: Envelope) -> Reply:
         async with self.lock:
             record = self._record(cmd.namespace, cmd.name)
             key = record.key
@@ -321,17 +246,14 @@ class ControllerService(Service):
                     if r.revision != state.revision and r.template_hash != current_hash
                 ]
                 if not earlier:
-                    raise SpecError([f"app {_label(key)} has no earlier revision to return to"])
+                    raise SpecError([f"app {key} has no earlier revision to return to"])
                 row = max(earlier, key=lambda r: r.revision)
             else:
                 found = self.db.revision(key, cmd.to_revision)
                 if found is None:
                     known = ", ".join(str(r.revision) for r in self.db.history(key))
                     raise SpecError(
-                        [
-                            f"app {_label(key)} has no revision {cmd.to_revision} "
-                            f"(known: {known or 'none'})"
-                        ]
+                        [f"app {key} has no revision {cmd.to_revision} (known: {known or 'none'})"]
                     )
                 row = found
             now = time.time()
@@ -344,9 +266,9 @@ class ControllerService(Service):
                 env.src,
             )
             await self._commit([decision], now)
-        return "reply", self._reply([decision])
+        return self._reply([decision])
 
-    async def _cmd_rollout(self, env: Envelope, cmd: RolloutCommand) -> tuple[str, Reply]:
+    async def _cmd_rollout(self, cmd: RolloutCommand, env: Envelope) -> Reply:
         async with self.lock:
             record = self._record(cmd.namespace, cmd.name)
             now = time.time()
@@ -357,13 +279,13 @@ class ControllerService(Service):
             await self._commit([decision], now)
         await self.emit(
             "rollout",
-            f"{_label(decision.key)}: {cmd.action} by {env.src or 'a client'}",
+            f"{decision.key}: {cmd.action} by {env.src or 'a client'}",
             namespace=cmd.namespace,
             app=cmd.name,
         )
-        return "reply", self._reply([decision])
+        return self._reply([decision])
 
-    async def _cmd_history(self, env: Envelope, cmd: HistoryQuery) -> tuple[str, BaseModel]:
+    async def _cmd_history(self, cmd: HistoryQuery, env: Envelope) -> History:
         record = self._record(cmd.namespace, cmd.name)
         state = record.state
         rows = self.db.history(record.key)
@@ -380,7 +302,7 @@ class ControllerService(Service):
             )
             for r in rows
         ]
-        history = History(
+        return History(
             namespace=state.namespace,
             name=state.name,
             revision=state.revision,
@@ -388,14 +310,13 @@ class ControllerService(Service):
             message=state.message,
             revisions=revisions,
         )
-        return "revisions", history
 
     @staticmethod
     def _reply(decisions: list[Decision]) -> Reply:
         results = [
             AppResult(
-                namespace=d.key[0],
-                name=d.key[1],
+                namespace=d.key.namespace,
+                name=d.key.name,
                 revision=d.revision_number,
                 change=d.change,
                 changes=d.changes,
@@ -412,8 +333,8 @@ class ControllerService(Service):
 
     async def _commit(self, decisions: list[Decision], now: float) -> None:
         """Persist every decision in one transaction, then publish. Caller holds the lock."""
-        changed: dict[Key, AppRecord | None] = {}
-        notes: list[tuple[Key, Note]] = []
+        changed: dict[AppKey, AppRecord | None] = {}
+        notes: list[tuple[AppKey, Note]] = []
         with self.db.transaction() as tx:
             for decision in decisions:
                 key = decision.key
@@ -427,9 +348,7 @@ class ControllerService(Service):
                 if decision.revision is not None:
                     number = tx.allocate_revision(key)
                     if number != decision.revision.revision:
-                        raise ShoalError(
-                            f"revision counter of {_label(key)} moved under the controller"
-                        )
+                        raise ShoalError(f"revision counter of {key} moved under the controller")
                     new = decision.revision
                     tx.add_revision(
                         key,
@@ -444,7 +363,7 @@ class ControllerService(Service):
                     plan = plan_rollout(
                         record.state,
                         record.rollout,
-                        self._health(key),
+                        self.health.get(key),
                         now,
                         self._failing(record),
                     )
@@ -465,31 +384,35 @@ class ControllerService(Service):
         for key, maybe in changed.items():
             try:
                 if maybe is None:
-                    await self.bus.clear(self.topics.app(*key))
+                    await self.bus.clear(APPS, key)
                 else:
                     await self._publish(maybe.state)
             except BusError as err:
-                self.log.warning("state not published yet", app=_label(key), error=str(err))
+                self.log.warning("state not published yet", app=str(key), error=str(err))
         for key, note in notes:
             await self._note(key, note)
 
-    async def _note(self, key: Key, note: Note) -> None:
+    async def _note(self, key: AppKey, note: Note) -> None:
         log = self.log.warning if note.severity != "info" else self.log.info
-        log(note.message, app=_label(key), kind=note.kind)
+        log(note.message, app=str(key), kind=note.kind)
         await self.emit(
-            note.kind, note.message, namespace=key[0], app=key[1], severity=note.severity
+            note.kind, note.message, namespace=key.namespace, app=key.name, severity=note.severity
         )
 
     # -- rollouts -----------------------------------------------------------------------
 
-    async def _step(self, key: Key) -> float | None:
+    async def _step(self, key: AppKey) -> float | None:
         """One rollout step of ``key`` (the Reconciler's callback)."""
         async with self.lock:
             record = self.apps.get(key)
             if record is None or record.rollout is None:
                 return None
             plan = plan_rollout(
-                record.state, record.rollout, self._health(key), time.time(), self._failing(record)
+                record.state,
+                record.rollout,
+                self.health.get(key),
+                time.time(),
+                self._failing(record),
             )
             new = AppRecord(plan.state, plan.rollout)
             if new != record:

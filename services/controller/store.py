@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.keys import AppKey
 from core.spec import AppSpec
 from core.state import AppState
-from services.controller.apps import AppRecord, Key
+from services.controller.apps import AppRecord
 from services.controller.rollout import Rollout
 
 SCHEMA_VERSION = 1
@@ -103,24 +104,24 @@ class Store:
 
     # -- reading --------------------------------------------------------------------
 
-    def load(self) -> dict[Key, AppRecord]:
-        out: dict[Key, AppRecord] = {}
+    def load(self) -> dict[AppKey, AppRecord]:
+        out: dict[AppKey, AppRecord] = {}
         for ns, name, state, rollout in self.db.execute(
             "SELECT namespace, name, state, rollout FROM apps ORDER BY namespace, name"
         ):
-            out[(ns, name)] = AppRecord(
+            out[AppKey(ns, name)] = AppRecord(
                 AppState.model_validate_json(state),
                 Rollout.model_validate_json(rollout) if rollout else None,
             )
         return out
 
-    def last_revision(self, key: Key) -> int:
+    def last_revision(self, key: AppKey) -> int:
         row = self.db.execute(
             "SELECT last_revision FROM counters WHERE namespace = ? AND name = ?", key
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def history(self, key: Key) -> list[RevisionRow]:
+    def history(self, key: AppKey) -> list[RevisionRow]:
         rows = self.db.execute(
             "SELECT namespace, name, revision, created, source, template_hash, spec, changes, "
             "status FROM revisions WHERE namespace = ? AND name = ? ORDER BY revision",
@@ -128,7 +129,7 @@ class Store:
         ).fetchall()
         return [_row(r) for r in rows]
 
-    def revision(self, key: Key, revision: int) -> RevisionRow | None:
+    def revision(self, key: AppKey, revision: int) -> RevisionRow | None:
         row = self.db.execute(
             "SELECT namespace, name, revision, created, source, template_hash, spec, changes, "
             "status FROM revisions WHERE namespace = ? AND name = ? AND revision = ?",
@@ -155,7 +156,7 @@ class Transaction:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
 
-    def allocate_revision(self, key: Key) -> int:
+    def allocate_revision(self, key: AppKey) -> int:
         """The next revision number of ``key`` (increasing, never reused)."""
         row = self.db.execute(
             "SELECT last_revision FROM counters WHERE namespace = ? AND name = ?", key
@@ -184,7 +185,7 @@ class Transaction:
 
     def add_revision(
         self,
-        key: Key,
+        key: AppKey,
         revision: int,
         created: float,
         source: str,
@@ -212,13 +213,13 @@ class Transaction:
             (*key, current, *key, HISTORY_LIMIT),
         )
 
-    def set_status(self, key: Key, revision: int, status: str) -> None:
+    def set_status(self, key: AppKey, revision: int, status: str) -> None:
         self.db.execute(
             "UPDATE revisions SET status = ? WHERE namespace = ? AND name = ? AND revision = ?",
             (status, *key, revision),
         )
 
-    def delete(self, key: Key) -> None:
+    def delete(self, key: AppKey) -> None:
         """Forget the app and its history; the revision counter stays."""
         self.db.execute("DELETE FROM apps WHERE namespace = ? AND name = ?", key)
         self.db.execute("DELETE FROM revisions WHERE namespace = ? AND name = ?", key)

@@ -20,9 +20,10 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from core.keys import AppKey
 from core.probes import ProbeRole, ProbeState
 from core.spec import AppSpec, Probe
-from core.state import AppHealth, AppState, ReplicaHealth, ReplicaStatus
+from core.state import AppHealth, AppState, NodeReplicas, ReplicaHealth, ReplicaStatus
 
 # -- targets ---------------------------------------------------------------------------
 
@@ -46,18 +47,10 @@ class Target:
     exec_ready: bool | None = None
     leaving: bool = False  # its revision is no longer desired (rolled back, replaced)
 
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.app}"
-
     def probe(self, role: ProbeRole) -> tuple[Probe | None, str]:
         if role == "readiness":
             return self.readiness, self.readiness_endpoint
         return self.liveness, self.liveness_endpoint
-
-    def incarnation(self) -> tuple[str, float | None]:
-        """Probe state belongs to one container start: a restart starts it afresh."""
-        return self.replica, self.started_at
 
 
 def spec_for(app: AppState, revision: int) -> AppSpec:
@@ -119,6 +112,49 @@ def targets_for(
         )
     out.sort(key=lambda t: t.replica)
     return out
+
+
+class ReplicaIndex:
+    """The replicas the agents report, by app; each node's report replaces its last one.
+
+    A node's report removes only statuses it reported itself, so a replica id also found in
+    another node's (stale) report keeps the status that came last.
+    """
+
+    def __init__(self) -> None:
+        self._by_app: dict[AppKey, dict[str, ReplicaStatus]] = {}
+        self._by_node: dict[str, list[ReplicaStatus]] = {}
+
+    def update(self, node: str, report: NodeReplicas | None) -> set[AppKey]:
+        """Fold in ``node``'s report (None: deleted); returns the apps it touched."""
+        touched: set[AppKey] = set()
+        for st in self._by_node.pop(node, ()):
+            key = AppKey(st.namespace, st.app)
+            touched.add(key)
+            bucket = self._by_app.get(key)
+            if bucket is not None and st.id in bucket and bucket[st.id].node == node:
+                del bucket[st.id]
+        if report is not None:
+            self._by_node[node] = report.replicas
+            for st in report.replicas:
+                key = AppKey(st.namespace, st.app)
+                touched.add(key)
+                self._by_app.setdefault(key, {})[st.id] = st
+        for key in touched:
+            if not self._by_app.get(key):
+                self._by_app.pop(key, None)
+        return touched
+
+    def of(self, key: AppKey) -> Collection[ReplicaStatus]:
+        """The statuses reported for one app."""
+        return self._by_app.get(key, {}).values()
+
+    def apps_on(self, node: str) -> set[AppKey]:
+        """The apps with a replica in ``node``'s last report."""
+        return {AppKey(st.namespace, st.app) for st in self._by_node.get(node, ())}
+
+    def apps(self) -> set[AppKey]:
+        return set(self._by_app)
 
 
 def probes_to_run(target: Target) -> list[ProbeRole]:
@@ -262,14 +298,16 @@ def seeded_state(previous: AppHealth | None, target: Target, role: ProbeRole) ->
 # -- sharing the work ------------------------------------------------------------------
 
 
-def owner(key: str, instances: Iterable[str]) -> str | None:
+def owner(key: AppKey, instances: Iterable[str]) -> str | None:
     """Rendezvous (highest random weight) hashing: the instance that probes ``key``.
 
-    When an instance leaves, only its keys move; when one joins, it takes about 1/n.
+    The hash input is ``<instance>\0<ns>/<app>`` (``str(key)``): changing it would move
+    every app to another owner during an upgrade. When an instance leaves, only its keys
+    move; when one joins, it takes about 1/n.
     """
     best: tuple[bytes, str] | None = None
     for inst in instances:
-        weight = hashlib.blake2b(f"{inst}\0{key}".encode(), digest_size=8).digest()
+        weight = hashlib.blake2b(f"{inst}\0{key!s}".encode(), digest_size=8).digest()
         if best is None or (weight, inst) > best:
             best = (weight, inst)
     return best[1] if best is not None else None

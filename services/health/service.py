@@ -1,9 +1,9 @@
 """The health monitor's I/O shell: bus in, probes out, ``AppHealth`` published.
 
-Inputs (retained): ``apps/+/+`` (probes and route port per revision), ``nodes/+/replicas``
-(endpoints, phase), ``health/+/+`` (what is published now: seeds a takeover),
-``services/health/+`` (live health instances: who probes which app).
-Output: ``health/<ns>/<app>`` (retained, kind ``health``) and ``events/replica_*``.
+Inputs (retained): ``APPS`` (probes and route port per revision), ``NODE_REPLICAS``
+(endpoints, phase), ``NODE_INFO`` (an offline node's replicas leave rotation), ``HEALTH``
+(what is published now: seeds a takeover), ``PRESENCE`` of the health instances (who
+probes which app). Output: ``HEALTH`` (retained) and ``events/replica_*``.
 
 Each app key is reconciled by ``core.runner.Reconciler``: rebuild targets, start or stop
 probe tasks, build the ``AppHealth`` and publish it when it differs from what this
@@ -17,19 +17,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable
-from typing import TypeVar
 
-from pydantic import BaseModel
-
-from core.codec import Envelope
+from core.channels import APPS, HEALTH, NODE_INFO, NODE_REPLICAS, PRESENCE
 from core.config import ServiceConfig
-from core.errors import TopicError
+from core.keys import AppKey, ServiceKey
 from core.probes import ProbeRole, ProbeState, step
 from core.runner import Reconciler
 from core.service import Service
-from core.state import AppHealth, AppState, NodeInfo, NodeReplicas, Presence, ReplicaStatus
+from core.state import AppHealth, AppState, NodeInfo, NodeReplicas, Presence
+from core.view import View
 from services.health.checks import Checker
 from services.health.logic import (
+    ReplicaIndex,
     StateKey,
     Target,
     app_health,
@@ -41,28 +40,27 @@ from services.health.logic import (
     transitions,
 )
 
-M = TypeVar("M", bound=BaseModel)
-
 
 class HealthService(Service):
     name = "health"
 
+    apps: View[AppKey, AppState]
+    seen: View[AppKey, AppHealth]  # retained values, as the bus has them
+    peers: View[ServiceKey, Presence]
+
     def __init__(self, config: ServiceConfig, *, resync: float = 10.0) -> None:
         super().__init__(config)
-        self.apps: dict[str, AppState] = {}
-        self.nodes: dict[str, NodeReplicas] = {}
-        self.by_app: dict[str, dict[str, ReplicaStatus]] = {}
-        self.peers: dict[str, bool] = {}
+        self.replicas = ReplicaIndex()
         self.lost_nodes: set[str] = set()  # nodes whose agent is offline
-        self.seen: dict[str, AppHealth] = {}  # retained values, as the bus has them
-        self.mine: dict[str, AppHealth] = {}  # what this instance last published
+        self.live: list[str] = [self.instance]  # online health instances, self included
+        self.mine: dict[AppKey, AppHealth] = {}  # what this instance last published
         self.targets: dict[tuple[str, float | None], Target] = {}
         self.states: dict[StateKey, ProbeState] = {}
         self.probe_tasks: dict[StateKey, asyncio.Task[None]] = {}
-        self.app_probes: dict[str, set[StateKey]] = {}
+        self.app_probes: dict[AppKey, set[StateKey]] = {}
         self.synced = False
         self.checker = Checker(f"shoal-health/{self.instance}")
-        self.runner: Reconciler[str] = Reconciler(
+        self.runner: Reconciler[AppKey] = Reconciler(
             "health", self.reconcile, keys=self.keys, resync=resync
         )
         self.bus.on_connect(self._after_connect)
@@ -70,53 +68,20 @@ class HealthService(Service):
     # -- inputs ------------------------------------------------------------------------
 
     async def setup(self) -> None:
-        t = self.topics
-        await self.bus.subscribe(t.all_apps, self._on_app)
-        await self.bus.subscribe(t.all_node_replicas, self._on_replicas)
-        await self.bus.subscribe(t.all_node_info, self._on_node_info)
-        await self.bus.subscribe(t.all_health, self._on_health)
-        await self.bus.subscribe(t.all_services(self.name), self._on_peer)
+        self.apps = await self.bus.view(APPS, on_change=self._on_app)
+        await self.bus.subscribe(NODE_REPLICAS, self._on_replicas)
+        await self.bus.subscribe(NODE_INFO, self._on_node_info)
+        self.seen = await self.bus.view(HEALTH, on_change=self._on_health)
+        self.peers = await self.bus.view(PRESENCE, on_change=self._on_peer, service=self.name)
 
-    def _on_app(self, topic: str, env: Envelope | None) -> None:
-        key = self.track_app(topic, env, self.apps)
-        if key is not None:
+    def _on_app(self, key: AppKey, app: AppState | None) -> None:
+        self.runner.mark(key)
+
+    def _on_replicas(self, node: str, report: NodeReplicas | None) -> None:
+        for key in self.replicas.update(node, report):
             self.runner.mark(key)
 
-    def _on_replicas(self, topic: str, env: Envelope | None) -> None:
-        try:
-            node = self.topics.node_of(topic)
-        except TopicError:
-            return
-        new: NodeReplicas | None = None
-        if env is not None:
-            new = self.read(topic, env, NodeReplicas)
-            if new is None:
-                return
-        old = self.nodes.pop(node, None)
-        if new is not None:
-            self.nodes[node] = new
-        touched: set[str] = set()
-        for st in old.replicas if old is not None else ():
-            key = f"{st.namespace}/{st.app}"
-            touched.add(key)
-            bucket = self.by_app.get(key)
-            if bucket is not None and st.id in bucket and bucket[st.id].node == node:
-                del bucket[st.id]
-        for st in new.replicas if new is not None else ():
-            key = f"{st.namespace}/{st.app}"
-            touched.add(key)
-            self.by_app.setdefault(key, {})[st.id] = st
-        for key in touched:
-            if not self.by_app.get(key):
-                self.by_app.pop(key, None)
-            self.runner.mark(key)
-
-    def _on_node_info(self, topic: str, env: Envelope | None) -> None:
-        try:
-            node = self.topics.node_of(topic)
-        except TopicError:
-            return
-        info = self.read(topic, env, NodeInfo) if env is not None else None
+    def _on_node_info(self, node: str, info: NodeInfo | None) -> None:
         lost = info is None or info.status == "offline"
         if lost == (node in self.lost_nodes):
             return
@@ -127,34 +92,19 @@ class HealthService(Service):
         self.log.info(
             "node offline: its replicas leave rotation" if lost else "node back", node=node
         )
-        report = self.nodes.get(node)
-        for st in report.replicas if report is not None else ():
-            self.runner.mark(f"{st.namespace}/{st.app}")
+        for key in self.replicas.apps_on(node):
+            self.runner.mark(key)
 
-    def _on_health(self, topic: str, env: Envelope | None) -> None:
-        try:
-            ns, name = self.topics.app_of(topic)
-        except TopicError:
-            return
-        key = f"{ns}/{name}"
-        if env is None:
-            self.seen.pop(key, None)
-            return
-        health = self.read(topic, env, AppHealth)
-        if health is not None:
-            self.seen[key] = health
-            if key not in self.apps:
-                self.runner.mark(key)  # a stale value: its owner clears it
+    def _on_health(self, key: AppKey, health: AppHealth | None) -> None:
+        if health is not None and key not in self.apps:
+            self.runner.mark(key)  # a stale value: its owner clears it
 
-    def _on_peer(self, topic: str, env: Envelope | None) -> None:
-        instance = topic.rsplit("/", 1)[-1]
-        online = False
-        if env is not None:
-            presence = self.read(topic, env, Presence)
-            online = presence is not None and presence.status == "online"
-        if self.peers.get(instance) != online:
-            self.peers[instance] = online
-            self.log.info("health instance seen", peer=instance, online=online)
+    def _on_peer(self, key: ServiceKey, presence: Presence | None) -> None:
+        online = {k.instance for k, p in self.peers.items() if p.status == "online"}
+        live = sorted(online | {self.instance})
+        if live != self.live:
+            self.live = live
+            self.log.info("health instance seen", peer=key.instance, online=key.instance in online)
             self.runner.mark_all()
 
     async def _after_connect(self) -> None:
@@ -168,21 +118,15 @@ class HealthService(Service):
 
     # -- reconcile ---------------------------------------------------------------------
 
-    def live_instances(self) -> list[str]:
-        live = {inst for inst, online in self.peers.items() if online}
-        live.add(self.instance)
-        return sorted(live)
+    def keys(self) -> Iterable[AppKey]:
+        return set(self.apps) | set(self.seen) | set(self.mine) | self.replicas.apps()
 
-    def keys(self) -> Iterable[str]:
-        return set(self.apps) | set(self.seen) | set(self.mine) | set(self.by_app)
-
-    async def reconcile(self, key: str) -> float | None:
+    async def reconcile(self, key: AppKey) -> float | None:
         if not self.synced:
             return None
-        ns, _, name = key.partition("/")
-        if owner(key, self.live_instances()) != self.instance:
+        if owner(key, self.live) != self.instance:
             if key in self.mine:
-                self.log.info("app handed over", app=key)
+                self.log.info("app handed over", app=str(key))
             self._sync_probes(key, [])
             self.mine.pop(key, None)
             return None
@@ -190,26 +134,25 @@ class HealthService(Service):
         if app is None:
             self._sync_probes(key, [])
             if key in self.seen or key in self.mine:
-                await self.bus.clear(self.topics.health(ns, name))
-                self.seen.pop(key, None)
+                await self.bus.clear(HEALTH, key)
                 self.mine.pop(key, None)
-                self.log.info("health cleared", app=key)
+                self.log.info("health cleared", app=str(key))
             return None
-        targets = targets_for(app, self.by_app.get(key, {}).values(), self.lost_nodes)
+        targets = targets_for(app, self.replicas.of(key), self.lost_nodes)
         previous = self.mine.get(key) or self.seen.get(key)
         self._sync_probes(key, targets, previous)
         health = app_health(app, targets, self.states, previous, time.time())
         if key in self.mine and same_health(health, self.mine[key]):
             return None
-        await self.bus.publish(self.topics.health(ns, name), "health", health, retain=True)
+        await self.bus.publish(HEALTH, health)
         self.mine[key] = health
         for tr in transitions(previous, health):
             await self.emit(
                 f"replica_{tr.kind}",
                 f"replica {tr.replica} {tr.kind.replace('_', ' ')}"
                 + (f": {tr.reason}" if tr.reason else ""),
-                namespace=ns,
-                app=name,
+                namespace=key.namespace,
+                app=key.name,
                 replica=tr.replica,
                 severity="info" if tr.kind in ("ready", "terminating", "gone") else "warning",
             )
@@ -218,7 +161,7 @@ class HealthService(Service):
     # -- probe tasks -------------------------------------------------------------------
 
     def _sync_probes(
-        self, key: str, targets: list[Target], previous: AppHealth | None = None
+        self, key: AppKey, targets: list[Target], previous: AppHealth | None = None
     ) -> None:
         wanted: dict[StateKey, Target] = {}
         for target in targets:
@@ -248,7 +191,7 @@ class HealthService(Service):
         else:
             self.app_probes.pop(key, None)
 
-    async def _probe_loop(self, key: str, skey: StateKey) -> None:
+    async def _probe_loop(self, key: AppKey, skey: StateKey) -> None:
         replica, started_at, role = skey
         target = self.targets.get((replica, started_at))
         if target is None:

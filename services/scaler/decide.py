@@ -39,6 +39,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from core.keys import AppKey
 from core.spec import Autoscale, ScaleTarget
 from core.state import AppState, ScalerCode
 
@@ -194,8 +195,8 @@ class Decision:
         return (self.desired > self.current) - (self.desired < self.current)
 
     @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def key(self) -> AppKey:
+        return AppKey(self.namespace, self.name)
 
 
 def _num(value: float) -> str:

@@ -20,18 +20,19 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from core.keys import AppKey
 from core.state import LbMetrics, NodeMetrics, ReplicaUsage
 from services.scaler.decide import Observation
 
 __all__ = ["MetricsBook"]
 
 
-def _app_of_replica(replica_id: str, usage: ReplicaUsage) -> str | None:
+def _app_of_replica(replica_id: str, usage: ReplicaUsage) -> AppKey | None:
     if usage.namespace and usage.app:
-        return f"{usage.namespace}/{usage.app}"
+        return AppKey(usage.namespace, usage.app)
     parts = replica_id.split(".")
     if len(parts) >= 3:
-        return f"{parts[0]}/{parts[1]}"
+        return AppKey(parts[0], parts[1])
     return None
 
 
@@ -68,21 +69,22 @@ class MetricsBook:
     def balancers(self) -> list[str]:
         return sorted(self._lb)
 
-    def observe(self, key: str, now: float) -> Observation:
-        """The observation of app ``<ns>/<name>`` at ``now``."""
+    def observe(self, key: AppKey, now: float) -> Observation:
+        """The observation of one app at ``now``."""
         self.prune(now)
+        name = str(key)  # how balancer samples name apps
         rps = inflight = last_rps = last_inflight = 0.0
         requests = held = 0
         weighted_p95 = weight = 0.0
         for samples in self._lb.values():
             n = len(samples)
-            latest = samples[-1][1].apps.get(key)
+            latest = samples[-1][1].apps.get(name)
             if latest is not None:
                 held += latest.held
                 last_rps += latest.rps
                 last_inflight += latest.inflight
             for _, sample in samples:
-                route = sample.apps.get(key)
+                route = sample.apps.get(name)
                 if route is None:
                     continue
                 rps += route.rps / n
@@ -113,7 +115,3 @@ class MetricsBook:
             usage_replicas=replicas,
             lb_fresh=lb_fresh,
         )
-
-    def apps_seen(self) -> set[str]:
-        """Every app named in a balancer sample in the window."""
-        return {key for samples in self._lb.values() for _, s in samples for key in s.apps}

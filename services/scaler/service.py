@@ -10,30 +10,32 @@ and in the status, and retried with backoff. Each change is an event on
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
 from core.backoff import Backoff
-from core.codec import Envelope
-from core.commands import Reply, ScaleCommand
+from core.channels import APPS, HEALTH, LB_METRICS, NODE_METRICS, SCALE, SCALER_STATUS, WAKE
+from core.commands import ScaleCommand
 from core.config import ServiceConfig
-from core.election import Candidate, candidates, choose_leader
-from core.errors import CodecError, ShoalError
+from core.errors import ShoalError
+from core.keys import AppKey
 from core.runner import Reconciler
 from core.service import Service
-from core.state import (
-    AppHealth,
-    AppState,
-    LbMetrics,
-    NodeMetrics,
-    Presence,
-    ScalerStatus,
-    WakeUp,
-)
+from core.state import AppHealth, AppState, LbMetrics, NodeMetrics, ScalerStatus, WakeUp
+from core.view import View
 from services.scaler.decide import Decision, History, Policy, decide, observe_app, record
 from services.scaler.metrics import MetricsBook
 
 WAKE_TTL = 30.0
+
+
+def _app_key(text: str) -> AppKey | None:
+    """The app a balancer sample names (``ns/name``), or None when it names none."""
+    try:
+        return AppKey.parse(text)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,9 @@ class _AppBook:
 class ScalerService(Service):
     name = "scaler"
 
+    apps: View[AppKey, AppState]
+    health: View[AppKey, AppHealth]
+
     def __init__(self, config: ServiceConfig, settings: ScalerSettings | None = None) -> None:
         super().__init__(config)
         self.settings = settings or ScalerSettings()
@@ -66,140 +71,76 @@ class ScalerService(Service):
         self.book = MetricsBook(
             window=self.settings.metrics_window, node_ttl=self.settings.node_ttl
         )
-        self.apps: dict[str, AppState] = {}
-        self.health: dict[str, AppHealth] = {}
-        self.wakes: dict[str, float] = {}
-        self.state: dict[str, _AppBook] = {}
-        self.runner: Reconciler[str] = Reconciler(
+        self.wakes: dict[AppKey, float] = {}
+        self.state: dict[AppKey, _AppBook] = {}
+        self.runner: Reconciler[AppKey] = Reconciler(
             "scaler", self.evaluate, keys=self._autoscaled, resync=self.settings.interval
         )
-        self._leading = False
-        self._lead_epoch = 0
-        self.bus.on_connect(self._on_connect)
+        self.leadership = self.elect_leader(
+            on_elected=self._on_elected,
+        )
 
     # -- inputs ---------------------------------------------------------------------------
 
     async def setup(self) -> None:
-        t = self.topics
-        await self.bus.subscribe(t.all_apps, self._on_app)
-        await self.bus.subscribe(t.all_health, self._on_health)
-        await self.bus.subscribe(t.all_lb_metrics, self._on_lb, qos=0)
-        await self.bus.subscribe(t.all_node_metrics, self._on_node, qos=0)
-        await self.bus.subscribe(t.all_wake, self._on_wake, allow_json=True)
-        await self.bus.subscribe(t.all_services(self.name), self._on_presence, cache=True)
+        self.apps = await self.bus.view(APPS, on_change=self._on_app)
+        self.health = await self.bus.view(HEALTH)
+        await self.bus.subscribe(LB_METRICS, self._on_lb)
+        await self.bus.subscribe(NODE_METRICS, self._on_node)
+        await self.bus.subscribe(WAKE, self._on_wake)
+        await self.leadership.setup()
 
-    # -- leadership -----------------------------------------------------------------------
+    def _on_app(self, key: AppKey, app: AppState | None) -> None:
+        self.runner.mark(key)
 
-    def is_leader(self) -> bool:
-        # a claim holds for the connection it was made on: after a reconnect the broker
-        # has published our last will, and the claim must be won again
-        return self._leading and self._lead_epoch == self.bus.connects
-
-    async def _on_connect(self) -> None:
-        await self.bus.sync(timeout=30)
-        await self._elect()
-
-    async def _on_presence(self, topic: str, env: Envelope | None) -> None:
-        await self._elect()
-
-    async def _elect(self) -> None:
-        if not self.bus.connected:
-            return
-        others: list[Presence] = []
-        for topic, env in self.bus.cached(self.topics.all_services(self.name)).items():
-            presence = self.read(topic, env, Presence)
-            if presence is None:
-                continue
-            if presence.instance != self.instance:
-                others.append(presence)
-        pool = [Candidate(self.started, self.instance, self.is_leader())]
-        pool.extend(candidates(others, self.name))
-        leader = choose_leader(pool)
-        if leader == self.instance and not self.is_leader():
-            self._leading, self._lead_epoch = True, self.bus.connects
-            self.log.info("leading: sending scale commands")
-            for entry in self.state.values():
-                entry.status_sig = ()  # rewrite every status as the new writer
-            self.runner.mark_all()
-        elif leader != self.instance and self._leading:
-            self.log.warning("standing by", leader=leader)
-            self._leading = False
-        else:
-            return
-        try:
-            await self.announce()
-        except ShoalError as err:
-            self.log.warning("presence not published", error=str(err))
-
-    def _key(self, topic: str, kind: str) -> str | None:
-        parts = self.topics.parts(topic)
-        if len(parts) != 3 or parts[0] != kind:
-            self.log.warning("unexpected topic dropped", topic=topic)
-            return None
-        return f"{parts[1]}/{parts[2]}"
-
-    def _on_app(self, topic: str, env: Envelope | None) -> None:
-        key = self.track_app(topic, env, self.apps)
-        if key is not None:
-            self.runner.mark(key)
-
-    def _on_health(self, topic: str, env: Envelope | None) -> None:
-        key = self._key(topic, "health")
-        if key is None:
-            return
-        if env is None:
-            self.health.pop(key, None)
-            return
-        value = self.read(topic, env, AppHealth)
-        if value is not None:
-            self.health[key] = value
-
-    def _on_lb(self, topic: str, env: Envelope | None) -> None:
-        if env is None:
-            return
-        sample = self.read(topic, env, LbMetrics)
+    def _on_lb(self, instance: str, sample: LbMetrics | None) -> None:
         if sample is None:
             return
         self.book.add_lb(sample, time.monotonic())
         # evaluate now (collapses with a queued mark) so a step in load, or a request held
         # for an app at zero, is acted on without waiting for the next tick
-        for key, route in sample.apps.items():
+        for name, route in sample.apps.items():
+            key = _app_key(name)
+            if key is None:
+                continue
             app = self.apps.get(key)
             if app is not None and app.spec.autoscale is not None and (route.held or app.replicas):
                 self.runner.mark(key)
 
-    def _on_node(self, topic: str, env: Envelope | None) -> None:
-        if env is None:
-            return
-        sample = self.read(topic, env, NodeMetrics)
+    def _on_node(self, node: str, sample: NodeMetrics | None) -> None:
         if sample is not None:
             self.book.add_node(sample, time.monotonic())
 
-    def _on_wake(self, topic: str, env: Envelope | None) -> None:
-        key = self._key(topic, "wake")
-        if key is None or env is None:
-            return
-        wake = self.read(topic, env, WakeUp)
+    def _on_wake(self, key: AppKey, wake: WakeUp | None) -> None:
         if wake is None:
             return
-        if f"{wake.namespace}/{wake.name}" != key:
-            self.log.warning("wake-up on the wrong topic dropped", topic=topic)
-            return
-        self.log.info("wake-up", app=key, held=wake.held)
+        self.log.info("wake-up", app=str(key), held=wake.held)
         self.wakes[key] = time.monotonic()
         self.runner.mark(key)
 
-    def _autoscaled(self) -> list[str]:
+    def _autoscaled(self) -> list[AppKey]:
         keys = [k for k, a in self.apps.items() if a.spec.autoscale is not None]
         # apps we keep state for but that are gone or no longer autoscaled: to forget
         return keys + [k for k in self.state if k not in keys]
 
+    # -- leadership -----------------------------------------------------------------------
+
+    def _on_elected(self) -> None:
+        for entry in self.state.values():
+            entry.status_sig = ()  # rewrite every status as the new writer
+        self.runner.mark_all()
+
     # -- the loop -------------------------------------------------------------------------
 
     async def main(self) -> None:
-        await self.runner.run()
+        async with asyncio.TaskGroup() as tasks:
+            # standbys evaluate too: a takeover starts with a warm window
+            tasks.create_task(self.runner.run(), name="scaler-runner")
+            await self.bus.wait_connected()
+            await self.bus.settle()  # elect once the retained apps and presences are in
+            tasks.create_task(self.leadership.run(), name="scaler-leadership")
 
-    async def evaluate(self, key: str) -> float | None:
+    async def evaluate(self, key: AppKey) -> float | None:
         app = self.apps.get(key)
         if app is None or app.spec.autoscale is None:
             await self._forget(key)
@@ -220,7 +161,7 @@ class ScalerService(Service):
         )
         self.log.debug(
             "evaluated",
-            app=key,
+            app=str(key),
             generation=app.generation,
             replicas=app.replicas,
             current=decision.current,
@@ -263,21 +204,15 @@ class ScalerService(Service):
             reason=d.reason[:500],
         )
         try:
-            env = await self.bus.request(
-                self.topics.cmd("scale"),
-                "scale",
-                command,
-                timeout=self.settings.request_timeout,
-            )
-            reply = env.open(Reply)
-        except (ShoalError, CodecError) as err:
+            reply = await self.bus.request(SCALE, command, timeout=self.settings.request_timeout)
+        except ShoalError as err:
             error = str(err)
         else:
             error = "" if reply.ok else "; ".join(reply.errors) or "refused without a reason"
         if error:
             self.log.error(
                 "scale command failed; will retry",
-                app=d.key,
+                app=str(d.key),
                 replicas=d.desired,
                 error=error,
             )
@@ -296,7 +231,7 @@ class ScalerService(Service):
                 },
             )
             return error
-        self.log.info("scaled", app=d.key, frm=d.current, to=d.desired, reason=d.reason)
+        self.log.info("scaled", app=str(d.key), frm=d.current, to=d.desired, reason=d.reason)
         await self.emit(
             "scale",
             f"{d.key}: {d.current} -> {d.desired}: {d.reason}",
@@ -325,20 +260,14 @@ class ScalerService(Service):
             ts=time.time(),
         )
         try:
-            await self.bus.publish(
-                self.topics.scaler_status(d.namespace, d.name),
-                "scaler_status",
-                status,
-                retain=True,
-                timeout=self.settings.request_timeout,
-            )
+            await self.bus.publish(SCALER_STATUS, status, timeout=self.settings.request_timeout)
         except ShoalError as err:
-            self.log.warning("status not published", app=d.key, error=str(err))
+            self.log.warning("status not published", app=str(d.key), error=str(err))
             return
         entry.status_sig = sig
         entry.status_at = now
 
-    async def _forget(self, key: str) -> None:
+    async def _forget(self, key: AppKey) -> None:
         """The app is gone or no longer autoscaled: drop its history and retained status."""
         self.wakes.pop(key, None)
         if key not in self.state:
@@ -346,6 +275,5 @@ class ScalerService(Service):
         if not self.is_leader():
             self.state.pop(key, None)
             return
-        ns, _, name = key.partition("/")
-        await self.bus.clear(self.topics.scaler_status(ns, name))  # a failure is retried
+        await self.bus.clear(SCALER_STATUS, key)  # a failure is retried
         self.state.pop(key, None)

@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from core.keys import AppKey
 from core.spec import AppSpec
 from core.state import (
     AppState,
@@ -56,7 +57,7 @@ Constraints = tuple[tuple[str, frozenset[str]], ...]
 class Outcome:
     """What one ``reconcile`` did."""
 
-    key: str
+    key: AppKey
     placed: list[Replica] = field(default_factory=list)
     removed: list[Replica] = field(default_factory=list)
     unplaceable: list[Unplaceable] = field(default_factory=list)
@@ -99,10 +100,10 @@ class Cluster:
         the system's randomness unless ``ids_seed`` is given (tests, benchmarks): ids must
         never repeat across restarts or clusters sharing a container engine."""
         self.nodes: dict[str, NodeView] = {}
-        self.apps: dict[str, AppRecord] = {}
+        self.apps: dict[AppKey, AppRecord] = {}
         self.replicas: dict[str, Replica] = {}
-        #: app key -> what could not be placed at its last reconcile
-        self.pending: dict[str, list[Unplaceable]] = {}
+        #: app -> what could not be placed at its last reconcile
+        self.pending: dict[AppKey, list[Unplaceable]] = {}
         #: nodes whose assignment changed and must be published
         self.dirty: set[str] = set()
         #: node -> drain flag, for every cordoned node (known or not yet)
@@ -119,7 +120,7 @@ class Cluster:
 
     # -- nodes --------------------------------------------------------------------------
 
-    def upsert_node(self, info: NodeInfo, seen: float) -> set[str]:
+    def upsert_node(self, info: NodeInfo, seen: float) -> set[AppKey]:
         """A node's info arrived at time ``seen``; returns the apps to reconcile."""
         node = self.nodes.get(info.node)
         if node is None:
@@ -137,7 +138,7 @@ class Cluster:
         node.cpu = info.capacity.cpu
         node.memory = info.capacity.memory
         node.status = info.status
-        affected: set[str] = set()
+        affected: set[AppKey] = set()
         if info.status == "offline":
             if not node.lost:
                 affected |= self.lose_node(info.node)
@@ -152,10 +153,10 @@ class Cluster:
             affected |= set(self.pending)
         return affected
 
-    def _evict_overflow(self, node: NodeView) -> set[str]:
+    def _evict_overflow(self, node: NodeView) -> set[AppKey]:
         """The node now reports less capacity than its replicas request: move the largest
         ones away until the rest fits (their apps place them elsewhere)."""
-        affected: set[str] = set()
+        affected: set[AppKey] = set()
         if node.cpu_used <= node.cpu + EPSILON and node.mem_used <= node.memory:
             return affected
         cpu = node.cpu if node.cpu > 0 else 1.0
@@ -170,7 +171,7 @@ class Cluster:
             affected.add(replica.app_key)
         return affected
 
-    def remove_node(self, node_id: str) -> set[str]:
+    def remove_node(self, node_id: str) -> set[AppKey]:
         """The node's info was deleted: it is gone for good."""
         node = self.nodes.get(node_id)
         if node is None:
@@ -178,19 +179,19 @@ class Cluster:
         node.status = "offline"
         return self.lose_node(node_id) if not node.lost else set()
 
-    def lose_node(self, node_id: str) -> set[str]:
+    def lose_node(self, node_id: str) -> set[AppKey]:
         """Declare a node lost: its replicas leave the books (to be placed elsewhere) and
         its assignment becomes empty, so that it stops them if it ever comes back."""
         node = self.nodes[node_id]
         node.lost = True
-        affected: set[str] = set()
+        affected: set[AppKey] = set()
         for replica in list(node.replicas.values()):
             self._unbind(replica)
             affected.add(replica.app_key)
         self.dirty.add(node_id)
         return affected
 
-    def expire(self, now: float, grace: float) -> tuple[list[str], set[str]]:
+    def expire(self, now: float, grace: float) -> tuple[list[str], set[AppKey]]:
         """Lose every node not heard from for more than ``grace``: (lost nodes, apps).
 
         When every live node is silent at once, the fault is almost surely between the
@@ -203,7 +204,7 @@ class Cluster:
         self.all_silent = bool(silent) and len(silent) == len(live)
         if self.all_silent:
             return [], set()
-        affected: set[str] = set()
+        affected: set[AppKey] = set()
         for node in silent:
             affected |= self.lose_node(node.id)
         return [n.id for n in silent], affected
@@ -215,7 +216,7 @@ class Cluster:
             if not node.lost:
                 node.seen = max(node.seen, now)
 
-    def set_cordon(self, node_id: str, cordoned: bool, drain: bool = False) -> set[str]:
+    def set_cordon(self, node_id: str, cordoned: bool, drain: bool = False) -> set[AppKey]:
         """Cordon (no new replicas), drain (and move them all off) or uncordon a node."""
         drain = drain and cordoned
         if cordoned:
@@ -227,7 +228,7 @@ class Cluster:
             return set()
         was_usable_for_new = node.usable and not node.cordoned
         node.cordoned, node.draining = cordoned, drain
-        affected: set[str] = set()
+        affected: set[AppKey] = set()
         for replica in node.replicas.values():
             if replica.leaving != drain:
                 replica.leaving = drain
@@ -238,7 +239,7 @@ class Cluster:
 
     # -- apps ---------------------------------------------------------------------------
 
-    def set_app(self, key: str, state: AppState | None) -> None:
+    def set_app(self, key: AppKey, state: AppState | None) -> None:
         rec = self.apps.get(key)
         if rec is None:
             if state is None:
@@ -249,7 +250,7 @@ class Cluster:
             rec.seen = True
             self._set_spread(rec, state.spec.placement.spread_by)
 
-    def set_ready(self, key: str, ready: set[str] | None) -> bool:
+    def set_ready(self, key: AppKey, ready: set[str] | None) -> bool:
         """The health monitor's ready replicas of an app; True if a drain waits on it."""
         rec = self.apps.get(key)
         if rec is None:
@@ -259,7 +260,7 @@ class Cluster:
 
     # -- reconcile ----------------------------------------------------------------------
 
-    def reconcile(self, key: str, now: float = 0.0) -> Outcome:
+    def reconcile(self, key: AppKey, now: float = 0.0) -> Outcome:
         out = Outcome(key)
         rec = self.apps.get(key)
         if rec is None:
@@ -274,7 +275,7 @@ class Cluster:
                 out.removed.append(replica)
             del self.apps[key]
             self.pending.pop(key, None)
-            prefix = key + "@"
+            prefix = f"{key}@"
             for sk in [sk for sk in self._specs if sk.startswith(prefix)]:
                 del self._specs[sk]
             out.deleted = True
@@ -348,7 +349,7 @@ class Cluster:
         out.freed = bool(out.removed)
         return out
 
-    def waiting_for_ready(self, key: str) -> bool:
+    def waiting_for_ready(self, key: AppKey) -> bool:
         rec = self.apps.get(key)
         return rec is not None and any(r.leaving for r in rec.replicas.values())
 
@@ -370,19 +371,19 @@ class Cluster:
                 self.dirty.add(assignment.node)  # inconsistent: rewrite it
                 continue
             self._specs.setdefault(item.spec_key, spec)
+            key = AppKey(item.namespace, item.app)
+            rec = self.apps.get(key)
+            if rec is None:
+                rec = self.apps[key] = AppRecord(key)
             replica = Replica(
                 id=item.id,
-                namespace=item.namespace,
-                app=item.app,
+                app_key=rec.key,
                 revision=item.revision,
                 node=assignment.node,
                 cpu=spec.resources.cpu,
                 memory=spec.resources.memory,
                 leaving=node.draining,
             )
-            key = replica.app_key
-            if key not in self.apps:
-                self.apps[key] = AppRecord(key)
             self._bind(replica, mark=False)
 
     # -- output -------------------------------------------------------------------------
@@ -428,7 +429,7 @@ class Cluster:
                 return rec.state.spec
         return self._specs.get(spec_key(replica.namespace, replica.app, replica.revision))
 
-    def status(self, key: str, ts: float = 0.0) -> SchedulerStatus | None:
+    def status(self, key: AppKey, ts: float = 0.0) -> SchedulerStatus | None:
         """The app's placement status, or None once the app is gone."""
         rec = self.apps.get(key)
         if rec is None or rec.state is None:
@@ -479,7 +480,9 @@ class Cluster:
             random.Random(self.seed).shuffle(order)
             self._order = order
         if constraints:
-            probe = Demand(app="", revision=0, cpu=0.0, memory=0, constraints=constraints)
+            probe = Demand(
+                app=AppKey("", ""), revision=0, cpu=0.0, memory=0, constraints=constraints
+            )
             nodes = [n for n in self._order if check_constraints(n, probe) is None]
         else:
             nodes = list(self._order)
@@ -498,7 +501,6 @@ class Cluster:
             max_per_node=placement.max_per_node,
             spread_by=rec.spread_by,
             strategy=placement.strategy,
-            app_total=len(rec.replicas),
             domains=rec.domains,
         )
 
@@ -507,19 +509,16 @@ class Cluster:
         ring = self._ring(demand.constraints)
         score = fused(demand.strategy, demand.spread_by)
         limit = candidate_limit(len(ring.nodes), self.candidates)
-        spec = version.spec
-        namespace, name = spec.namespace, spec.name
-        self._specs.setdefault(spec_key(namespace, name, version.revision), spec)
+        namespace, name = rec.key
+        self._specs.setdefault(spec_key(namespace, name, version.revision), version.spec)
         placed: list[Replica] = []
         for _ in range(count):
-            demand.app_total = len(rec.replicas)
             node = select(ring, demand, score, limit)
             if node is None:
                 break
             replica = Replica(
                 id=self._new_id(namespace, name),
-                namespace=namespace,
-                app=name,
+                app_key=rec.key,
                 revision=version.revision,
                 node=node.id,
                 cpu=demand.cpu,
@@ -591,10 +590,10 @@ class Plan:
     """The result of ``plan``: new assignments of the nodes that changed, and problems."""
 
     assignments: dict[str, NodeAssignment]
-    unplaceable: dict[str, list[Unplaceable]]
+    unplaceable: dict[AppKey, list[Unplaceable]]
 
-    def messages(self) -> dict[str, str]:
-        """App key -> human-readable reason, for every app not fully placed."""
+    def messages(self) -> dict[AppKey, str]:
+        """App -> human-readable reason, for every app not fully placed."""
         return {
             key: "; ".join(p.message for p in problems)
             for key, problems in self.unplaceable.items()
@@ -607,7 +606,7 @@ def plan(
     current: Iterable[NodeAssignment] = (),
     *,
     cordons: Mapping[str, bool] | None = None,
-    ready: Mapping[str, set[str]] | None = None,
+    ready: Mapping[AppKey, set[str]] | None = None,
     now: float | None = None,
     grace: float = 6.0,
     seed: int = 0,
@@ -616,7 +615,7 @@ def plan(
 ) -> Plan:
     """Place every app on the nodes, starting from the current assignments.
 
-    ``cordons`` maps node -> drain flag; ``ready`` maps app key -> ready replica ids.
+    ``cordons`` maps node -> drain flag; ``ready`` maps app -> ready replica ids.
     With ``now``, a node whose ``heartbeat`` is older than ``grace`` counts as lost.
     Returns the assignment of every node whose set changed.
     """
@@ -635,7 +634,7 @@ def plan(
             if node.status == UNKNOWN and not node.lost:
                 cluster.lose_node(node.id)
     for state in apps:
-        cluster.set_app(f"{state.namespace}/{state.name}", state)
+        cluster.set_app(state.key, state)
     for key, ids in (ready or {}).items():
         cluster.set_ready(key, ids)
     for key in sorted(cluster.apps):

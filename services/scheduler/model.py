@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.keys import AppKey
 from core.state import AppState
 
 #: A node known only from an assignment (no ``info`` yet) has this status.
@@ -18,8 +19,8 @@ UNKNOWN = "unknown"
 @dataclass(slots=True, eq=False)
 class Replica:
     id: str
-    namespace: str
-    app: str
+    #: the app (one key object shared by all its replicas)
+    app_key: AppKey
     revision: int
     node: str
     cpu: float
@@ -28,8 +29,12 @@ class Replica:
     leaving: bool = False
 
     @property
-    def app_key(self) -> str:
-        return f"{self.namespace}/{self.app}"
+    def namespace(self) -> str:
+        return self.app_key.namespace
+
+    @property
+    def app(self) -> str:
+        return self.app_key.name
 
 
 @dataclass(slots=True, eq=False)
@@ -48,8 +53,8 @@ class NodeView:
     draining: bool = False
     cpu_used: float = 0.0
     mem_used: int = 0
-    #: app key -> replicas of that app on this node
-    apps: dict[str, int] = field(default_factory=dict)
+    #: app -> replicas of that app on this node
+    apps: dict[AppKey, int] = field(default_factory=dict)
     replicas: dict[str, Replica] = field(default_factory=dict)
     generation: int = 0
 
@@ -67,7 +72,7 @@ class NodeView:
 
 @dataclass(slots=True, eq=False)
 class AppRecord:
-    key: str
+    key: AppKey
     state: AppState | None = None
     #: an AppState was seen for this key since the scheduler started leading
     seen: bool = False
@@ -87,7 +92,7 @@ class Demand:
     scorers always see the placements made so far in this pass.
     """
 
-    app: str
+    app: AppKey
     revision: int
     cpu: float
     memory: int
@@ -95,11 +100,6 @@ class Demand:
     max_per_node: int | None = None
     spread_by: str | None = None
     strategy: str = "spread"
-    app_total: int = 0
     domains: dict[str, int] = field(default_factory=dict)
     #: fewest replicas of the app in any domain among the nodes being scored
     domain_floor: int = 0
-
-
-def app_key(namespace: str, name: str) -> str:
-    return f"{namespace}/{name}"

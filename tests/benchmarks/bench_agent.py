@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import aiodocker  # noqa: E402
 
+from core.channels import NODE_ASSIGN, NODE_INFO, NODE_REPLICAS  # noqa: E402
 from core.spec import AppSpec  # noqa: E402
-from core.state import AssignedReplica, NodeAssignment, NodeReplicas  # noqa: E402
+from core.state import AssignedReplica, NodeAssignment  # noqa: E402
 from services.agent.containers import container_name, create_config  # noqa: E402
 from tests.support.images import ensure_echo_image  # noqa: E402
 from tests.support.observer import Observer  # noqa: E402
@@ -71,22 +72,23 @@ async def bench_shoal(obs: Observer, n: int, generation: int) -> float:
         node="bench", replicas=reps, specs={"default/web@1": SPEC}, generation=generation
     )
     ids = {r.id for r in reps}
-    topic = obs.topics.node_replicas("bench")
 
     def all_running() -> bool:
-        report = obs.get(topic, NodeReplicas)
+        report = obs.value(NODE_REPLICAS, "bench")
         if report is None:
             return False
         return sum(1 for s in report.replicas if s.id in ids and s.phase == "running") == n
 
     started = time.perf_counter()
-    await obs.bus.publish(obs.topics.node_assign("bench"), "assign", assignment, retain=True)
+    await obs.bus.publish(NODE_ASSIGN, assignment)
     await obs.wait_for(all_running, 120, "all running")
     took = time.perf_counter() - started
     empty = NodeAssignment(node="bench", generation=generation + 1)
-    await obs.bus.publish(obs.topics.node_assign("bench"), "assign", empty, retain=True)
+    await obs.bus.publish(NODE_ASSIGN, empty)
     await obs.wait_for(
-        lambda: (r := obs.get(topic, NodeReplicas)) is not None and not r.replicas, 120, "removed"
+        lambda: (r := obs.value(NODE_REPLICAS, "bench")) is not None and not r.replicas,
+        120,
+        "removed",
     )
     return took
 
@@ -153,9 +155,7 @@ async def main() -> None:
         )
         try:
             async with Observer(broker.url, prefix) as obs:
-                await obs.wait_for(
-                    lambda: obs.bus.cache.get(obs.topics.node_info("bench")), 30, "agent up"
-                )
+                await obs.wait_for(lambda: obs.value(NODE_INFO, "bench"), 30, "agent up")
                 for i in range(args.rounds):
                     raw.append(await bench_raw(args.n, prefix))
                     shoal.append(await bench_shoal(obs, args.n, 2 * i + 1))

@@ -34,7 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from core.bus import Bus  # noqa: E402
+from core.bus import connect_bus  # noqa: E402
+from core.channels import APPS, HEALTH  # noqa: E402
 from core.config import BrokerURL  # noqa: E402
 from core.spec import AppSpec  # noqa: E402
 from core.state import AppHealth, AppState, AppVersion, ReplicaHealth  # noqa: E402
@@ -156,8 +157,7 @@ def tree_cpu(pid: int) -> float:
 
 
 async def publish_state(broker: str, prefix: str, ports: list[int]) -> None:
-    topics = Topics(prefix)
-    bus = Bus(BrokerURL.parse(broker), topics, client_id=f"bench-{prefix}")
+    bus = connect_bus(BrokerURL.parse(broker), Topics(prefix), client_id=f"bench-{prefix}")
     task = asyncio.create_task(bus.run())
     try:
         await bus.wait_connected(10)
@@ -187,8 +187,8 @@ async def publish_state(broker: str, prefix: str, ports: list[int]) -> None:
                 for i, p in enumerate(ports)
             ],
         )
-        await bus.publish(topics.app("default", "bench"), "app", app, retain=True)
-        await bus.publish(topics.health("default", "bench"), "health", health, retain=True)
+        await bus.publish(APPS, app)
+        await bus.publish(HEALTH, health)
     finally:
         bus.close()
         task.cancel()
@@ -244,8 +244,8 @@ def main() -> None:
             f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
         )
         spawn([MOSQUITTO, "-c", str(workdir / "mosquitto.conf")], "mosquitto")
-        for p in (*ports, nginx_port, broker_port):
-            wait_port("127.0.0.1", p, 10)
+        for port in (*ports, nginx_port, broker_port):
+            wait_port("127.0.0.1", port, 10)
         broker = f"mqtt://127.0.0.1:{broker_port}"
         asyncio.run(publish_state(broker, "bench", ports))
 

@@ -17,8 +17,9 @@ import time
 import uuid
 from pathlib import Path
 
-from core.commands import Reply
-from core.state import AppHealth, AppState, Presence, ReplicaHealth
+from core.channels import APPLY, APPS, PRESENCE
+from core.commands import ApplyCommand
+from core.state import AppHealth, ReplicaHealth
 from services.controller.apps import decide_apply
 from services.controller.rollout import plan_rollout
 from tests.support.observer import Observer
@@ -62,19 +63,18 @@ async def bench_bus() -> None:
             def online() -> bool:
                 return any(
                     p.status == "online" and p.pid == controller.pid
-                    for p in obs.all(obs.topics.all_services("controller"), Presence).values()
+                    for p in obs.values(PRESENCE, service="controller").values()
                 )
 
             await obs.wait_for(online, 20, "controller online")
-            topic = obs.topics.cmd("apply")
 
             latencies = []
             for i in range(100):
                 image = f"shoal-test/echo:v{i}"
                 t0 = time.perf_counter()
-                env = await obs.bus.request(topic, "apply", {"apps": [app("seq", image)]})
+                reply = await obs.bus.request(APPLY, ApplyCommand(apps=[app("seq", image)]))
                 latencies.append(time.perf_counter() - t0)
-                assert env.open(Reply).ok
+                assert reply.ok
             latencies.sort()
             print(
                 f"apply round trip (new revision each), 100 sequential: "
@@ -84,22 +84,18 @@ async def bench_bus() -> None:
 
             batch = [app(f"a{i}") for i in range(200)]
             t0 = time.perf_counter()
-            env = await obs.bus.request(topic, "apply", {"apps": batch}, timeout=60)
-            assert env.open(Reply).ok
-            await obs.wait_for(
-                lambda: len(obs.all(obs.topics.all_apps, AppState)) >= 201, 60, "201 apps"
-            )
+            reply = await obs.bus.request(APPLY, ApplyCommand(apps=batch), timeout=60)
+            assert reply.ok
+            await obs.wait_for(lambda: len(obs.values(APPS)) >= 201, 60, "201 apps")
             print(f"apply of 200 apps in one command: {time.perf_counter() - t0:.2f} s")
 
             controller.stop()
-            for t in list(obs.bus.cached(obs.topics.all_apps)):
-                await obs.bus.clear(t)
+            for key in list(obs.values(APPS)):
+                await obs.bus.clear(APPS, key)
             await obs.bus.sync()
             t0 = time.perf_counter()
             controller = procs.service(*args, prefix=prefix)
-            await obs.wait_for(
-                lambda: len(obs.all(obs.topics.all_apps, AppState)) >= 201, 60, "republished"
-            )
+            await obs.wait_for(lambda: len(obs.values(APPS)) >= 201, 60, "republished")
             print(
                 f"controller start to 201 apps republished: {time.perf_counter() - t0:.2f} s "
                 "(includes Python start-up)"

@@ -22,6 +22,7 @@ import statistics
 import time
 import uuid
 
+from core.channels import LB_METRICS, WAKE
 from core.spec import AppSpec
 from core.state import AppState, AppVersion, LbMetrics, RouteMetrics, WakeUp
 from services.scaler.decide import History, Observation, Policy, decide, observe_app, record
@@ -86,8 +87,7 @@ async def bench_bus(procs: ProcGroup, rounds: int) -> None:
         "--idle-after", "600s",
         prefix=prefix,
     )  # fmt: skip
-    key = fake.key
-    lb_topic = fake.topics.metrics_lb("lb1")
+    key = str(fake.key)  # balancer samples name apps "ns/name"
     try:
         # let the scaler read the retained app record
         await asyncio.sleep(2.0)
@@ -99,8 +99,7 @@ async def bench_bus(procs: ProcGroup, rounds: int) -> None:
             await asyncio.sleep(0.3)
             before = len(fake.commands)
             sent = time.monotonic()
-            wake = WakeUp(namespace="default", name="web", held=1)
-            await fake.bus.publish(fake.topics.wake("default", "web"), "wake", wake)
+            await fake.bus.publish(WAKE, WakeUp(namespace="default", name="web", held=1))
             await wait_for(lambda b=before: len(fake.commands) > b)
             wake_latency.append(fake.commands[-1][0] - sent)
         summary("wake-up -> scale command", wake_latency)
@@ -111,14 +110,14 @@ async def bench_bus(procs: ProcGroup, rounds: int) -> None:
         for _ in range(rounds):
             # quiet samples flush the metrics window, then the app is set back to 1
             for _ in range(4):
-                await fake.bus.publish(lb_topic, "lb_metrics", idle, qos=0)
+                await fake.bus.publish(LB_METRICS, idle)
                 await asyncio.sleep(1.0)
             fake.replicas, fake.generation = 1, fake.generation + 1
             await fake.publish_app()
             await asyncio.sleep(0.3)
             before = len(fake.commands)
             sent = time.monotonic()
-            await fake.bus.publish(lb_topic, "lb_metrics", busy, qos=0)
+            await fake.bus.publish(LB_METRICS, busy)
             await wait_for(lambda b=before: len(fake.commands) > b)
             step_latency.append(fake.commands[-1][0] - sent)
         summary("load step sample -> scale command", step_latency)

@@ -17,6 +17,7 @@ import resource
 import statistics
 import time
 
+from core.keys import AppKey
 from core.spec import AppSpec
 from core.state import AppState, AppVersion, NodeInfo
 from services.scheduler.cluster import Cluster
@@ -102,6 +103,10 @@ def make_apps(n: int, total: int, zones: int, rng: random.Random) -> list[AppSta
     return apps
 
 
+def app_key(state: AppState) -> AppKey:
+    return AppKey(state.namespace, state.name)
+
+
 def scaled(state: AppState, by: int) -> AppState:
     n = state.replicas + by
     spec = state.spec.model_copy(update={"replicas": n})
@@ -136,12 +141,12 @@ def main() -> None:
     for info in nodes:
         cluster.upsert_node(info, seen=0.0)
     for state in apps:
-        cluster.set_app(f"{state.namespace}/{state.name}", state)
+        cluster.set_app(app_key(state), state)
 
     t0 = time.perf_counter()
     placed = 0
     for state in apps:
-        placed += len(cluster.reconcile(f"{state.namespace}/{state.name}").placed)
+        placed += len(cluster.reconcile(app_key(state)).placed)
     t_place = time.perf_counter() - t0
     unplaced = sum(p.count for problems in cluster.pending.values() for p in problems)
     print(
@@ -169,7 +174,7 @@ def main() -> None:
         if placement.spread_by != "zone" or state.replicas < args.zones:
             continue
         allowed = placement.constraints.get("zone") or [f"z{z}" for z in range(args.zones)]
-        rec = cluster.apps[state.key]
+        rec = cluster.apps[app_key(state)]
         per_zone = [rec.domains.get(zone, 0) for zone in allowed]
         skews.append(max(per_zone) - min(per_zone))
     if skews:
@@ -187,8 +192,8 @@ def main() -> None:
     for info in nodes:
         rebuilt.upsert_node(info, seen=0.0)
     for state in apps:
-        rebuilt.set_app(state.key, state)
-    moved = sum(rebuilt.reconcile(state.key).changed for state in apps)
+        rebuilt.set_app(app_key(state), state)
+    moved = sum(rebuilt.reconcile(app_key(state)).changed for state in apps)
     t_rebuild = time.perf_counter() - t0
     print(
         f"takeover rebuild: {len(rebuilt.replicas)} replicas loaded and every app reconciled "
@@ -211,7 +216,7 @@ def main() -> None:
     # Scale one app by +10 (several apps, median and max).
     times = []
     for state in rng.sample(apps, 20):
-        key = f"{state.namespace}/{state.name}"
+        key = app_key(state)
         bigger = scaled(state, 10)
         t0 = time.perf_counter()
         cluster.set_app(key, bigger)
@@ -225,12 +230,12 @@ def main() -> None:
     )
 
     # Scale the largest app down by half (scale-down order over thousands of replicas).
-    big = max(apps, key=lambda a: len(cluster.apps[a.key].replicas))
-    have = len(cluster.apps[big.key].replicas)
+    big = max(apps, key=lambda a: len(cluster.apps[app_key(a)].replicas))
+    have = len(cluster.apps[app_key(big)].replicas)
     smaller = scaled(big, -(big.replicas // 2))
     t0 = time.perf_counter()
-    cluster.set_app(big.key, smaller)
-    out = cluster.reconcile(big.key)
+    cluster.set_app(app_key(big), smaller)
+    out = cluster.reconcile(app_key(big))
     msgs = [cluster.assignment(n) for n in cluster.take_dirty()]
     t_down = (time.perf_counter() - t0) * 1000
     print(

@@ -22,16 +22,10 @@ from typing import Any
 
 import pytest
 
+from core import codec
+from core.channels import EVENTS, LOGS_REQUEST, NODE_ASSIGN, NODE_INFO, NODE_METRICS, NODE_REPLICAS
 from core.spec import AppSpec
-from core.state import (
-    AssignedReplica,
-    Event,
-    NodeAssignment,
-    NodeInfo,
-    NodeMetrics,
-    NodeReplicas,
-    ReplicaStatus,
-)
+from core.state import AssignedReplica, Event, NodeAssignment, NodeInfo, ReplicaStatus
 from tests.support.observer import Observer
 from tests.support.procs import ROOT, Broker, Proc, ProcGroup, start_broker
 
@@ -123,16 +117,14 @@ class Rig:
         assignment = NodeAssignment(
             node=node, replicas=replicas, specs=by_key, generation=self.generation
         )
-        await self.obs.bus.publish(
-            self.obs.topics.node_assign(node), "assign", assignment, retain=True
-        )
+        await self.obs.bus.publish(NODE_ASSIGN, assignment)
 
     def report(self, node: str = "n1") -> dict[str, ReplicaStatus]:
-        r = self.obs.get(self.obs.topics.node_replicas(node), NodeReplicas)
+        r = self.obs.value(NODE_REPLICAS, node)
         return {s.id: s for s in r.replicas} if r is not None else {}
 
     def info(self, node: str = "n1") -> NodeInfo | None:
-        return self.obs.get(self.obs.topics.node_info(node), NodeInfo)
+        return self.obs.value(NODE_INFO, node)
 
     async def wait(
         self,
@@ -167,7 +159,7 @@ class Rig:
         return list(json.loads(found)) if found else []
 
     def events(self, kind: str) -> list[Event]:
-        topic = self.obs.topics.event(kind)
+        topic = self.obs.topic(EVENTS, kind)
         return [e.open(Event) for _, t, e in self.obs.seen if t == topic and e is not None]
 
 
@@ -524,10 +516,9 @@ async def test_node_metrics_report_cpu_and_memory_per_replica(rig: Rig) -> None:
     (r1,) = new_replicas(spec, 1)
     await rig.assign("n1", [r1], spec)
     report = await rig.wait_phases("n1", [r1.id], "running")
-    topic = rig.obs.topics.metrics_node("n1")
 
     def usage() -> Any:
-        m = rig.obs.get(topic, NodeMetrics)
+        m = rig.obs.value(NODE_METRICS, "n1")
         return m.replicas.get(r1.id) if m is not None else None
 
     first = await rig.wait(lambda: (u := usage()) and u.memory > 0 and u, 10, "metrics")
@@ -609,17 +600,19 @@ async def test_logs_through_the_cli(rig: Rig) -> None:
 async def test_malformed_assignments_are_dropped_and_the_agent_keeps_going(rig: Rig) -> None:
     agent = rig.start_agent()
     await rig.wait(lambda: (i := rig.info()) and i.status == "ready", 20, "ready")
-    topic = rig.obs.topics.node_assign("n1")
+    topic = rig.obs.topic(NODE_ASSIGN, "n1")
     for payload in (
         b"\x00garbage",
         b'{"v": 1, "kind": "assign", "body": {"node": 5}}',
         b"\x81\xa1v\x01",
     ):
         await rig.obs.bus.publish_raw(topic, payload, retain=True)
-    await rig.obs.bus.publish_raw(rig.obs.topics.logs_request, b"\xc1not msgpack")
-    await rig.obs.bus.publish(rig.obs.topics.logs_request, "logs_request", {"app": 5})
+    logs_request = rig.obs.topic(LOGS_REQUEST, None)
+    await rig.obs.bus.publish_raw(logs_request, b"\xc1not msgpack")
+    bad_request = rig.obs.bus.envelope("logs_request", {"app": 5})
+    await rig.obs.bus.publish_raw(logs_request, codec.encode(bad_request))
     other = NodeAssignment(node="n2")
-    await rig.obs.bus.publish(topic, "assign", other, retain=True)
+    await rig.obs.bus.publish(NODE_ASSIGN, other, key="n1")
     spec = echo_spec()
     (r1,) = new_replicas(spec, 1)
     await rig.assign("n1", [r1], spec)

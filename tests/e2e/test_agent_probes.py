@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from core.channels import HEALTH, NODE_REPLICAS
 from core.spec import AppSpec
 from core.state import AppHealth, NodeReplicas, ReplicaHealth, ReplicaStatus
 from tests.e2e.test_agent import (
@@ -82,9 +83,7 @@ async def publish_health(rig: Rig, spec: AppSpec, *replicas: ReplicaHealth) -> N
     value = AppHealth(
         namespace=spec.namespace, name=spec.name, replicas=list(replicas), ts=time.time()
     )
-    await rig.obs.bus.publish(
-        rig.obs.topics.health(spec.namespace, spec.name), "health", value, retain=True
-    )
+    await rig.obs.bus.publish(HEALTH, value)
 
 
 def not_live(
@@ -249,7 +248,7 @@ async def test_exec_readiness_survives_an_agent_restart(rig: Rig) -> None:
         "agent back",
     )
     await asyncio.sleep(1.0)
-    topic = rig.obs.topics.node_replicas("n1")
+    topic = rig.obs.topic(NODE_REPLICAS, "n1")
     after = [
         env.open(NodeReplicas)
         for t0, t, env in rig.obs.seen

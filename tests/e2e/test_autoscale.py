@@ -27,7 +27,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from core.channels import APPS, EVENTS, HEALTH, LB_METRICS
+from core.keys import AppKey
 from core.state import AppHealth, AppState, Event, LbMetrics
+from core.topics import matches
 from tests.support.cluster import Cluster, HttpResult, http_get, wait_for
 from tests.support.observer import Observer
 
@@ -73,7 +76,6 @@ class BusWatch:
 
     def __init__(self, cluster: Cluster) -> None:
         self.observer = Observer(cluster.broker.url, cluster.prefix)
-        self.topics = self.observer.topics
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
@@ -93,19 +95,19 @@ class BusWatch:
             self._loop.close()
 
     def app(self, name: str) -> AppState | None:
-        return self.observer.get(self.topics.app("default", name), AppState)
+        return self.observer.value(APPS, AppKey("default", name))
 
     def replicas(self, name: str) -> int | None:
         app = self.app(name)
         return None if app is None else app.replicas
 
     def ready(self, name: str) -> int:
-        health = self.observer.get(self.topics.health("default", name), AppHealth)
+        health = self.observer.value(HEALTH, AppKey("default", name))
         return 0 if health is None else len(health.ready)
 
     def ready_since(self, name: str, since: float) -> float | None:
         """Seconds from ``since`` until the health record first showed a ready replica."""
-        topic = self.topics.health("default", name)
+        topic = self.observer.topic(HEALTH, AppKey("default", name))
         for ts, seen_topic, env in list(self.observer.seen):
             if (
                 ts >= since
@@ -118,7 +120,7 @@ class BusWatch:
 
     def history(self, name: str) -> list[tuple[float, int]]:
         """``(time, replicas)`` each time the controller's record of the app changed count."""
-        topic = self.topics.app("default", name)
+        topic = self.observer.topic(APPS, AppKey("default", name))
         out: list[tuple[float, int]] = []
         for ts, seen_topic, env in list(self.observer.seen):
             if seen_topic != topic or env is None:
@@ -130,17 +132,17 @@ class BusWatch:
 
     def inflight_samples(self, name: str, since: float) -> list[int]:
         """The in-flight counts the balancer reported for the app since ``since``."""
-        lb = f"{self.topics.prefix}/metrics/lb/"
+        lb = LB_METRICS.pattern(self.observer.prefix)
         out: list[int] = []
         for ts, seen_topic, env in list(self.observer.seen):
-            if ts >= since and seen_topic.startswith(lb) and env is not None:
-                route = env.open(LbMetrics).apps.get(f"default/{name}")
+            if ts >= since and matches(lb, seen_topic) and env is not None:
+                route = env.open(LbMetrics).apps.get(str(AppKey("default", name)))
                 if route is not None:
                     out.append(route.inflight)
         return out
 
     def scale_events(self, name: str) -> list[tuple[float, Event]]:
-        topic = self.topics.event("scale")
+        topic = self.observer.topic(EVENTS, "scale")
         events = [
             (ts, env.open(Event))
             for ts, seen_topic, env in list(self.observer.seen)

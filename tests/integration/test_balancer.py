@@ -83,7 +83,7 @@ async def test_round_robin_404_and_503(broker: Broker, lb: StartLb, prefix: str)
         await pub.health(health_of(bs, "cold", ready=[]))
         await routed(s, admin, "default/web", 3)
 
-        counts = collections.Counter()
+        counts: collections.Counter[str] = collections.Counter()
         for _ in range(30):
             status, body, _h = await get(s, url, headers={"Host": "web.test"})
             assert status == 200
@@ -184,7 +184,7 @@ async def test_refused_replica_is_ejected_and_requests_retried(
         await pub.health(health_of(bs))
         await routed(s, admin, "default/web", 3)
         await bs[1].stop()  # health still says ready: the balancer finds out by itself
-        answers = collections.Counter()
+        answers: collections.Counter[str] = collections.Counter()
         for _ in range(30):
             status, body, _h = await get(s, url)
             assert status == 200, body
@@ -356,7 +356,7 @@ async def test_weighted_canary_and_least_conn(mosquitto: Broker, lb: StartLb, pr
         await routed(s, admin, "default/web", 3)
         await routed(s, admin, "default/lc", 3)
 
-        counts = collections.Counter()
+        counts: collections.Counter[str] = collections.Counter()
         for _ in range(100):
             counts[(await get(s, url, headers={"Host": "w.test"}))[1]] += 1
         assert counts[bs[2].id] == 10

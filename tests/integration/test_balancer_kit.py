@@ -19,8 +19,10 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from core.bus import Bus
+from core.bus import Bus, connect_bus
+from core.channels import APPS, HEALTH, NODE_REPLICAS
 from core.config import BrokerURL
+from core.keys import AppKey
 from core.spec import AppSpec
 from core.state import (
     AppHealth,
@@ -215,7 +217,7 @@ def statuses(
                 app=app,
                 revision=(revisions or {}).get(b.id, revision),
                 node=node,
-                phase=(phases or {}).get(b.id, phase),  # type: ignore[arg-type]
+                phase=(phases or {}).get(b.id, phase),
                 endpoints={"http": b.endpoint},
                 started_at=started_at,
             )
@@ -268,8 +270,9 @@ class Publisher:
     """Plays the writers the test needs (controller, agent, health)."""
 
     def __init__(self, broker_url: str, prefix: str) -> None:
-        self.topics = Topics(prefix)
-        self.bus = Bus(BrokerURL.parse(broker_url), self.topics, client_id=f"pub-{prefix}")
+        self.bus: Bus = connect_bus(
+            BrokerURL.parse(broker_url), Topics(prefix), client_id=f"pub-{prefix}"
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Publisher:
@@ -285,18 +288,16 @@ class Publisher:
                 await self._task
 
     async def app(self, state: AppState) -> None:
-        await self.bus.publish(
-            self.topics.app(state.namespace, state.name), "app", state, retain=True
-        )
+        await self.bus.publish(APPS, state)
 
     async def delete_app(self, name: str, namespace: str = "default") -> None:
-        await self.bus.clear(self.topics.app(namespace, name))
+        await self.bus.clear(APPS, AppKey(namespace, name))
 
     async def replicas(self, nr: NodeReplicas) -> None:
-        await self.bus.publish(self.topics.node_replicas(nr.node), "replicas", nr, retain=True)
+        await self.bus.publish(NODE_REPLICAS, nr)
 
     async def health(self, h: AppHealth) -> None:
-        await self.bus.publish(self.topics.health(h.namespace, h.name), "health", h, retain=True)
+        await self.bus.publish(HEALTH, h)
 
 
 async def get(

@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 
 from core import codec
+from core.channels import APPLY, APPS, COMMANDS, HEALTH, NODE_REPLICAS, PRESENCE, SCALE
 from core.codec import Envelope
 from core.commands import History, Reply
+from core.keys import AppKey
 from core.state import (
     AppHealth,
     AppState,
     NodeReplicas,
-    Presence,
     ReplicaHealth,
     ReplicaStatus,
 )
@@ -32,6 +33,9 @@ from tests.support.observer import Observer
 from tests.support.procs import Broker, Proc, ProcGroup
 
 pytestmark = pytest.mark.integration
+
+WEB = AppKey("default", "web")
+COMMAND = {c.name: c for c in COMMANDS}
 
 
 def app(name: str = "web", image: str = "shoal-test/echo:v1", **fields: Any) -> dict[str, Any]:
@@ -51,7 +55,7 @@ def start_controller(procs: ProcGroup, broker: Broker, prefix: str, data_dir: Pa
 
 async def wait_online(obs: Observer, proc: Proc, timeout: float = 20) -> None:
     def online() -> bool:
-        for presence in obs.all(obs.topics.all_services("controller"), Presence).values():
+        for presence in obs.values(PRESENCE, service="controller").values():
             if presence.status == "online" and presence.pid == proc.pid:
                 return True
         return False
@@ -66,7 +70,7 @@ async def observing(broker: Broker, prefix: str) -> AsyncIterator[Observer]:
 
 
 async def request(obs: Observer, command: str, body: dict[str, Any]) -> Envelope:
-    return await obs.bus.request(obs.topics.cmd(command), command, body, timeout=10)
+    return await obs.bus.request_raw(COMMAND[command].topic(obs.prefix), command, body, timeout=10)
 
 
 async def reply(obs: Observer, command: str, body: dict[str, Any]) -> Reply:
@@ -76,7 +80,7 @@ async def reply(obs: Observer, command: str, body: dict[str, Any]) -> Reply:
 
 
 def state(obs: Observer, name: str = "web", ns: str = "default") -> AppState | None:
-    return obs.get(obs.topics.app(ns, name), AppState)
+    return obs.value(APPS, AppKey(ns, name))
 
 
 async def until(
@@ -178,27 +182,21 @@ async def test_retained_apps_are_rebuilt_after_a_restart(
         assert (await reply(obs, "apply", {"apps": [app(), app("api", namespace="prod")]})).ok
         before = await until(
             obs,
-            lambda: (
-                len(obs.all(obs.topics.all_apps, AppState)) == 2
-                and obs.all(obs.topics.all_apps, AppState)
-            ),
+            lambda: len(obs.values(APPS)) == 2 and obs.values(APPS),
             "two apps",
         )
         controller.stop()
         # a retained app the store does not know (left over, or written by someone else)
-        stray = obs.topics.app("default", "stray")
-        await obs.bus.publish(stray, "app", before[obs.topics.app("default", "web")], retain=True)
-        await obs.bus.clear(obs.topics.app("default", "web"))
+        stray = AppKey("default", "stray")
+        await obs.bus.publish(APPS, before[WEB], key=stray)
+        await obs.bus.clear(APPS, WEB)
         await obs.bus.sync()
-        assert set(obs.all(obs.topics.all_apps, AppState)) == {
-            obs.topics.app("prod", "api"),
-            stray,
-        }
+        assert set(obs.values(APPS)) == {AppKey("prod", "api"), stray}
 
         await wait_online(obs, start_controller(procs, broker, prefix, tmp_path))
         await until(
             obs,
-            lambda: obs.all(obs.topics.all_apps, AppState) == before,
+            lambda: obs.values(APPS) == before,
             "apps republished from the store, stray cleared",
         )
 
@@ -224,7 +222,7 @@ async def test_json_command_from_mosquitto_pub(
         await wait_online(obs, start_controller(procs, broker, prefix, tmp_path))
         reply_topic = f"{prefix}/reply/json-{uuid.uuid4().hex[:6]}"
         answers: list[Envelope] = []
-        await obs.bus.subscribe(
+        await obs.bus.watch(
             reply_topic, lambda t, e: answers.append(e) if e else None, allow_json=True
         )
         await obs.bus.sync()
@@ -238,7 +236,7 @@ async def test_json_command_from_mosquitto_pub(
             "-q",
             "1",
             "-t",
-            obs.topics.cmd("apply"),
+            APPLY.topic(obs.prefix),
             "-m",
             json.dumps(message),
         )
@@ -256,7 +254,7 @@ async def test_malformed_commands_leave_the_controller_running(
         controller = start_controller(procs, broker, prefix, tmp_path)
         await wait_online(obs, controller)
         for command in ("apply", "delete", "scale", "rollback", "history", "rollout"):
-            topic = obs.topics.cmd(command)
+            topic = COMMAND[command].topic(obs.prefix)
             for payload in (
                 b"\xc1\xc1 not msgpack",
                 b"{ not json",
@@ -267,20 +265,20 @@ async def test_malformed_commands_leave_the_controller_running(
                 json.dumps({"kind": command, "body": {"name": "x" * 100}}).encode(),
             ):
                 await obs.bus.publish_raw(topic, payload)
-        await obs.bus.publish_raw(obs.topics.health("default", "web"), b"garbage", retain=True)
+        await obs.bus.publish_raw(HEALTH.topic(obs.prefix, WEB), b"garbage", retain=True)
 
         wrong = await reply(obs, "delete", {"name": "Web!"})
         assert not wrong.ok
         assert wrong.errors[0].startswith("delete command: name: Value error, name 'Web!'") or (
             wrong.errors[0].startswith("delete command: name: name 'Web!' must be a DNS label")
         )
-        kind = await obs.bus.request(obs.topics.cmd("scale"), "apply", {"apps": []}, timeout=10)
+        kind = await obs.bus.request_raw(SCALE.topic(obs.prefix), "apply", {"apps": []}, timeout=10)
         assert kind.open(Reply).errors == [
-            "a 'scale' command was expected on " + obs.topics.cmd("scale") + ", got 'apply'"
+            "a 'scale' command was expected on " + SCALE.topic(obs.prefix) + ", got 'apply'"
         ]
         assert (await reply(obs, "apply", {"apps": [app()]})).ok
         assert controller.alive()
-        await obs.bus.clear(obs.topics.health("default", "web"))
+        await obs.bus.clear(HEALTH, WEB)
 
 
 # -- issue 7 -------------------------------------------------------------------------------
@@ -302,7 +300,7 @@ async def publish_health(obs: Observer, s: AppState, ready: dict[int, int] | Non
                 )
             )
     health = AppHealth(namespace=s.namespace, name=s.name, replicas=replicas)
-    await obs.bus.publish(obs.topics.health(s.namespace, s.name), "health", health, retain=True)
+    await obs.bus.publish(HEALTH, health)
 
 
 async def test_rolling_update_history_undo_and_restart_mid_rollout(
@@ -438,10 +436,10 @@ async def test_a_crash_looping_revision_is_rolled_back_at_once(
             exit_code=2,
         )
         observed = NodeReplicas(node="n1", replicas=[crashing])
-        await obs.bus.publish(obs.topics.node_replicas("n1"), "replicas", observed, retain=True)
+        await obs.bus.publish(NODE_REPLICAS, observed)
         back = await until(obs, lambda: (s := state(obs)) and s.phase == "rolled_back" and s, "rb")
         assert back.message == (
             "rolled back to revision 1: revision 2 is failing: "
             "replica default.web.00020000 restarted 3 times, last exit code 2"
         )
-        await obs.bus.clear(obs.topics.node_replicas("n1"))
+        await obs.bus.clear(NODE_REPLICAS, "n1")

@@ -10,12 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from core.channels import APPS
+from core.keys import AppKey
 from core.state import AppState
 from tests.integration.test_controller import publish_health, start_controller, wait_online
 from tests.support.observer import Observer
 from tests.support.procs import ROOT, Broker, ProcGroup
 
 pytestmark = pytest.mark.integration
+
+WEB = AppKey("default", "web")
 
 SPEC = """
 name: web
@@ -78,7 +82,7 @@ async def test_diff_history_undo_status_promote_abort(
         assert "~ default/web: new revision 2 (now 1), rolled out" in changed.out
         assert "    image: shoal-test/echo:v1 -> shoal-test/echo:v2" in changed.out
         assert "    replicas: 2 -> 3" in changed.out
-        assert obs.get(obs.topics.app("default", "web"), AppState).revision == 1  # type: ignore[union-attr]
+        assert obs.value(APPS, WEB).revision == 1  # type: ignore[union-attr]
 
         assert (await shoal(mosquitto, prefix, "apply", "-f", v2)).code == 0
         history = await shoal(mosquitto, prefix, "rollout", "history", "web")
@@ -108,7 +112,7 @@ async def test_diff_history_undo_status_promote_abort(
         # walk revision 3 to the end as the health monitor would, then try a canary
         async def settle() -> AppState:
             while True:
-                s = obs.get(obs.topics.app("default", "web"), AppState)
+                s = obs.value(APPS, WEB)
                 assert s is not None
                 if s.phase == "stable":
                     return s
@@ -123,10 +127,7 @@ async def test_diff_history_undo_status_promote_abort(
         assert aborted.code == 0, aborted.err
         assert "app default/web aborted: back to revision 3" in aborted.out
         await obs.wait_for(
-            lambda: (
-                (s := obs.get(obs.topics.app("default", "web"), AppState))
-                and s.phase == "rolled_back"
-            ),
+            lambda: (s := obs.value(APPS, WEB)) and s.phase == "rolled_back",
             10,
             "canary aborted",
         )

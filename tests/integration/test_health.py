@@ -10,6 +10,8 @@ import asyncio
 import aiohttp
 import pytest
 
+from core.channels import HEALTH
+from core.keys import AppKey
 from core.state import AppHealth, Event
 from services.health.logic import owner
 from tests.integration.test_balancer_kit import (
@@ -29,8 +31,8 @@ pytestmark = pytest.mark.integration
 FAST_HTTP = {"http": "/healthz", "port": "http", "interval": "100ms", "timeout": "500ms"}
 
 
-def ready_ids(obs: Observer, prefix: str, app: str = "web") -> set[str] | None:
-    h = obs.get(f"{prefix}/health/default/{app}", AppHealth)
+def ready_ids(obs: Observer, app: str = "web") -> set[str] | None:
+    h = obs.value(HEALTH, AppKey("default", app))
     return None if h is None else {r.id for r in h.ready}
 
 
@@ -47,26 +49,26 @@ async def test_readiness_gating_terminating_and_delete(
             b.healthy = False
         await pub.app(app_state(health={"readiness": {**FAST_HTTP, "failures": 1}}))
         await pub.replicas(statuses(bs))
-        topic = f"{prefix}/health/default/web"
+        web = AppKey("default", "web")
 
         def health() -> AppHealth | None:
-            return obs.get(topic, AppHealth)
+            return obs.value(HEALTH, web)
 
         await obs.wait_for(lambda: health() and len(health().replicas) == 3, 10, "3 replicas")
-        assert ready_ids(obs, prefix) == set()
+        assert ready_ids(obs) == set()
         assert all(r.endpoint == b.endpoint for r, b in zip(health().replicas, bs, strict=True))
         assert all(b.probes for b in bs)
 
         bs[0].healthy = bs[1].healthy = True
-        await obs.wait_for(lambda: ready_ids(obs, prefix) == {bs[0].id, bs[1].id}, 5, "2 ready")
+        await obs.wait_for(lambda: ready_ids(obs) == {bs[0].id, bs[1].id}, 5, "2 ready")
         bs[1].healthy = False
-        await obs.wait_for(lambda: ready_ids(obs, prefix) == {bs[0].id}, 5, "1 ready")
+        await obs.wait_for(lambda: ready_ids(obs) == {bs[0].id}, 5, "1 ready")
         unready = next(r for r in health().replicas if r.id == bs[1].id)
         assert "HTTP 503" in unready.reason
 
         # terminating: out at once, flagged, even though its probe still passes
         await pub.replicas(statuses(bs, phases={bs[0].id: "terminating"}))
-        await obs.wait_for(lambda: ready_ids(obs, prefix) == set(), 5, "none ready")
+        await obs.wait_for(lambda: ready_ids(obs) == set(), 5, "none ready")
         term = next(r for r in health().replicas if r.id == bs[0].id)
         assert term.terminating
         assert not term.ready
@@ -82,7 +84,7 @@ async def test_readiness_gating_terminating_and_delete(
         await obs.wait_for(lambda: wanted <= events(), 5, "transition events")
 
         await pub.delete_app("web")
-        await obs.wait_for(lambda: topic not in obs.bus.cache, 5, "health cleared")
+        await obs.wait_for(lambda: obs.topic(HEALTH, web) not in obs.cache, 5, "health cleared")
 
 
 async def test_no_probe_tcp_probe_and_liveness(
@@ -107,22 +109,22 @@ async def test_no_probe_tcp_probe_and_liveness(
         await pub.replicas(statuses(plain, app="plain", node="n1"))
         await pub.replicas(statuses(tcp, app="tcp", node="n2"))
         await pub.replicas(statuses(live, app="live", node="n3"))
-        await obs.wait_for(lambda: ready_ids(obs, prefix, "plain") == {plain[0].id}, 5, "plain")
-        await obs.wait_for(lambda: ready_ids(obs, prefix, "tcp") == {tcp[0].id}, 5, "tcp")
-        await obs.wait_for(lambda: ready_ids(obs, prefix, "live") == {live[0].id}, 5, "live")
+        await obs.wait_for(lambda: ready_ids(obs, "plain") == {plain[0].id}, 5, "plain")
+        await obs.wait_for(lambda: ready_ids(obs, "tcp") == {tcp[0].id}, 5, "tcp")
+        await obs.wait_for(lambda: ready_ids(obs, "live") == {live[0].id}, 5, "live")
 
         await tcp[0].stop()
-        await obs.wait_for(lambda: ready_ids(obs, prefix, "tcp") == set(), 10, "tcp down")
+        await obs.wait_for(lambda: ready_ids(obs, "tcp") == set(), 10, "tcp down")
 
         live[0].healthy = False
-        topic = f"{prefix}/health/default/live"
+        key = AppKey("default", "live")
 
         def dead() -> bool:
-            h = obs.get(topic, AppHealth)
+            h = obs.value(HEALTH, key)
             return h is not None and not h.replicas[0].live
 
         await obs.wait_for(dead, 5, "liveness failed")
-        h = obs.get(topic, AppHealth)
+        h = obs.value(HEALTH, key)
         assert h is not None
         assert h.replicas[0].started_at == 1000.0  # the incarnation the agent must restart
         # a restarted container (new start time) is judged afresh
@@ -130,7 +132,7 @@ async def test_no_probe_tcp_probe_and_liveness(
         live[0].healthy = True
         await obs.wait_for(
             lambda: (
-                (h := obs.get(topic, AppHealth))
+                (h := obs.value(HEALTH, key))
                 and h.replicas[0].live
                 and h.replicas[0].started_at == 2000.0
             ),
@@ -143,12 +145,14 @@ async def test_two_health_instances_share_and_take_over(
     mosquitto: Broker, procs: ProcGroup, prefix: str
 ) -> None:
     apps = [f"a{i}" for i in range(4)]
+
     # instance names whose rendezvous split gives each at least one app
-    names = next(
-        (f"h1-{prefix}-{i}", f"h2-{prefix}-{i}")
-        for i in range(100)
-        if len({owner(f"default/{a}", [f"h1-{prefix}-{i}", f"h2-{prefix}-{i}"]) for a in apps}) == 2
-    )
+    def owners(i: int) -> set[str | None]:
+        pair = [f"h1-{prefix}-{i}", f"h2-{prefix}-{i}"]
+        return {owner(AppKey("default", a), pair) for a in apps}
+
+    i = next(i for i in range(100) if len(owners(i)) == 2)
+    names = (f"h1-{prefix}-{i}", f"h2-{prefix}-{i}")
     h1 = procs.service("health", mosquitto.url, "--instance", names[0], prefix=prefix)
     procs.service("health", mosquitto.url, "--instance", names[1], prefix=prefix)
     async with (
@@ -164,10 +168,10 @@ async def test_two_health_instances_share_and_take_over(
             await pub.app(app_state(app, health={"readiness": {**FAST_HTTP, "failures": 1}}))
             await pub.replicas(statuses([b], app=app, node=f"n{i}"))
         for app in apps:
-            await obs.wait_for(lambda app=app: ready_ids(obs, prefix, app), 10, f"{app} ready")
+            await obs.wait_for(lambda app=app: ready_ids(obs, app), 10, f"{app} ready")
 
         # once both instances have seen each other, each app is probed by its owner only
-        expected = {app: owner(f"default/{app}", list(names)) for app in apps}
+        expected = {app: owner(AppKey("default", app), list(names)) for app in apps}
         assert set(expected.values()) == set(names)
 
         async def settled() -> bool:
@@ -187,9 +191,9 @@ async def test_two_health_instances_share_and_take_over(
         await wait_until(
             lambda: by_app[orphan].probes[-1] == f"shoal-health/{names[1]}", 30, "takeover"
         )
-        assert ready_ids(obs, prefix, orphan) == {by_app[orphan].id}  # no flap on takeover
+        assert ready_ids(obs, orphan) == {by_app[orphan].id}  # no flap on takeover
         by_app[orphan].healthy = False
-        await obs.wait_for(lambda: ready_ids(obs, prefix, orphan) == set(), 5, "orphan probed")
+        await obs.wait_for(lambda: ready_ids(obs, orphan) == set(), 5, "orphan probed")
 
 
 async def test_health_and_balancer_gate_traffic(

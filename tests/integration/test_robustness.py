@@ -14,8 +14,8 @@ import msgpack
 import pytest
 
 from core import codec
-from core.commands import Reply
-from core.state import Presence
+from core.channels import APPLY, PRESENCE
+from core.commands import ApplyCommand, Reply
 from tests.support.net import free_port
 from tests.support.observer import Observer
 from tests.support.procs import Broker, ProcGroup
@@ -76,11 +76,7 @@ async def test_malformed_payloads_on_every_topic_leave_every_service_running(
     async with Observer(broker.url, prefix) as obs:
 
         def online() -> bool:
-            seen = {
-                p.service
-                for p in obs.all(f"{prefix}/services/+/+", Presence).values()
-                if p.status == "online"
-            }
+            seen = {p.service for p in obs.values(PRESENCE).values() if p.status == "online"}
             return set(SERVICES) <= seen
 
         await obs.wait_for(online, 30, "every service online")
@@ -90,16 +86,14 @@ async def test_malformed_payloads_on_every_topic_leave_every_service_running(
                     await obs.bus.publish_raw(topic, payload, retain=retain)
         await asyncio.sleep(2)
         for topic in topics_to_poison(prefix):
-            await obs.bus.clear(topic)
+            await obs.bus.clear_raw(topic)
 
         dead = [n for n, p in started.items() if not p.alive()]
         assert not dead, f"died: {dead}\n{procs.dump()}"
         assert online()
         # And they still work: a command round trip through the controller.
         reply = await obs.bus.request(
-            f"{prefix}/cmd/apply",
-            "apply",
-            {"apps": [{"name": "ok", "image": "x"}], "dry_run": True},
-            timeout=10,
+            APPLY, ApplyCommand(apps=[{"name": "ok", "image": "x"}], dry_run=True), timeout=10
         )
-        assert reply.open(Reply).ok
+        assert isinstance(reply, Reply)
+        assert reply.ok

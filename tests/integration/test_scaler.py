@@ -18,10 +18,24 @@ from typing import Any
 
 import pytest
 
-from core.bus import Bus
+from core import codec
+from core.bus import Bus, connect_bus
+from core.channels import (
+    APPLY,
+    APPS,
+    EVENTS,
+    HEALTH,
+    LB_METRICS,
+    NODE_METRICS,
+    PRESENCE,
+    SCALE,
+    SCALER_STATUS,
+    WAKE,
+)
 from core.codec import Envelope
-from core.commands import AppResult, Reply, ScaleCommand
+from core.commands import ApplyCommand, AppResult, Reply, ScaleCommand
 from core.config import BrokerURL
+from core.keys import AppKey, ServiceKey
 from core.spec import AppSpec
 from core.state import (
     AppHealth,
@@ -32,7 +46,6 @@ from core.state import (
     Presence,
     ReplicaHealth,
     RouteMetrics,
-    ScalerStatus,
     WakeUp,
 )
 from core.topics import Topics
@@ -59,7 +72,9 @@ class FakeCluster:
 
     def __init__(self, broker: Broker, prefix: str, spec: dict[str, Any], replicas: int) -> None:
         self.topics = Topics(prefix)
-        self.bus = Bus(BrokerURL.parse(broker.url), self.topics, client_id=f"fake-{prefix}")
+        self.bus: Bus = connect_bus(
+            BrokerURL.parse(broker.url), self.topics, client_id=f"fake-{prefix}"
+        )
         self.spec = AppSpec.model_validate(spec)
         self.replicas = replicas
         self.generation = 1
@@ -70,8 +85,8 @@ class FakeCluster:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
-    def key(self) -> str:
-        return self.spec.key
+    def key(self) -> AppKey:
+        return AppKey(self.spec.namespace, self.spec.name)
 
     def state(self) -> AppState:
         return AppState(
@@ -85,9 +100,7 @@ class FakeCluster:
         )
 
     async def publish_app(self) -> None:
-        t = self.topics
-        await self.bus.publish(t.app(self.spec.namespace, self.spec.name), "app", self.state(),
-                               retain=True)  # fmt: skip
+        await self.bus.publish(APPS, self.state())
         health = AppHealth(
             namespace=self.spec.namespace,
             name=self.spec.name,
@@ -97,8 +110,7 @@ class FakeCluster:
                 for i in range(self.replicas)
             ],
         )  # fmt: skip
-        await self.bus.publish(t.health(self.spec.namespace, self.spec.name), "health", health,
-                               retain=True)  # fmt: skip
+        await self.bus.publish(HEALTH, health)
 
     async def _on_scale(self, topic: str, env: Envelope | None) -> None:
         assert env is not None
@@ -123,12 +135,12 @@ class FakeCluster:
                 p95_ms=20.0,
                 held=self.held,
             )
-            sample = LbMetrics(instance="lb1", window=0.25, apps={self.key: route})
-            await self.bus.publish(self.topics.metrics_lb("lb1"), "lb_metrics", sample, qos=0)
+            sample = LbMetrics(instance="lb1", window=0.25, apps={str(self.key): route})
+            await self.bus.publish(LB_METRICS, sample)
             await asyncio.sleep(0.25)
 
     async def start(self, balancer: bool = True) -> None:
-        await self.bus.subscribe(self.topics.cmd("scale"), self._on_scale)
+        await self.bus.watch(SCALE.topic(self.topics.prefix), self._on_scale)
         self._tasks.append(asyncio.create_task(self.bus.run()))
         await self.bus.wait_connected(10)
         await self.publish_app()
@@ -180,8 +192,8 @@ async def test_load_up_scales_up_and_load_gone_scales_back_to_min_after_the_wind
 ) -> None:
     async with Observer(broker.url, prefix) as obs, cluster(broker, prefix, web(), 1) as fake:
         procs.service("scaler", broker.url, *FAST, prefix=prefix)
-        status_topic = obs.topics.scaler_status("default", "web")
-        await obs.wait_for(lambda: obs.get(status_topic, ScalerStatus), 15, "first status")
+        web_key = AppKey("default", "web")
+        await obs.wait_for(lambda: obs.value(SCALER_STATUS, web_key), 15, "first status")
 
         fake.rps = 480.0  # 4.8 replicas' worth at 100 rps each
         await until(lambda: fake.replicas == 5, 10, "scale up to 5")
@@ -206,7 +218,7 @@ async def test_load_up_scales_up_and_load_gone_scales_back_to_min_after_the_wind
             return [
                 e.open(Event)
                 for _, t, e in obs.seen
-                if t == obs.topics.event("scale") and e is not None
+                if t == obs.topic(EVENTS, "scale") and e is not None
             ]
 
         await obs.wait_for(lambda: len(scale_events()) == len(counts), 5, "an event per change")
@@ -215,7 +227,7 @@ async def test_load_up_scales_up_and_load_gone_scales_back_to_min_after_the_wind
         assert up.data["rps"] > 400
         assert (down.data["to"], down.data["code"]) == (1, "scale_down")
         status = await obs.wait_for(
-            lambda: (s := obs.get(status_topic, ScalerStatus)) and s.current == 1 and s, 5, "status"
+            lambda: (s := obs.value(SCALER_STATUS, web_key)) and s.current == 1 and s, 5, "status"
         )
         assert status.last_scaled is not None
         assert status.reason
@@ -230,8 +242,7 @@ async def test_scale_to_zero_when_idle_and_back_on_wake_up(
         assert fake.commands[-1][1].reason.startswith("no request for")
 
         woken = time.monotonic()
-        wake = WakeUp(namespace="default", name="web", held=1)
-        await fake.bus.publish(fake.topics.wake("default", "web"), "wake", wake)
+        await fake.bus.publish(WAKE, WakeUp(namespace="default", name="web", held=1))
         await until(lambda: fake.replicas == 1, 5, "wake-up to 1")
         latency = fake.commands[-1][0] - woken
         assert latency < 2.0, f"wake-up took {latency:.2f}s"
@@ -249,22 +260,24 @@ async def test_refused_scale_is_reported_and_retried(
     async with Observer(mosquitto.url, prefix) as obs, cluster(mosquitto, prefix, web(), 1) as fake:
         fake.refuse = "replicas 5 is outside autoscale bounds"
         fake.rps = 480.0
-        t = fake.topics
+        web_key = fake.key
         proc = procs.service("scaler", mosquitto.url, *FAST, prefix=prefix)
         await until(lambda: len(fake.commands) >= 1, 15, "a first command")
         # bad input on every topic the scaler reads must not hurt it
-        junk = (t.metrics_lb("x"), t.metrics_node("n1"), t.wake("default", "web"),
-                t.app("default", "other"), t.health("default", "web"),
-                t.service("scaler", "x"))  # fmt: skip
+        junk = (LB_METRICS.topic(prefix, "x"), NODE_METRICS.topic(prefix, "n1"),
+                WAKE.topic(prefix, web_key), APPS.topic(prefix, AppKey("default", "other")),
+                HEALTH.topic(prefix, web_key),
+                PRESENCE.topic(prefix, ServiceKey("scaler", "x")))  # fmt: skip
+        wrong_kind = codec.make("event", {"kind": "x", "message": "wrong kind"})
         for topic in junk:
             await fake.bus.publish_raw(topic, b"\x93garbage")
-            await fake.bus.publish(topic, "event", {"kind": "x", "message": "wrong kind"})
-        await fake.bus.publish(t.wake("default", "web"), "wake", {"namespace": "x", "name": "y"})
+            await fake.bus.publish_raw(topic, codec.encode(wrong_kind))
+        other_app = codec.make("wake", {"namespace": "x", "name": "y"})
+        await fake.bus.publish_raw(WAKE.topic(prefix, web_key), codec.encode(other_app))
 
         await until(lambda: len(fake.commands) >= 2, 15, "a retry after a refusal")
-        status_topic = t.scaler_status("default", "web")
         status = await obs.wait_for(
-            lambda: (s := obs.get(status_topic, ScalerStatus)) and s.code == "error" and s,
+            lambda: (s := obs.value(SCALER_STATUS, web_key)) and s.code == "error" and s,
             5,
             "error status",
         )
@@ -284,10 +297,9 @@ async def test_deleted_app_loses_its_status(
 ) -> None:
     async with Observer(mosquitto.url, prefix) as obs, cluster(mosquitto, prefix, web(), 2) as fake:
         procs.service("scaler", mosquitto.url, *FAST, prefix=prefix)
-        status_topic = fake.topics.scaler_status("default", "web")
-        await obs.wait_for(lambda: obs.get(status_topic, ScalerStatus), 15, "status")
-        await fake.bus.clear(fake.topics.app("default", "web"))
-        await obs.wait_for(lambda: obs.get(status_topic, ScalerStatus) is None, 5, "cleared")
+        await obs.wait_for(lambda: obs.value(SCALER_STATUS, fake.key), 15, "status")
+        await fake.bus.clear(APPS, fake.key)
+        await obs.wait_for(lambda: obs.value(SCALER_STATUS, fake.key) is None, 5, "cleared")
 
 
 async def test_cli_scale_prints_the_reply(mosquitto: Broker, prefix: str) -> None:
@@ -320,7 +332,7 @@ async def test_one_instance_acts_and_a_standby_takes_over(
     async with Observer(mosquitto.url, prefix) as obs, cluster(mosquitto, prefix, spec, 1) as fake:
 
         def presence(instance: str) -> Presence | None:
-            return obs.get(obs.topics.service("scaler", instance), Presence)
+            return obs.value(PRESENCE, ServiceKey("scaler", instance))
 
         first = procs.service("scaler", mosquitto.url, *FAST, "--instance", "a", prefix=prefix)
         await obs.wait_for(lambda: (p := presence("a")) and p.leader, 15, "a leads")
@@ -347,32 +359,30 @@ async def test_with_the_real_controller(mosquitto: Broker, procs: ProcGroup, pre
     data_dir = procs.workdir / f"controller-{prefix}"
     procs.service("controller", mosquitto.url, "--data-dir", str(data_dir), prefix=prefix)
     procs.service("scaler", mosquitto.url, *FAST, prefix=prefix)
-    topics = Topics(prefix)
     async with Observer(mosquitto.url, prefix) as obs:
-        app_topic = topics.app("default", "web")
+        web_key = AppKey("default", "web")
 
         def controller_online() -> bool:
-            presences = obs.all(topics.all_services("controller"), Presence).values()
+            presences = obs.values(PRESENCE, service="controller").values()
             return any(p.status == "online" for p in presences)
 
         await obs.wait_for(controller_online, 15, "controller online")
 
-        async def request(kind: str, body: dict[str, Any]) -> Reply:
-            env = await obs.bus.request(topics.cmd(kind), kind, body, timeout=10)
-            return env.open(Reply)
+        async def apply(*apps: dict[str, Any]) -> Reply:
+            return await obs.bus.request(APPLY, ApplyCommand(apps=list(apps)), timeout=10)
 
         bad = web(min=3, max=2)
-        reply = await request("apply", {"apps": [bad]})
+        reply = await apply(bad)
         assert not reply.ok
         assert any("autoscale min (3) is greater than max (2)" in e for e in reply.errors), (
             reply.errors
         )
 
-        reply = await request("apply", {"apps": [web(max=6)]})
+        reply = await apply(web(max=6))
         assert reply.ok, reply.errors
-        await obs.wait_for(lambda: obs.get(app_topic, AppState), 10, "app record")
+        await obs.wait_for(lambda: obs.value(APPS, web_key), 10, "app record")
 
-        reply = await request("scale", {"name": "web", "replicas": 9})
+        reply = await obs.bus.request(SCALE, ScaleCommand(name="web", replicas=9), timeout=10)
         assert not reply.ok
         assert any("between 1 and 6" in e for e in reply.errors), reply.errors
 
@@ -380,14 +390,14 @@ async def test_with_the_real_controller(mosquitto: Broker, procs: ProcGroup, pre
             instance="lb1", apps={"default/web": RouteMetrics(rps=420, requests=420)}
         )
         for _ in range(40):
-            await obs.bus.publish(topics.metrics_lb("lb1"), "lb_metrics", sample, qos=0)
-            state = obs.get(app_topic, AppState)
+            await obs.bus.publish(LB_METRICS, sample)
+            state = obs.value(APPS, web_key)
             if state is not None and state.replicas == 5:
                 break
             await asyncio.sleep(0.25)
-        state = obs.get(app_topic, AppState)
+        state = obs.value(APPS, web_key)
         assert state is not None
         assert state.replicas == 5
-        status = obs.get(topics.scaler_status("default", "web"), ScalerStatus)
+        status = obs.value(SCALER_STATUS, web_key)
         assert status is not None
         assert status.code in ("scale_up", "hold")

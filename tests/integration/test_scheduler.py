@@ -16,8 +16,21 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from core.commands import NodeCommand, Reply
+from core import codec
+from core.channels import (
+    APPS,
+    EVENTS,
+    HEALTH,
+    NODE,
+    NODE_ASSIGN,
+    NODE_CORDON,
+    NODE_INFO,
+    PRESENCE,
+    SCHEDULER_STATUS,
+)
+from core.commands import NodeCommand
 from core.errors import CodecError
+from core.keys import AppKey, ServiceKey
 from core.spec import AppSpec
 from core.state import (
     AppHealth,
@@ -25,16 +38,17 @@ from core.state import (
     AppVersion,
     NodeAssignment,
     NodeInfo,
-    Presence,
     ReplicaHealth,
     SchedulerStatus,
 )
+from core.topics import matches
 from tests.support.observer import Observer
 from tests.support.procs import Broker, Proc, ProcGroup
 
 pytestmark = pytest.mark.integration
 
 MI = 1024**2
+WEB = AppKey("default", "web")
 
 
 def app(name: str, replicas: int, **placement: object) -> AppState:
@@ -79,8 +93,7 @@ class FakeNodes:
         await self.publish(info)
 
     async def publish(self, info: NodeInfo) -> None:
-        topic = self.obs.topics.node_info(info.node)
-        await self.obs.bus.publish(topic, "node", info, retain=True)
+        await self.obs.bus.publish(NODE_INFO, info)
 
     async def offline(self, node: str) -> None:
         """What the agent's last will says."""
@@ -126,7 +139,8 @@ def start_scheduler(procs: ProcGroup, broker: Broker, prefix: str, name: str = "
 
 def assignments(obs: Observer) -> dict[str, NodeAssignment]:
     found: dict[str, NodeAssignment] = {}
-    for env in obs.bus.cached(obs.topics.all_node_assign).values():
+    pattern = NODE_ASSIGN.pattern(obs.prefix)
+    for env in [e for t, e in obs.cache.items() if matches(pattern, t)]:
         with contextlib.suppress(CodecError):  # the malformed-input test leaves junk
             assignment = env.open(NodeAssignment)
             found[assignment.node] = assignment
@@ -142,11 +156,11 @@ def replica_ids(obs: Observer, name: str = "web") -> set[str]:
 
 
 async def publish_app(obs: Observer, state: AppState) -> None:
-    await obs.bus.publish(obs.topics.app(state.namespace, state.name), "app", state, retain=True)
+    await obs.bus.publish(APPS, state)
 
 
 def leader(obs: Observer) -> str | None:
-    for p in obs.all(obs.topics.all_services("scheduler"), Presence).values():
+    for p in obs.values(PRESENCE, service="scheduler").values():
         if p.status == "online" and p.leader:
             return p.instance
     return None
@@ -171,13 +185,12 @@ async def test_places_spread_across_zones_one_message_per_node(
         ids = replica_ids(obs)
         assert all(i.startswith("default.web.") and len(i) == len("default.web.") + 8 for i in ids)
 
-        status_topic = obs.topics.scheduler_status("default", "web")
-        status = await obs.wait_for(lambda: obs.get(status_topic, SchedulerStatus), 5, "status")
+        status = await obs.wait_for(lambda: obs.value(SCHEDULER_STATUS, WEB), 5, "status")
         assert (status.desired, status.placed, status.unplaceable) == (48, 48, 0)
 
-        await obs.bus.clear(obs.topics.app("default", "web"))  # the app is deleted
+        await obs.bus.clear(APPS, WEB)  # the app is deleted
         await obs.wait_for(lambda: sum(counts(obs).values()) == 0, 10, "replicas removed")
-        await obs.wait_for(lambda: obs.get(status_topic, SchedulerStatus) is None, 5, "status gone")
+        await obs.wait_for(lambda: obs.value(SCHEDULER_STATUS, WEB) is None, 5, "status gone")
 
 
 async def test_restarted_scheduler_moves_nothing(
@@ -216,7 +229,7 @@ async def test_lost_node_replicas_move_and_it_comes_back_empty(
         nodes.beating.discard("n3")
         await obs.wait_for(lambda: counts(obs).get("n3") == 0, 10, "n3 emptied")
         await obs.wait_for(lambda: sum(counts(obs).values()) == 6, 5, "6 replicas again")
-        events = [e for _, t, e in obs.seen if t == obs.topics.event("node_lost")]
+        events = [e for _, t, e in obs.seen if t == obs.topic(EVENTS, "node_lost")]
         assert events
 
         # n2's agent dies: its last will says offline, the scheduler acts at once
@@ -240,22 +253,21 @@ async def test_unplaceable_reasons_then_placed_when_capacity_appears(
             await nodes.add(node, zone)
         start_scheduler(procs, mosquitto, prefix)
         await publish_app(obs, app("web", 2, constraints={"zone": ["z"]}))
-        topic = obs.topics.scheduler_status("default", "web")
 
         def unplaceable() -> SchedulerStatus | None:
-            status = obs.get(topic, SchedulerStatus)
+            status = obs.value(SCHEDULER_STATUS, WEB)
             return status if status is not None and status.unplaceable else None
 
         status = await obs.wait_for(unplaceable, 10, "unplaceable status")
         assert status.message == "2 unplaceable: 0/3 nodes fit: 3 constraint zone"
         assert status.reasons == {"constraint zone": 3}
         await obs.wait_for(
-            lambda: any(t == obs.topics.event("unplaceable") for _, t, _ in obs.seen), 5, "event"
+            lambda: any(t == obs.topic(EVENTS, "unplaceable") for _, t, _ in obs.seen), 5, "event"
         )
         await nodes.add("n4", "z")
         await obs.wait_for(lambda: counts(obs).get("n4") == 2, 10, "placed on the new node")
         await obs.wait_for(
-            lambda: (s := obs.get(topic, SchedulerStatus)) is not None and s.unplaceable == 0,
+            lambda: (s := obs.value(SCHEDULER_STATUS, WEB)) is not None and s.unplaceable == 0,
             5,
             "status clear",
         )
@@ -280,23 +292,13 @@ async def test_drain_replaces_before_it_removes(
                     for i in sorted(replica_ids(obs))
                 ],
             )
-            await obs.bus.publish(
-                obs.topics.health("default", "web"), "health", health, retain=True
-            )
+            await obs.bus.publish(HEALTH, health)
 
         await report_ready(replica_ids(obs))
         old = {r.id for r in assignments(obs)["n1"].replicas}
 
-        async def drain() -> Reply:
-            env = await obs.bus.request(
-                obs.topics.cmd("node"),
-                "node_command",
-                NodeCommand(node="n1", action="drain"),
-                timeout=5,
-            )
-            return env.open(Reply)
-
-        assert (await drain()).ok
+        drained = await obs.bus.request(NODE, NodeCommand(node="n1", action="drain"), timeout=5)
+        assert drained.ok
         # surge: replacements on n2, while the old replicas stay until they are ready
         await obs.wait_for(lambda: counts(obs).get("n2") == 4, 10, "replacements placed")
         await asyncio.sleep(0.5)
@@ -306,13 +308,7 @@ async def test_drain_replaces_before_it_removes(
         assert counts(obs) == {"n1": 0, "n2": 4}
 
         # unknown node: a clear error from the scheduler
-        env = await obs.bus.request(
-            obs.topics.cmd("node"),
-            "node_command",
-            NodeCommand(node="nx", action="cordon"),
-            timeout=5,
-        )
-        reply = env.open(Reply)
+        reply = await obs.bus.request(NODE, NodeCommand(node="nx", action="cordon"), timeout=5)
         assert not reply.ok
         assert "unknown node 'nx'" in reply.errors[0]
 
@@ -331,7 +327,7 @@ async def test_cli_cordon_and_uncordon(mosquitto: Broker, prefix: str, procs: Pr
         out, _ = await proc.communicate()
         assert proc.returncode == 0
         assert b"node n1 cordoned" in out
-        await obs.wait_for(lambda: obs.bus.cache.get(obs.topics.node_cordon("n1")), 5, "cordon")
+        await obs.wait_for(lambda: obs.value(NODE_CORDON, "n1"), 5, "cordon")
         await publish_app(obs, app("web", 3))
         await obs.wait_for(lambda: counts(obs).get("n2") == 3, 10, "placed on n2 only")
         assert counts(obs).get("n1", 0) == 0
@@ -345,9 +341,7 @@ async def test_cli_cordon_and_uncordon(mosquitto: Broker, prefix: str, procs: Pr
         assert rows["n2"]["cpu"] == 0.75
         proc = await asyncio.create_subprocess_exec(*cli, "uncordon", "n1", *opts)
         assert await proc.wait() == 0
-        await obs.wait_for(
-            lambda: obs.bus.cache.get(obs.topics.node_cordon("n1")) is None, 5, "uncordoned"
-        )
+        await obs.wait_for(lambda: obs.value(NODE_CORDON, "n1") is None, 5, "uncordoned")
         proc = await asyncio.create_subprocess_exec(
             *cli, "drain", "nx", *opts, stderr=asyncio.subprocess.PIPE
         )
@@ -365,7 +359,7 @@ async def test_leader_failover_after_kill_9(broker: Broker, prefix: str, procs: 
         start_scheduler(procs, broker, prefix, "s2")
         await obs.wait_for(
             lambda: (
-                (p := obs.get(obs.topics.service("scheduler", "s2"), Presence)) is not None
+                (p := obs.value(PRESENCE, ServiceKey("scheduler", "s2"))) is not None
                 and p.status == "online"
             ),
             15,
@@ -395,25 +389,24 @@ async def test_malformed_messages_leave_the_scheduler_running(
         await nodes.add("n1", "a")
         sched = start_scheduler(procs, broker, prefix)
         await obs.wait_for(lambda: leader(obs), 15, "a leader")
-        t = obs.topics
+        bad = AppKey("default", "bad")
         junk_topics = [
-            t.app("default", "bad"),
-            t.node_info("n9"),
-            t.node_assign("n9"),
-            t.node_cordon("n9"),
-            t.health("default", "bad"),
-            t.service("scheduler", "ghost"),
-            t.cmd("node"),
+            obs.topic(APPS, bad),
+            obs.topic(NODE_INFO, "n9"),
+            obs.topic(NODE_ASSIGN, "n9"),
+            obs.topic(NODE_CORDON, "n9"),
+            obs.topic(HEALTH, bad),
+            obs.topic(PRESENCE, ServiceKey("scheduler", "ghost")),
+            NODE.topic(obs.prefix),
         ]
         for topic in junk_topics:
             await obs.bus.publish_raw(topic, b"\xc1garbage", retain=False)
             await obs.bus.publish_raw(topic, b'{"kind": "app", "body": {"x": 1}}', retain=False)
-            await obs.bus.publish(topic, "app", {"namespace": "default"}, retain=False)
-        await obs.bus.publish(
-            t.node_info("n1"),
-            "node",
-            {"node": "other", "address": "x", "capacity": {}},
-            retain=False,
+            wrong = codec.encode(obs.bus.envelope("app", {"namespace": "default"}))
+            await obs.bus.publish_raw(topic, wrong, retain=False)
+        other = {"node": "other", "address": "x", "capacity": {}}
+        await obs.bus.publish_raw(
+            obs.topic(NODE_INFO, "n1"), codec.encode(obs.bus.envelope("node", other))
         )
         await publish_app(obs, app("web", 2))
         await obs.wait_for(lambda: counts(obs).get("n1") == 2, 10, "still placing")
@@ -436,7 +429,7 @@ async def test_broker_restart_loses_nothing(
         await asyncio.sleep(3)  # longer than the 2 s node grace
         await asyncio.to_thread(mosquitto.restart)
         await obs.bus.wait_connected(15)
-        obs.bus.cache.clear()
+        obs.cache.clear()
         await obs.wait_for(lambda: replica_ids(obs) == before, 15, "assignments rewritten")
         await asyncio.sleep(2.5)
         assert counts(obs) == {"n1": 2, "n2": 2}

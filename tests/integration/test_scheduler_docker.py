@@ -13,15 +13,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.commands import NodeCommand, Reply
+from core.channels import APPS, HEALTH, NODE, NODE_ASSIGN, NODE_INFO
+from core.commands import NodeCommand
+from core.keys import AppKey
 from core.spec import AppSpec
-from core.state import AppHealth, AppState, AppVersion, NodeAssignment, NodeInfo
+from core.state import AppHealth, AppState, AppVersion
 from tests.support.observer import Observer
 from tests.support.procs import Broker, Proc, ProcGroup
 
 pytestmark = pytest.mark.e2e
 
 NODES = {"n1": ("127.0.0.2", "a"), "n2": ("127.0.0.3", "b"), "n3": ("127.0.0.4", "c")}
+WEB = AppKey("default", "web")
 
 
 def docker(*args: str) -> str:
@@ -99,12 +102,11 @@ def echo_app(replicas: int) -> AppState:
 
 
 def assigned(obs: Observer) -> dict[str, int]:
-    found = obs.all(obs.topics.all_node_assign, NodeAssignment)
-    return {a.node: len(a.replicas) for a in found.values()}
+    return {node: len(a.replicas) for node, a in obs.values(NODE_ASSIGN).items()}
 
 
 def ready(obs: Observer) -> int:
-    health = obs.get(obs.topics.health("default", "web"), AppHealth)
+    health: AppHealth | None = obs.value(HEALTH, WEB)
     return len(health.ready) if health is not None else 0
 
 
@@ -116,14 +118,11 @@ async def test_spread_node_kill_and_drain_on_docker(
     procs.service("scheduler", mosquitto.url, "--node-grace", "3", prefix=prefix, name="sched")
     async with Observer(mosquitto.url, prefix) as obs:
         await obs.wait_for(
-            lambda: (
-                [i.status for i in obs.all(obs.topics.all_node_info, NodeInfo).values()]
-                == ["ready"] * 3
-            ),
+            lambda: [i.status for i in obs.values(NODE_INFO).values()] == ["ready"] * 3,
             30,
             "3 nodes ready",
         )
-        await obs.bus.publish(obs.topics.app("default", "web"), "app", echo_app(6), retain=True)
+        await obs.bus.publish(APPS, echo_app(6))
 
         # spread over the three zones, every replica ready
         await obs.wait_for(lambda: ready(obs) == 6, 60, "6 replicas ready")
@@ -141,18 +140,13 @@ async def test_spread_node_kill_and_drain_on_docker(
         # drain n1: replacements go to n2/n3 first; ready never drops below desired
         lowest = ready(obs)
 
-        def watch(topic: str, env: object) -> None:
+        def watch(key: AppKey, health: AppHealth | None) -> None:
             nonlocal lowest
             lowest = min(lowest, ready(obs))
 
-        await obs.bus.subscribe(obs.topics.health("default", "web"), watch)
-        env = await obs.bus.request(
-            obs.topics.cmd("node"),
-            "node_command",
-            NodeCommand(node="n1", action="drain"),
-            timeout=5,
-        )
-        assert env.open(Reply).ok
+        await obs.bus.subscribe(HEALTH, watch, key=WEB)
+        reply = await obs.bus.request(NODE, NodeCommand(node="n1", action="drain"), timeout=5)
+        assert reply.ok
         await obs.wait_for(lambda: assigned(obs).get("n1") == 0, 60, "n1 drained")
         await obs.wait_for(lambda: "n1" not in containers(prefix), 30, "n1 containers gone")
         await obs.wait_for(lambda: ready(obs) == 6, 30, "6 ready after the drain")

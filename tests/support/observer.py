@@ -10,27 +10,33 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from core.bus import Bus
+from core.bus import Bus, connect_bus
+from core.channels import Channel
 from core.codec import Envelope
 from core.config import BrokerURL
-from core.topics import Topics
+from core.memory import MemoryBroker
+from core.topics import Topics, matches
 
+K = TypeVar("K")
 M = TypeVar("M", bound=BaseModel)
 
 
 class Observer:
     """Caches every message under ``<prefix>/#`` and offers polling helpers."""
 
-    def __init__(self, broker_url: str, prefix: str = "shoal") -> None:
+    def __init__(self, broker_url: str | MemoryBroker, prefix: str = "shoal") -> None:
         self.topics = Topics(prefix)
-        self.bus = Bus(
-            BrokerURL.parse(broker_url), self.topics, client_id=f"observer-{uuid.uuid4().hex[:8]}"
+        self.prefix = prefix
+        broker = BrokerURL.parse(broker_url) if isinstance(broker_url, str) else broker_url
+        self.bus: Bus = connect_bus(
+            broker, self.topics, client_id=f"observer-{uuid.uuid4().hex[:8]}"
         )
+        self.cache: dict[str, Envelope] = {}
         self.seen: list[tuple[float, str, Envelope | None]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Observer:
-        await self.bus.subscribe(f"{self.topics.prefix}/#", self._record, cache=True)
+        await self.bus.watch(self.topics.everything, self._record)
         self._task = asyncio.create_task(self.bus.run())
         await self.bus.wait_connected(10)
         await self.bus.sync()
@@ -47,13 +53,40 @@ class Observer:
 
     def _record(self, topic: str, env: Envelope | None) -> None:
         self.seen.append((time.monotonic(), topic, env))
+        if env is None:
+            self.cache.pop(topic, None)
+        else:
+            self.cache[topic] = env
+
+    # -- typed reads (through the contract) -----------------------------------------------
+
+    def topic(self, channel: Channel[Any, K], key: K) -> str:
+        return channel.topic(self.prefix, key)
+
+    def value(self, channel: Channel[M, K], key: K) -> M | None:
+        """The latest value of one key of ``channel``, or None."""
+        env = self.cache.get(channel.topic(self.prefix, key))
+        return env.open(channel.model, lenient=True) if env is not None else None
+
+    def values(self, channel: Channel[M, K], **fixed: str) -> dict[K, M]:
+        """Every cached value of ``channel`` (optionally with some levels fixed), by key."""
+        pattern = channel.pattern(self.prefix, **fixed)
+        return {
+            channel.parse(self.prefix, t): e.open(channel.model, lenient=True)
+            for t, e in self.cache.items()
+            if matches(pattern, t)
+        }
+
+    # -- raw reads ------------------------------------------------------------------------
 
     def get(self, topic: str, model: type[M]) -> M | None:
-        env = self.bus.cache.get(topic)
-        return env.open(model) if env is not None else None
+        env = self.cache.get(topic)
+        return env.open(model, lenient=True) if env is not None else None
 
     def all(self, pattern: str, model: type[M]) -> dict[str, M]:
-        return {t: e.open(model) for t, e in self.bus.cached(pattern).items()}
+        return {
+            t: e.open(model, lenient=True) for t, e in self.cache.items() if matches(pattern, t)
+        }
 
     async def wait_for(
         self, predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition"

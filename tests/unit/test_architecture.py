@@ -1,4 +1,4 @@
-"""The shape DESIGN.md fixes, checked: pure logic modules do no I/O, and services share
+"""The shape core/README.md fixes, checked: pure logic modules do no I/O, and services share
 nothing but the bus (no service imports another's modules)."""
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ PURE_MODULES = [
     "core/commands.py",
     "core/codec.py",
     "core/topics.py",
+    "core/channels.py",
+    "core/keys.py",
+    "core/view.py",
     "core/units.py",
     "core/election.py",
     "core/probes.py",
@@ -41,6 +44,7 @@ PURE_MODULES = [
     "services/balancer/algorithms.py",
     "services/balancer/headers.py",
     "services/balancer/stats.py",
+    "services/balancer/policy.py",
     "services/scaler/decide.py",
     "services/scaler/metrics.py",
 ]
@@ -75,3 +79,32 @@ def test_services_never_import_each_other(package: str) -> None:
                 # The CLI may import services' command modules to run them (`shoal run`).
                 allowed = package == "cli" and name.endswith(".command")
                 assert allowed, f"{path.relative_to(ROOT)} imports {name}: use the bus"
+
+
+def _strings(path: Path) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        text = node.value if isinstance(node, ast.Constant) else None
+        # prose (docstrings, messages) aside: a topic has no spaces
+        if isinstance(text, str) and not any(c.isspace() for c in text):
+            found.append((node.lineno, text))
+    return found
+
+
+@pytest.mark.parametrize(
+    "package", sorted(p.name for p in SERVICES.iterdir() if (p / "__init__.py").exists())
+)
+def test_topics_are_spelled_only_by_the_contract(package: str) -> None:
+    """Services name topics through ``core.channels``; a topic written by hand (or a raw
+    publish) would bypass the kind, the key check and the version-skew rules."""
+    from core.channels import CHANNELS, COMMANDS
+
+    heads = {c.path.split("/")[0] for c in CHANNELS} | {"cmd", "reply"}
+    for path in (SERVICES / package).rglob("*.py"):
+        for line, text in _strings(path):
+            spelled = [h for h in heads if f"/{h}/" in text or text.startswith(f"{h}/")]
+            assert not spelled, f"{path.relative_to(ROOT)}:{line} spells a topic: {text!r}"
+        source = path.read_text()
+        for raw in ("publish_raw(", "request_raw(", "clear_raw("):
+            assert raw not in source, f"{path.relative_to(ROOT)} publishes around the contract"
+    assert COMMANDS

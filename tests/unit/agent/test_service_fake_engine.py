@@ -1,10 +1,13 @@
-"""The agent shell on an in-memory engine: parallel creates, one pull per image,
-adoption without restarts, failures recorded with their reasons. No broker, no Docker:
-the bus is constructed but never connected (events and reports only queue up)."""
+"""The agent shell on an in-memory engine and an in-memory broker (``MemoryBroker``):
+parallel creates, one pull per image, adoption without restarts, failures recorded with
+their reasons, liveness verdicts and exec probes. The first tests drive the rooms step by
+step (the bus constructed, not connected: events and reports only queue up); the last
+ones run the whole service on the broker and talk to it as other services would."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,12 +15,37 @@ from typing import Any
 import pytest
 
 from core import codec
-from core.codec import Envelope
-from core.config import BrokerURL, ServiceConfig
+from core.bus import Bus
+from core.channels import (
+    EVENTS,
+    HEALTH,
+    LOGS_REQUEST,
+    LOGS_STREAM,
+    NODE_ASSIGN,
+    NODE_INFO,
+    NODE_METRICS,
+    NODE_REPLICAS,
+    PRESENCE,
+)
+from core.config import ServiceConfig
+from core.keys import AppKey, ServiceKey
+from core.memory import MemoryBroker
 from core.spec import AppSpec
-from core.state import AppHealth, AssignedReplica, NodeAssignment, ReplicaHealth
+from core.state import (
+    AppHealth,
+    AssignedReplica,
+    Event,
+    LogChunk,
+    LogsRequest,
+    NodeAssignment,
+    NodeInfo,
+    ReplicaHealth,
+)
+from core.topics import Topics
 from services.agent.engine import EngineError
-from services.agent.service import AgentOptions, AgentService
+from services.agent.node import AgentOptions
+from services.agent.service import AgentService
+from tests.support.waiting import eventually
 
 PREFIX = "unit"
 SPEC = AppSpec(name="web", image="reg.example:5000/web:1", ports={"http": 8080})
@@ -41,6 +69,8 @@ class FakeEngine:
         self.restart_error = 0
         self.execs: list[str] = []
         self.exec_exit: dict[str, int] = {}
+        self.docker_events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.log_lines: dict[str, list[str]] = {}
 
     async def _slow(self) -> None:
         self.inflight += 1
@@ -124,33 +154,63 @@ class FakeEngine:
         self.has_image = True
         yield {"id": "layer1", "status": "Pull complete"}
 
+    async def events(self, filters: list[str], since: float) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            yield await self.docker_events.get()
+
+    def die(self, cid: str, exit_code: int = 137) -> None:
+        """The container dies behind the agent's back (``docker kill``)."""
+        self.boxes[cid]["State"].update(
+            Status="exited", ExitCode=exit_code, FinishedAt="2026-01-01T00:00:05Z"
+        )
+        self.docker_events.put_nowait({"Action": "die", "id": cid})
+
+    async def stats(self, cid: str) -> dict[str, Any] | None:
+        return {
+            "read": "2026-01-01T00:00:10Z",
+            "cpu_stats": {"cpu_usage": {"total_usage": 10**9}},
+            "memory_stats": {"usage": 2**20, "limit": 2**26},
+        }
+
+    async def logs(self, cid: str, *, follow: bool, tail: int | None) -> AsyncIterator[str]:
+        lines = self.log_lines.get(cid, [])
+        for line in lines if tail is None else lines[len(lines) - tail :]:
+            yield line
+
+    async def reset(self) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 
 
-def make_agent(engine: FakeEngine, **options: Any) -> AgentService:
-    config = ServiceConfig(broker=BrokerURL.parse("mqtt://127.0.0.1:1"), prefix=PREFIX)
-    agent = AgentService(config, AgentOptions(node_id="n1", address="127.0.0.9", **options))
-    agent.engine = engine  # type: ignore[assignment]
-    return agent
+def make_agent(
+    engine: FakeEngine, broker: MemoryBroker | None = None, **options: Any
+) -> AgentService:
+    config = ServiceConfig(broker=broker or MemoryBroker(), prefix=PREFIX, instance="t1")
+    return AgentService(
+        config,
+        AgentOptions(node_id="n1", address="127.0.0.9", **options),
+        engine=engine,  # type: ignore[arg-type]
+    )
 
 
 async def ready(agent: AgentService) -> None:
     """What the engine loop and the bus sync do before the first reconcile."""
-    agent._apply_info(await agent.engine.info())
-    await agent._resync_containers()
-    agent._listed = True
-    agent.engine_ready = True
-    agent._synced.set()
+    agent.watch.apply_info(await agent.engine.info())
+    await agent.watch.resync()
+    agent.node.listed = True
+    agent.node.engine_ready = True
+    agent.node.synced = True
 
 
 async def settle(agent: AgentService, rounds: int = 5) -> None:
     """Reconcile and wait for the actions it starts, until nothing is left to do."""
     for _ in range(rounds):
-        await agent._reconcile("node")
-        if not agent.actions:
+        await agent.reconcile.once()
+        if not agent.actions.running:
             return
-        await asyncio.gather(*agent.actions.values())
+        await asyncio.gather(*agent.actions.tasks())
 
 
 def replicas(n: int) -> list[AssignedReplica]:
@@ -161,7 +221,7 @@ def replicas(n: int) -> list[AssignedReplica]:
 
 
 def assign(agent: AgentService, reps: list[AssignedReplica]) -> None:
-    agent.assignment = NodeAssignment(node="n1", replicas=reps, specs={"default/web@1": SPEC})
+    agent.node.assignment = NodeAssignment(node="n1", replicas=reps, specs={"default/web@1": SPEC})
 
 
 def labels_for(rid: str, node: str = "n1", prefix: str = PREFIX) -> dict[str, str]:
@@ -188,10 +248,10 @@ async def test_fifty_replicas_are_created_in_parallel() -> None:
     assert engine.calls.count("create") == 50
     assert engine.calls.count("start") == 50
     assert engine.max_inflight >= 25  # not one after the other
-    running = [c for c in agent.containers.values() if c.running]
+    running = [c for c in agent.node.containers.values() if c.running]
     assert len(running) == 50
     assert all(c.endpoints("127.0.0.9") == {"http": "127.0.0.9:40000"} for c in running)
-    assert agent.capacity.cpu == 4
+    assert agent.node.capacity.cpu == 4
 
 
 async def test_one_pull_per_image_with_the_registry_credentials() -> None:
@@ -208,7 +268,7 @@ async def test_one_pull_per_image_with_the_registry_credentials() -> None:
             {"username": "u", "password": "p", "serveraddress": "reg.example:5000"},
         )
     ]
-    assert sum(c.running for c in agent.containers.values()) == 10
+    assert sum(c.running for c in agent.node.containers.values()) == 10
 
 
 async def test_pull_failure_is_recorded_with_the_reason_and_retried_later() -> None:
@@ -220,11 +280,11 @@ async def test_pull_failure_is_recorded_with_the_reason_and_retried_later() -> N
     await settle(agent, rounds=1)
     assert len(engine.pulls) == 1
     for r in reps:
-        record = agent.records[r.id]
+        record = agent.node.records[r.id]
         assert record.hint == "image_pull_failed"
         assert "unauthorized: authentication required" in record.hint_reason
         assert record.retry_at is not None
-    wake = await agent._reconcile("node")
+    wake = await agent.reconcile.once()
     assert wake is not None
     assert 0 < wake <= 1.0  # back-off, not a hot loop
     assert len(engine.pulls) == 1
@@ -262,7 +322,7 @@ async def test_name_conflict_resyncs_instead_of_duplicating() -> None:
     engine.names.add(f"shoal.n1.{rep.id}")  # created by a previous agent, not listed yet
     cid = engine.add(labels_for(rep.id), status="created")
     assign(agent, [rep])
-    agent.containers.clear()
+    agent.node.containers.clear()
     await settle(agent)
     assert engine.calls.count("create") == 1
     assert engine.boxes[cid]["State"]["Status"] == "running"
@@ -278,21 +338,25 @@ async def test_exited_replica_is_restarted_and_counted(status: str) -> None:
     agent = make_agent(engine)
     await ready(agent)
     assign(agent, [rep])
-    wake = await agent._reconcile("node")
+    wake = await agent.reconcile.once()
     assert wake is not None  # first restart after the initial back-off
-    record = agent.records[rep.id]
+    record = agent.node.records[rep.id]
     assert (record.exit_code, record.reason, record.attempts) == (3, "Error", 1)
     record.restart_at = 0.0  # time passes
     await settle(agent)
     assert engine.boxes[cid]["State"]["Status"] == "running"
-    assert agent.records[rep.id].restarts == 1
+    assert agent.node.records[rep.id].restarts == 1
 
 
 # -- probes: the shell's wiring (decisions are tested in test_probes.py) ---------------
 
 
-def health_env(rep: AssignedReplica, started_at: float | None, *, node: str = "n1") -> Envelope:
-    value = AppHealth(
+WEB = AppKey("default", "web")
+
+
+def not_live(rep: AssignedReplica, started_at: float | None, *, node: str = "n1") -> AppHealth:
+    """What the health monitor publishes when ``rep`` fails its liveness probe."""
+    return AppHealth(
         namespace="default",
         name="web",
         replicas=[
@@ -308,9 +372,38 @@ def health_env(rep: AssignedReplica, started_at: float | None, *, node: str = "n
             )
         ],
     )
-    env = codec.decode(codec.encode(codec.make("health", value, src="health/h1")))
-    assert env is not None
-    return env
+
+
+@contextlib.asynccontextmanager
+async def wired(agent: AgentService) -> AsyncIterator[Bus]:
+    """The agent's subscriptions live on its MemoryBroker (its loops not running), and
+    a client's bus to publish with, as another service would."""
+    broker = agent.config.broker
+    assert isinstance(broker, MemoryBroker)
+    client = broker.bus(Topics(PREFIX), client_id="test-client")
+    tasks = [asyncio.create_task(agent.bus.run()), asyncio.create_task(client.run())]
+    await agent.setup()
+    await agent.bus.wait_connected(5)
+    await client.wait_connected(5)
+    try:
+        yield client
+    finally:
+        agent.bus.close()
+        client.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def publish_health(
+    agent: AgentService, client: Bus, value: AppHealth | None, *, key: AppKey = WEB
+) -> None:
+    """Publish (None: delete) a health value and wait until the agent has handled it."""
+    if value is None:
+        await client.clear(HEALTH, key)
+    else:
+        await client.publish(HEALTH, value, key=key)
+    await agent.bus.sync()
 
 
 async def test_a_liveness_verdict_restarts_once_and_counts() -> None:
@@ -320,34 +413,40 @@ async def test_a_liveness_verdict_restarts_once_and_counts() -> None:
     agent = make_agent(engine)
     await ready(agent)
     assign(agent, [rep])
-    started = agent.containers[cid].started_at
-    topic = agent.topics.health("default", "web")
+    started = agent.node.containers[cid].started_at
 
-    agent._on_health(topic, health_env(rep, started, node="n2"))  # another node's
-    agent._on_health(topic, health_env(rep, (started or 0) - 5))  # an older start
-    await settle(agent)
-    assert "restart" not in engine.calls
+    async with wired(agent) as client:
+        await publish_health(agent, client, not_live(rep, started, node="n2"))  # another node's
+        await publish_health(agent, client, not_live(rep, (started or 0) - 5))  # an older start
+        await settle(agent)
+        assert "restart" not in engine.calls
 
-    agent._on_health(topic, health_env(rep, started))
-    await settle(agent)
-    assert engine.calls.count("restart") == 1
-    assert agent.records[rep.id].restarts == 1
-    assert agent.containers[cid].started_at != started
-    kind, _, fields = agent._events.get_nowait()
-    assert (kind, fields["replica"], fields["data"]["source"]) == (
-        "liveness_restart",
-        rep.id,
-        "health",
-    )
+        await publish_health(agent, client, not_live(rep, started))
+        await settle(agent)
+        assert engine.calls.count("restart") == 1
+        assert agent.node.records[rep.id].restarts == 1
+        assert agent.node.containers[cid].started_at != started
+        kind, _, fields = agent.node.events.get_nowait()
+        assert (kind, fields["replica"], fields["data"]["source"]) == (
+            "liveness_restart",
+            rep.id,
+            "health",
+        )
 
-    agent._on_health(topic, health_env(rep, started))  # the same, stale verdict again
-    await settle(agent)
-    assert engine.calls.count("restart") == 1
+        # the same, stale verdict again
+        await publish_health(agent, client, not_live(rep, started))
+        await settle(agent)
+        assert engine.calls.count("restart") == 1
 
-    agent._on_health(topic, None)  # health topic deleted: nothing breaks
-    agent._on_health("unit/health/only-one-level", health_env(rep, started))  # dropped
-    await settle(agent)
-    assert engine.calls.count("restart") == 1
+        await publish_health(agent, client, None)  # health topic deleted: nothing breaks
+        assert WEB not in agent.liveness.health
+        # A verdict about the current start, under another app's topic: dropped.
+        current = agent.node.containers[cid].started_at
+        other = AppKey("default", "other")
+        await publish_health(agent, client, not_live(rep, current), key=other)
+        assert other not in agent.liveness.health
+        await settle(agent)
+        assert engine.calls.count("restart") == 1
 
 
 async def test_exec_probes_report_readiness_and_restart_on_liveness_failure() -> None:
@@ -367,33 +466,35 @@ async def test_exec_probes_report_readiness_and_restart_on_liveness_failure() ->
     cid = engine.add(labels_for(rep.id))
     agent = make_agent(engine)
     await ready(agent)
-    agent.assignment = NodeAssignment(node="n1", replicas=[rep], specs={rep.spec_key: spec})
+    agent.node.assignment = NodeAssignment(node="n1", replicas=[rep], specs={rep.spec_key: spec})
     await settle(agent)
-    assert set(agent._probes) == {(rep.id, "readiness"), (rep.id, "liveness")}
+    assert set(agent.probes.running) == {(rep.id, "readiness"), (rep.id, "liveness")}
 
-    async def until(predicate: Any) -> None:
+    async def eventually(predicate: Any) -> None:
         for _ in range(1000):
             if predicate():
                 return
             await asyncio.sleep(0.005)
         raise AssertionError("condition never met")
 
-    started = agent.containers[cid].started_at
-    await until(lambda: agent.records.get(rep.id) and agent.records[rep.id].exec_ready)
-    assert agent.records[rep.id].exec_ready == (started, True)
+    started = agent.node.containers[cid].started_at
+    await eventually(
+        lambda: agent.node.records.get(rep.id) and agent.node.records[rep.id].exec_ready
+    )
+    assert agent.node.records[rep.id].exec_ready == (started, True)
 
     engine.exec_exit[cid] = 1  # both probes fail from now on
-    await until(lambda: agent._exec_not_live)
+    await eventually(lambda: agent.liveness.exec_failures)
     await settle(agent)
     assert engine.calls.count("restart") == 1
-    assert agent.records[rep.id].restarts == 1
+    assert agent.node.records[rep.id].restarts == 1
     # A new start: new probe tasks (fresh state), the old verdict no longer applies.
-    new_start = agent.containers[cid].started_at
+    new_start = agent.node.containers[cid].started_at
     assert new_start != started
-    assert {t.started_at for t, _ in agent._probes.values()} == {new_start}
-    for _, task in agent._probes.values():
+    assert {t.started_at for t, _ in agent.probes.running.values()} == {new_start}
+    for _, task in agent.probes.running.values():
         task.cancel()
-    await asyncio.gather(*(t for _, t in agent._probes.values()), return_exceptions=True)
+    await asyncio.gather(*(t for _, t in agent.probes.running.values()), return_exceptions=True)
 
 
 async def test_a_failed_liveness_restart_is_retried_after_its_back_off() -> None:
@@ -404,18 +505,187 @@ async def test_a_failed_liveness_restart_is_retried_after_its_back_off() -> None
     agent = make_agent(engine)
     await ready(agent)
     assign(agent, [rep])
-    started = agent.containers[cid].started_at
-    agent._on_health(agent.topics.health("default", "web"), health_env(rep, started))
-    await settle(agent)
-    record = agent.records[rep.id]
-    assert engine.calls.count("restart") == 1
-    assert (record.restarts, record.failures, record.hint) == (0, 1, "failed")
-    wake = await agent._reconcile("node")  # waits for the back-off, and says when to look
-    assert wake is not None
-    assert 0 < wake <= 1.0
-    assert engine.calls.count("restart") == 1
-    record.retry_at = 0.0  # time passes
-    await settle(agent)
-    assert engine.calls.count("restart") == 2
-    assert agent.records[rep.id].restarts == 1
-    assert agent.containers[cid].started_at != started
+    started = agent.node.containers[cid].started_at
+    async with wired(agent) as client:
+        await publish_health(agent, client, not_live(rep, started))
+        await settle(agent)
+        record = agent.node.records[rep.id]
+        assert engine.calls.count("restart") == 1
+        assert (record.restarts, record.failures, record.hint) == (0, 1, "failed")
+        wake = await agent.reconcile.once()  # waits for the back-off, and says when to look
+        assert wake is not None
+        assert 0 < wake <= 1.0
+        assert engine.calls.count("restart") == 1
+        record.retry_at = 0.0  # time passes
+        await settle(agent)
+        assert engine.calls.count("restart") == 2
+        assert agent.node.records[rep.id].restarts == 1
+        assert agent.node.containers[cid].started_at != started
+
+
+# -- the whole service on a MemoryBroker, driven through the bus ------------------------
+
+
+@contextlib.asynccontextmanager
+async def running(
+    engine: FakeEngine, broker: MemoryBroker | None = None, **options: Any
+) -> AsyncIterator[tuple[AgentService, Bus]]:
+    """The agent service running on a MemoryBroker, and a client's bus on the same broker
+    (connected, its subscriptions in place before the agent starts)."""
+    broker = broker or MemoryBroker()
+    agent = make_agent(engine, broker, heartbeat=0.2, **options)
+    client = broker.bus(Topics(PREFIX), client_id="test-client")
+    client_task = asyncio.create_task(client.run())
+    await client.wait_connected(5)
+    service = asyncio.create_task(agent.run())
+    try:
+        yield agent, client
+    finally:
+        agent.stop()
+        await asyncio.wait_for(service, 10)
+        client.close()
+        client_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await client_task
+
+
+def assignment(reps: list[AssignedReplica], generation: int = 1) -> NodeAssignment:
+    return NodeAssignment(
+        node="n1", replicas=reps, specs={"default/web@1": SPEC}, generation=generation
+    )
+
+
+async def test_the_service_runs_the_assignment_it_is_given_on_the_bus_and_reports_it() -> None:
+    engine = FakeEngine()
+    async with running(engine) as (_, client):
+        infos = await client.view(NODE_INFO)
+        reports = await client.view(NODE_REPLICAS)
+        info = await eventually(lambda: (i := infos.get("n1")) and i.status == "ready" and i)
+        assert (info.address, info.capacity.cpu, info.version) == ("127.0.0.9", 4, "docker fake")
+        presence = await client.view(PRESENCE, service="agent")
+        await client.sync()  # the retained values are delivered
+        assert presence[ServiceKey("agent", "t1")].status == "online"
+
+        reps = replicas(3)
+        await client.publish(NODE_ASSIGN, assignment(reps))
+
+        def all_running() -> bool:
+            report = reports.get("n1")
+            return report is not None and sorted(
+                (r.id, r.phase, r.endpoints.get("http")) for r in report.replicas
+            ) == [(r.id, "running", "127.0.0.9:40000") for r in reps]
+
+        await eventually(all_running, message="3 replicas running in the report")
+        assert engine.calls.count("create") == 3
+
+        # A container dies behind the agent's back: the Docker event is seen, it restarts.
+        (cid,) = [c for c, box in engine.boxes.items() if "default.web.00000000" in str(box)]
+        engine.die(cid)
+        await eventually(
+            lambda: (
+                (r := reports.get("n1"))
+                and any(s.restarts == 1 and s.phase == "running" for s in r.replicas)
+            ),
+            message="the killed replica restarted",
+        )
+        before = infos["n1"].heartbeat
+        await eventually(lambda: infos["n1"].heartbeat > before, message="a heartbeat")
+
+        await client.clear(NODE_ASSIGN, "n1")  # deleted: nothing to run
+        await eventually(lambda: (r := reports.get("n1")) and not r.replicas, message="all removed")
+        assert engine.boxes == {}
+
+    assert infos["n1"].status == "offline"  # the goodbye of a clean stop
+    assert presence[ServiceKey("agent", "t1")].status == "offline"
+
+
+async def test_malformed_assignments_are_dropped_and_the_service_keeps_going() -> None:
+    engine = FakeEngine()
+    async with running(engine) as (agent, client):
+        reports = await client.view(NODE_REPLICAS)
+        topic = NODE_ASSIGN.topic(PREFIX, "n1")
+        await client.publish_raw(topic, b"\x00garbage", retain=True)
+        await client.publish_raw(topic, codec.encode(client.envelope("assign", {"node": 5})))
+        await client.publish(NODE_ASSIGN, NodeAssignment(node="n2"), key="n1")  # another node's
+        (rep,) = replicas(1)
+        no_spec = NodeAssignment(node="n1", replicas=[rep])  # its spec is missing
+        await client.publish(NODE_ASSIGN, no_spec)
+        await client.publish_raw(
+            LOGS_REQUEST.topic(PREFIX, None), codec.encode(client.envelope("logs_request", {}))
+        )
+        await agent.bus.sync()
+        assert agent.node.assignment is None
+        await client.publish(NODE_ASSIGN, assignment([rep]))
+        await eventually(
+            lambda: (r := reports.get("n1")) and [s.phase for s in r.replicas] == ["running"],
+            message="the good assignment running",
+        )
+
+
+async def test_a_not_live_verdict_on_the_bus_restarts_the_replica() -> None:
+    engine = FakeEngine()
+    (rep,) = replicas(1)
+    cid = engine.add(labels_for(rep.id))
+    async with running(engine) as (_, client):
+        reports = await client.view(NODE_REPLICAS)
+        events: list[Event] = []
+        await client.subscribe(EVENTS, lambda _, e: events.append(e) if e else None)
+        await client.publish(NODE_ASSIGN, assignment([rep]))
+        report = await eventually(lambda: reports.get("n1"), message="a report")
+        (status,) = report.replicas
+        assert (status.phase, status.container_id) == ("running", cid)
+
+        await client.publish(HEALTH, not_live(rep, status.started_at))
+        restarted = await eventually(
+            lambda: (r := reports.get("n1")) and r.replicas[0].restarts == 1 and r.replicas[0],
+            message="restarted for liveness",
+        )
+        assert restarted.started_at != status.started_at
+        assert restarted.reason.startswith("last exit: liveness:")
+        event = await eventually(lambda: [e for e in events if e.kind == "liveness_restart"])
+        assert (event[0].node, event[0].replica) == ("n1", rep.id)
+        assert event[0].data["source"] == "health"
+        assert engine.calls.count("restart") == 1
+
+
+async def test_a_logs_request_is_answered_with_the_replica_lines_and_eof() -> None:
+    engine = FakeEngine()
+    (rep,) = replicas(1)
+    cid = engine.add(labels_for(rep.id))
+    engine.log_lines[cid] = ["one", "two", "three"]
+    async with running(engine, stats_interval=0.05) as (agent, client):
+        chunks: list[LogChunk] = []
+        await client.subscribe(LOGS_STREAM, lambda _, c: chunks.append(c) if c else None)
+        metrics = await client.view(NODE_METRICS)
+        await client.publish(NODE_ASSIGN, assignment([rep]))
+        await eventually(lambda: agent.node.listed and agent.node.synced, message="agent ready")
+        await client.publish(LOGS_REQUEST, LogsRequest(id="r1", app="web", tail=2))
+        await eventually(lambda: chunks and chunks[-1].eof, message="the end of the stream")
+        assert [line for c in chunks for line in c.lines] == ["two", "three"]
+        assert {(c.request, c.node, c.replica) for c in chunks} == {("r1", "n1", rep.id)}
+        usage = await eventually(lambda: (m := metrics.get("n1")) and m.replicas.get(rep.id))
+        assert (usage.memory, usage.memory_limit, usage.app) == (2**20, 2**26, "web")
+
+
+async def test_the_last_will_says_offline_and_a_reconnect_reports_again() -> None:
+    engine = FakeEngine()
+    broker = MemoryBroker()
+    async with running(engine, broker) as (agent, client):
+        seen: list[NodeInfo] = []
+        await client.subscribe(NODE_INFO, lambda _, i: seen.append(i) if i else None)
+        reports = await client.view(NODE_REPLICAS)
+        await client.publish(NODE_ASSIGN, assignment(replicas(1)))
+        await eventually(lambda: reports.get("n1") and reports["n1"].replicas, message="a report")
+        await eventually(lambda: seen and seen[-1].status == "ready", message="ready")
+        await client.clear(NODE_REPLICAS, "n1")  # gone with a broker that lost its state
+        await agent.bus.sync()
+
+        broker.crash("agent-t1")  # the connection dies: the broker publishes the last will
+        will = await eventually(
+            lambda: [i for i in seen if i.status == "offline"], message="the will"
+        )
+        assert will[0].reason == "agent connection lost"
+        await eventually(
+            lambda: seen[-1].status == "ready", message="ready again after reconnecting"
+        )
+        await eventually(lambda: reports.get("n1"), message="the report sent again")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from core.state import ReplicaHealth
-from services.balancer.proxy import Ejected
+from services.balancer.policy import Ejected
 
 
 def health(rid: str, ready: bool, since: float, terminating: bool = False) -> ReplicaHealth:

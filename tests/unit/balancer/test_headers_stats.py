@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.keys import AppKey
 from services.balancer.headers import (
     client_key,
     connection_tokens,
@@ -70,13 +71,13 @@ def test_window_and_cumulative_counters() -> None:
 
 def test_snapshot_skips_idle_apps_and_unrouted() -> None:
     stats = Stats()
-    stats.app("d/web").done("r", 200, 0.01)
-    stats.app("d/idle")
-    stats.app("-").done(None, 404, 0.0)
+    stats.app(AppKey("d", "web")).done("r", 200, 0.01)
+    stats.app(AppKey("d", "idle"))
+    stats.unrouted.done(None, 404, 0.0)
     snap = stats.snapshot("lb-1", 1.0, 123.0)
     assert list(snap.apps) == ["d/web"]
     assert snap.instance == "lb-1"
     assert snap.ts == 123.0
-    held = stats.app("d/idle")
+    held = stats.app(AppKey("d", "idle"))
     held.held = 2
     assert stats.snapshot("lb-1", 1.0, 124.0).apps["d/idle"].held == 2

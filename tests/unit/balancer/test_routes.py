@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from core.keys import AppKey
 from core.spec import AppSpec
 from core.state import AppHealth, AppState, AppVersion, ReplicaHealth
 from services.balancer.routes import (
@@ -13,7 +14,6 @@ from services.balancer.routes import (
     Backend,
     RouteTable,
     app_route,
-    build_table,
     normalize_host,
     prefix_matches,
     version_weights,
@@ -21,8 +21,7 @@ from services.balancer.routes import (
 
 
 def route(key: str, host: str | None = None, path: str = "/") -> AppRoute:
-    ns, name = key.split("/")
-    return AppRoute(key, ns, name, host, path, "round_robin", "client_ip")
+    return AppRoute(AppKey.parse(key), host, path, "round_robin", "client_ip")
 
 
 TABLE = RouteTable(
@@ -58,14 +57,14 @@ TABLE = RouteTable(
 def test_match(host: str, path: str, expected: str) -> None:
     r = TABLE.match(host, path)
     assert r is not None
-    assert r.key == expected
+    assert str(r.key) == expected
 
 
 def test_no_match_and_ties() -> None:
     only_host = RouteTable([route("d/a", host="a.test")])
     assert only_host.match("b.test", "/") is None
     tie = RouteTable([route("d/b", path="/x"), route("d/a", path="/x")])
-    assert tie.match("", "/x").key == "d/a"  # type: ignore[union-attr]
+    assert tie.match("", "/x").key == AppKey("d", "a")  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -167,8 +166,7 @@ def test_app_without_route_or_health() -> None:
     r = app_route(app, None)
     assert r is not None
     assert r.backends == []
-    table = build_table({"d/web": app, "d/none": no_route}, {})
-    assert list(table.routes) == ["d/web"]
+    assert r.key == AppKey("d", "web")
 
 
 def test_backend_endpoints() -> None:

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from core.keys import AppKey
 from services.controller import store as store_module
 from services.controller.apps import AppRecord
 from services.controller.rollout import Rollout
 from services.controller.store import Store
 from tests.unit.controller.helpers import created, spec
 
-KEY = ("default", "web")
+KEY = AppKey("default", "web")
 
 
 def test_records_and_history_survive_a_reopen(tmp_path: Path) -> None:
@@ -28,6 +29,7 @@ def test_records_and_history_survive_a_reopen(tmp_path: Path) -> None:
 
     again = Store(db)
     assert again.load() == {KEY: rolling}
+    assert all(isinstance(key, AppKey) for key in again.load())
     assert again.last_revision(KEY) == 1
     [row] = again.history(KEY)
     assert (row.revision, row.created, row.source, row.changes) == (
@@ -55,7 +57,7 @@ def test_revision_numbers_are_never_reused_after_delete(tmp_path: Path) -> None:
     assert store.history(KEY) == []
     with store.transaction() as tx:
         assert tx.allocate_revision(KEY) == 3
-    assert store.last_revision(("default", "other")) == 0
+    assert store.last_revision(AppKey("default", "other")) == 0
 
 
 def test_a_failed_batch_changes_nothing(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from core.errors import BusError, SpecError
 from core.runner import Reconciler
 
 
@@ -49,3 +50,27 @@ async def test_requeue_after_and_resync() -> None:
     task.cancel()
     assert seen.count("k") >= 3
     assert "z" in seen
+
+
+async def test_invalid_input_is_dropped_not_retried() -> None:
+    calls: list[str] = []
+    done = asyncio.Event()
+
+    async def reconcile(key: str) -> float | None:
+        calls.append(key)
+        if key == "bad":
+            raise SpecError(["replicas: must be >= 0"])
+        if key == "flaky" and calls.count("flaky") < 3:
+            raise BusError("broker gone")
+        if key == "flaky":
+            done.set()
+        return None
+
+    runner: Reconciler[str] = Reconciler("t", reconcile, backoff_initial=0.001)
+    runner.mark("bad")
+    runner.mark("flaky")
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(done.wait(), 5)
+    task.cancel()
+    assert calls.count("bad") == 1  # terminal: logged and dropped
+    assert calls.count("flaky") == 3  # retryable: retried until it worked

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import SpecError
+from core.keys import AppKey
 from core.spec import AppSpec, load_specs, validate_apps
 
 GOOD = """
@@ -28,7 +29,8 @@ autoscale: {min: 2, max: 20, target: {rps_per_replica: 100}}
 
 def test_the_design_example_loads_with_units_parsed() -> None:
     (spec,) = load_specs(GOOD)
-    assert spec.key == "prod/web"
+    assert spec.key == AppKey("prod", "web")
+    assert str(spec.key) == "prod/web"
     assert spec.resources.cpu == 0.25
     assert spec.resources.memory == 128 * 1024**2
     assert spec.env == {"LOG_LEVEL": "info", "WORKERS": "4", "DEBUG": "false"}

@@ -2,32 +2,40 @@ from __future__ import annotations
 
 import pytest
 
+from core.channels import APPLY, APPS, HEALTH, NODE_ASSIGN, NODE_REPLICAS
 from core.config import BrokerURL, ConfigError
 from core.errors import TopicError
+from core.keys import AppKey
 from core.topics import Topics, matches
 from core.units import format_memory, parse_cpu, parse_duration, parse_memory
 
 
 def test_topic_map_and_parsing() -> None:
-    t = Topics("shoal")
-    assert t.app("prod", "web") == "shoal/apps/prod/web"
-    assert t.node_assign("n1") == "shoal/nodes/n1/assign"
-    assert t.node_of("shoal/nodes/n1/replicas") == "n1"
-    assert t.app_of("shoal/health/prod/web") == ("prod", "web")
-    assert Topics("a/b").cmd("apply") == "a/b/cmd/apply"
+    assert APPS.topic("shoal", AppKey("prod", "web")) == "shoal/apps/prod/web"
+    assert NODE_ASSIGN.topic("shoal", "n1") == "shoal/nodes/n1/assign"
+    assert NODE_REPLICAS.parse("shoal", "shoal/nodes/n1/replicas") == "n1"
+    assert HEALTH.parse("shoal", "shoal/health/prod/web") == AppKey("prod", "web")
+    assert APPLY.topic("a/b") == "a/b/cmd/apply"
+    assert Topics("a/b").reply("cli-1") == "a/b/reply/cli-1"
 
 
 @pytest.mark.parametrize("bad", ["a/b", "+", "#", ""])
 def test_names_cannot_escape_their_topic_level(bad: str) -> None:
     with pytest.raises(TopicError):
-        Topics().app("default", bad)
+        APPS.topic("shoal", AppKey("default", bad))
+    with pytest.raises(TopicError):
+        APPS.pattern("shoal", namespace=bad)
 
 
-def test_bad_prefix_and_unknown_command() -> None:
+def test_bad_prefix_and_topics_of_another_channel() -> None:
     with pytest.raises(TopicError):
         Topics("a/#")
     with pytest.raises(TopicError):
-        Topics().cmd("explode")
+        HEALTH.parse("shoal", "shoal/apps/prod/web")
+    with pytest.raises(TopicError):
+        HEALTH.parse("shoal", "other/health/prod/web")
+    with pytest.raises(TopicError):
+        NODE_ASSIGN.parse("shoal", "shoal/nodes/n1/assign/extra")
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.keys import AppKey
 from core.probes import ProbeState, step
 from core.spec import AppSpec, Probe
-from core.state import AppHealth, AppState, AppVersion, ReplicaHealth, ReplicaStatus
+from core.state import (
+    AppHealth,
+    AppState,
+    AppVersion,
+    NodeReplicas,
+    ReplicaHealth,
+    ReplicaStatus,
+)
 from services.health.logic import (
+    ReplicaIndex,
     app_health,
     owner,
     probes_to_run,
@@ -240,7 +249,7 @@ def test_seed_from_a_published_verdict_only_for_the_same_container_start() -> No
 
 
 def test_owner_is_stable_and_moves_only_the_leavers_keys() -> None:
-    keys = [f"ns/app{i}" for i in range(300)]
+    keys = [AppKey("ns", f"app{i}") for i in range(300)]
     three = ["a", "b", "c"]
     before = {k: owner(k, three) for k in keys}
     assert set(before.values()) == set(three)
@@ -251,4 +260,39 @@ def test_owner_is_stable_and_moves_only_the_leavers_keys() -> None:
             assert after[k] == before[k]
     share = sum(1 for v in before.values() if v == "a") / len(keys)
     assert 0.2 < share < 0.47
-    assert owner("x", []) is None
+    assert owner(AppKey("x", "y"), []) is None
+
+
+def test_owner_hashes_ns_slash_app_so_shards_survive_an_upgrade() -> None:
+    # pinned: the owners the "ns/app" string keys had before keys were typed
+    owners = {i: owner(AppKey("ns", f"app{i}"), ["a", "b", "c"]) for i in range(8)}
+    assert owners == {0: "a", 1: "a", 2: "c", 3: "a", 4: "a", 5: "a", 6: "c", 7: "b"}
+
+
+# -- the replica index -------------------------------------------------------------------
+
+
+def test_replica_index_replaces_each_nodes_report() -> None:
+    index = ReplicaIndex()
+    web, api = AppKey("default", "web"), AppKey("default", "api")
+    n1 = NodeReplicas(node="n1", replicas=[status("r1"), status("r2", app="api")])
+    assert index.update("n1", n1) == {web, api}
+    assert index.update("n2", NodeReplicas(node="n2", replicas=[status("r3", node="n2")])) == {web}
+    assert {st.id for st in index.of(web)} == {"r1", "r3"}
+    assert index.apps_on("n1") == {web, api}
+    # n1 now runs only r1: api is touched (and gone), web keeps r1 and n2's r3
+    assert index.update("n1", NodeReplicas(node="n1", replicas=[status("r1")])) == {web, api}
+    assert index.apps() == {web}
+    assert list(index.of(api)) == []
+    assert index.update("n2", None) == {web}
+    assert [st.id for st in index.of(web)] == ["r1"]
+    assert index.apps_on("n2") == set()
+
+
+def test_a_replica_reported_by_two_nodes_keeps_the_latest_status() -> None:
+    index = ReplicaIndex()
+    web = AppKey("default", "web")
+    index.update("n1", NodeReplicas(node="n1", replicas=[status("r1")]))
+    index.update("n2", NodeReplicas(node="n2", replicas=[status("r1", node="n2")]))
+    index.update("n1", None)  # n1's stale report goes: n2's status of r1 stays
+    assert [st.node for st in index.of(web)] == ["n2"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from core.keys import AppKey
 from core.state import LbMetrics, NodeMetrics, ReplicaUsage, RouteMetrics
 from services.scaler.metrics import MetricsBook
 
-KEY = "default/web"
+KEY = AppKey("default", "web")
 
 
 def sample(instance: str, **apps: RouteMetrics) -> LbMetrics:

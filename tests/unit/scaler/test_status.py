@@ -5,17 +5,22 @@ from __future__ import annotations
 import pytest
 
 from core import codec
+from core.channels import SCALER_STATUS
 from core.errors import TopicError
+from core.keys import AppKey
 from core.state import ScalerStatus
-from core.topics import Topics
 
 
 def test_status_topic() -> None:
-    t = Topics("shoal")
-    assert t.scaler_status("prod", "web") == "shoal/status/scaler/prod/web"
-    assert t.all_scaler_status == "shoal/status/scaler/+/+"
+    assert SCALER_STATUS.topic("shoal", AppKey("prod", "web")) == "shoal/status/scaler/prod/web"
+    assert SCALER_STATUS.pattern("shoal") == "shoal/status/scaler/+/+"
     with pytest.raises(TopicError):
-        t.scaler_status("prod", "a/b")
+        SCALER_STATUS.topic("shoal", AppKey("prod", "a/b"))
+    assert (SCALER_STATUS.kind, SCALER_STATUS.model, SCALER_STATUS.retained) == (
+        "scaler_status",
+        ScalerStatus,
+        True,
+    )
 
 
 def test_status_round_trips_through_the_codec() -> None:

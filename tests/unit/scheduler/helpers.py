@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.keys import AppKey
 from core.spec import AppSpec
 from core.state import AppState, AppVersion, NodeInfo
 from services.scheduler.model import Demand, NodeView
@@ -62,7 +63,7 @@ def view(
     status: str = "ready",
     cpu_used: float = 0.0,
     mem_used: int = 0,
-    apps: dict[str, int] | None = None,
+    apps: dict[AppKey, int] | None = None,
     **labels: str,
 ) -> NodeView:
     return NodeView(
@@ -80,7 +81,7 @@ def view(
 def demand(
     cpu: float = 0.5,
     memory: int = 256 * MI,
-    app: str = "default/web",
+    app: AppKey = AppKey("default", "web"),
     constraints: dict[str, list[str]] | None = None,
     **kw: Any,
 ) -> Demand:

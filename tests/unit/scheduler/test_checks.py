@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.keys import AppKey
 from services.scheduler.checks import (
     CHECKS,
     DYNAMIC_CHECKS,
@@ -61,11 +62,11 @@ def test_constraints(
 
 
 def test_max_per_node() -> None:
-    node = view(apps={"default/web": 2, "default/other": 5})
+    node = view(apps={AppKey("default", "web"): 2, AppKey("default", "other"): 5})
     assert check_max_per_node(node, demand(max_per_node=3)) is None
     assert check_max_per_node(node, demand(max_per_node=2)) == "max_per_node"
     assert check_max_per_node(node, demand(max_per_node=None)) is None
-    assert check_max_per_node(node, demand(app="default/new", max_per_node=1)) is None
+    assert check_max_per_node(node, demand(app=AppKey("default", "new"), max_per_node=1)) is None
 
 
 def test_cpu_fit_is_exact_with_float_sums() -> None:
@@ -121,7 +122,7 @@ def test_fused_fits_equals_the_dynamic_checks(
         cpu_used=cpu_used,
         memory=memory,
         mem_used=mem_used,
-        apps={"default/web": here} if here else {},
+        apps={AppKey("default", "web"): here} if here else {},
     )
     node.lost, node.cordoned = lost, cordoned
     d = demand(cpu=want_cpu, memory=want_mem, max_per_node=limit)

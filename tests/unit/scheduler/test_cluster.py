@@ -8,11 +8,14 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.keys import AppKey
 from core.state import NodeAssignment
 from services.scheduler.cluster import Cluster, plan
 from tests.unit.scheduler.helpers import GI, MI, app_state, node_info
 
 ID = re.compile(r"^default\.web\.[0-9a-f]{8}$")
+WEB = AppKey("default", "web")
+BIG = AppKey("default", "big")
 
 
 def cluster_with(*infos: object, seed: int = 0) -> Cluster:
@@ -22,22 +25,22 @@ def cluster_with(*infos: object, seed: int = 0) -> Cluster:
     return cluster
 
 
-def apply(cluster: Cluster, *states: object, now: float = 0.0) -> dict[str, object]:
+def apply(cluster: Cluster, *states: object, now: float = 0.0) -> dict[AppKey, object]:
     outs = {}
     for state in states:
-        key = f"{state.namespace}/{state.name}"  # type: ignore[attr-defined]
+        key = AppKey(state.namespace, state.name)  # type: ignore[attr-defined]
         cluster.set_app(key, state)  # type: ignore[arg-type]
         outs[key] = cluster.reconcile(key, now)
     return outs
 
 
-def per_node(cluster: Cluster, app: str = "default/web") -> dict[str, int]:
+def per_node(cluster: Cluster, app: AppKey = WEB) -> dict[str, int]:
     return {n.id: n.apps.get(app, 0) for n in cluster.nodes.values()}
 
 
 def test_places_the_desired_replicas_with_well_formed_ids() -> None:
     cluster = cluster_with(node_info("n1"), node_info("n2"))
-    out = apply(cluster, app_state("web", 3))["default/web"]
+    out = apply(cluster, app_state("web", 3))[WEB]
     assert len(out.placed) == 3  # type: ignore[attr-defined]
     assert all(ID.match(r.id) for r in cluster.replicas.values())
     assert cluster.take_dirty() == {"n1", "n2"}
@@ -49,7 +52,7 @@ def test_resources_are_honoured() -> None:
     cluster = cluster_with(
         node_info("n1", cpu=4, memory=8 * GI), node_info("n2", cpu=8, memory=1 * GI)
     )
-    out = apply(cluster, app_state("web", 5, cpu=2, memory=1 * GI))["default/web"]
+    out = apply(cluster, app_state("web", 5, cpu=2, memory=1 * GI))[WEB]
     assert per_node(cluster) == {"n1": 2, "n2": 1}
     [problem] = out.unplaceable  # type: ignore[attr-defined]
     assert problem.count == 2
@@ -113,16 +116,16 @@ def test_max_per_node() -> None:
     cluster = cluster_with(node_info("n1", cpu=64, memory=64 * GI), node_info("n2"))
     out = apply(cluster, app_state("web", 5, cpu=0.1, memory=64 * MI, max_per_node=2))
     assert per_node(cluster) == {"n1": 2, "n2": 2}
-    assert out["default/web"].unplaceable[0].reasons == {"max_per_node": 2}  # type: ignore[attr-defined]
+    assert out[WEB].unplaceable[0].reasons == {"max_per_node": 2}  # type: ignore[attr-defined]
 
 
 def test_unsatisfiable_constraint_names_the_label() -> None:
     cluster = cluster_with(node_info("a", zone="a"), node_info("b", zone="b", disk="ssd"))
-    out = apply(cluster, app_state("web", 2, constraints={"zone": ["z"]}))["default/web"]
+    out = apply(cluster, app_state("web", 2, constraints={"zone": ["z"]}))[WEB]
     assert out.placed == []  # type: ignore[attr-defined]
     assert out.unplaceable[0].message == "2 unplaceable: 0/2 nodes fit: 2 constraint zone"  # type: ignore[attr-defined]
-    assert cluster.pending == {"default/web": out.unplaceable}  # type: ignore[attr-defined]
-    status = cluster.status("default/web")
+    assert cluster.pending == {WEB: out.unplaceable}  # type: ignore[attr-defined]
+    status = cluster.status(WEB)
     assert status is not None
     assert (status.desired, status.placed, status.unplaceable) == (2, 0, 2)
     assert status.reasons == {"constraint zone": 2}
@@ -141,10 +144,10 @@ def test_constraints_select_matching_nodes_only() -> None:
 def test_unplaceable_replicas_are_placed_when_a_node_joins() -> None:
     cluster = cluster_with(node_info("n1", cpu=1))
     apply(cluster, app_state("web", 3, cpu=0.5))
-    assert "default/web" in cluster.pending
+    assert WEB in cluster.pending
     affected = cluster.upsert_node(node_info("n2", cpu=1), seen=0.0)
-    assert affected == {"default/web"}
-    out = cluster.reconcile("default/web")
+    assert affected == {WEB}
+    out = cluster.reconcile(WEB)
     assert len(out.placed) == 1
     assert not out.unplaceable
     assert cluster.pending == {}
@@ -153,10 +156,10 @@ def test_unplaceable_replicas_are_placed_when_a_node_joins() -> None:
 def test_unplaceable_replicas_fit_once_another_app_shrinks() -> None:
     cluster = cluster_with(node_info("n1", cpu=1))
     apply(cluster, app_state("big", 2, cpu=0.5), app_state("web", 1, cpu=0.5))
-    assert "default/web" in cluster.pending
-    out = apply(cluster, app_state("big", 1, cpu=0.5))["default/big"]
+    assert WEB in cluster.pending
+    out = apply(cluster, app_state("big", 1, cpu=0.5))[BIG]
     assert out.freed  # type: ignore[attr-defined]
-    assert len(cluster.reconcile("default/web").placed) == 1
+    assert len(cluster.reconcile(WEB).placed) == 1
 
 
 def test_scale_down_removes_from_the_most_loaded_node() -> None:
@@ -164,7 +167,7 @@ def test_scale_down_removes_from_the_most_loaded_node() -> None:
     apply(cluster, app_state("web", 2))
     apply(cluster, app_state("hog", 1, cpu=2, memory=4 * GI))
     hog_node = next(r.node for r in cluster.replicas.values() if r.app == "hog")
-    out = apply(cluster, app_state("web", 1))["default/web"]
+    out = apply(cluster, app_state("web", 1))[WEB]
     assert [r.node for r in out.removed] == [hog_node]  # type: ignore[attr-defined]
 
 
@@ -172,7 +175,7 @@ def test_a_second_reconcile_changes_nothing() -> None:
     cluster = cluster_with(node_info("n1"), node_info("n2"))
     apply(cluster, app_state("web", 3))
     cluster.take_dirty()
-    out = cluster.reconcile("default/web")
+    out = cluster.reconcile(WEB)
     assert not out.changed
     assert cluster.take_dirty() == set()
 
@@ -189,12 +192,12 @@ def test_deleted_app_leaves_every_assignment() -> None:
     cluster = cluster_with(node_info("n1"), node_info("n2"))
     apply(cluster, app_state("web", 3), app_state("api", 1))
     cluster.take_dirty()
-    cluster.set_app("default/web", None)
-    out = cluster.reconcile("default/web")
+    cluster.set_app(WEB, None)
+    out = cluster.reconcile(WEB)
     assert out.deleted
     assert len(out.removed) == 3
     assert {r.app for r in cluster.replicas.values()} == {"api"}
-    assert cluster.status("default/web") is None
+    assert cluster.status(WEB) is None
     assigned = [r.app for n in cluster.take_dirty() for r in cluster.assignment(n).replicas]
     assert "web" not in assigned
 
@@ -215,9 +218,9 @@ def test_node_loss_moves_its_replicas_and_empties_its_assignment() -> None:
     apply(cluster, app_state("web", 3))
     cluster.take_dirty()
     affected = cluster.upsert_node(node_info("n2", status="offline"), seen=1.0)
-    assert affected == {"default/web"}
+    assert affected == {WEB}
     assert cluster.assignment("n2").replicas == []
-    out = cluster.reconcile("default/web")
+    out = cluster.reconcile(WEB)
     assert len(out.placed) == 1
     assert per_node(cluster) == {"n1": 2, "n2": 0, "n3": 1} or per_node(cluster) == {
         "n1": 1,
@@ -231,15 +234,15 @@ def test_missed_heartbeats_lose_a_node_and_it_comes_back_empty() -> None:
     apply(cluster, app_state("web", 2))
     cluster.upsert_node(node_info("n1"), seen=10.0)  # n2 stays silent since 0.0
     lost, affected = cluster.expire(now=10.0, grace=6.0)
-    assert (lost, affected) == (["n2"], {"default/web"})
-    cluster.reconcile("default/web")
+    assert (lost, affected) == (["n2"], {WEB})
+    cluster.reconcile(WEB)
     assert per_node(cluster) == {"n1": 2, "n2": 0}
     cluster.take_dirty()
     # n2 is back: it is ready again, its (empty) set is re-sent, nothing moves back
     cluster.upsert_node(node_info("n2"), seen=11.0)
     assert "n2" in cluster.take_dirty()
     assert cluster.assignment("n2").replicas == []
-    assert not cluster.reconcile("default/web").changed
+    assert not cluster.reconcile(WEB).changed
 
 
 def test_rebuild_from_assignments_moves_nothing() -> None:
@@ -291,10 +294,10 @@ def test_orphans_wait_for_the_grace_after_a_takeover() -> None:
     for assignment in first.assignments.values():
         cluster.load(assignment, seen=100.0)
     cluster.upsert_node(node_info("n1"), seen=100.0)
-    out = cluster.reconcile("default/web", now=101.0)
+    out = cluster.reconcile(WEB, now=101.0)
     assert out.requeue == 4.0
     assert not out.removed
-    assert len(cluster.reconcile("default/web", now=105.5).removed) == 2
+    assert len(cluster.reconcile(WEB, now=105.5).removed) == 2
 
 
 def test_cordon_stops_new_placements_only() -> None:
@@ -311,20 +314,20 @@ def test_drain_surges_then_drops_once_replacements_are_ready() -> None:
     apply(cluster, app_state("web", 2))
     on_n1 = [r.id for r in cluster.replicas.values() if r.node == "n1"]
     assert len(on_n1) == 1
-    cluster.set_ready("default/web", set(cluster.replicas))
-    assert cluster.set_cordon("n1", True, drain=True) == {"default/web"}
+    cluster.set_ready(WEB, set(cluster.replicas))
+    assert cluster.set_cordon("n1", True, drain=True) == {WEB}
 
-    out = cluster.reconcile("default/web")
+    out = cluster.reconcile(WEB)
     assert len(out.placed) == 1
     assert out.placed[0].node == "n2"
     assert out.removed == []  # the replacement is not ready yet: the old one stays
-    assert cluster.waiting_for_ready("default/web")
-    status = cluster.status("default/web")
+    assert cluster.waiting_for_ready(WEB)
+    status = cluster.status(WEB)
     assert status is not None
     assert (status.placed, status.leaving) == (2, 1)
 
-    assert cluster.set_ready("default/web", set(cluster.replicas))
-    out = cluster.reconcile("default/web")
+    assert cluster.set_ready(WEB, set(cluster.replicas))
+    out = cluster.reconcile(WEB)
     assert [r.id for r in out.removed] == on_n1
     assert per_node(cluster) == {"n1": 0, "n2": 2}
     assert cluster.assignment("n1").replicas == []
@@ -333,21 +336,21 @@ def test_drain_surges_then_drops_once_replacements_are_ready() -> None:
 def test_drain_waits_when_no_replacement_can_be_placed() -> None:
     cluster = cluster_with(node_info("n1"), node_info("n2", cpu=0.1))
     apply(cluster, app_state("web", 1))
-    cluster.set_ready("default/web", set(cluster.replicas))
+    cluster.set_ready(WEB, set(cluster.replicas))
     cluster.set_cordon("n1", True, drain=True)
-    out = cluster.reconcile("default/web")
+    out = cluster.reconcile(WEB)
     assert out.removed == []
     assert out.unplaceable
     assert "1 node cordoned" in out.unplaceable[0].message
-    assert cluster.set_cordon("n1", False) == {"default/web"}
-    assert not cluster.reconcile("default/web").changed
+    assert cluster.set_cordon("n1", False) == {WEB}
+    assert not cluster.reconcile(WEB).changed
 
 
 def test_drain_without_health_information_moves_at_once() -> None:
     cluster = cluster_with(node_info("n1"), node_info("n2"))
     apply(cluster, app_state("web", 2))
     cluster.set_cordon("n1", True, drain=True)
-    cluster.reconcile("default/web")
+    cluster.reconcile(WEB)
     assert per_node(cluster) == {"n1": 0, "n2": 2}
 
 
@@ -381,7 +384,9 @@ def test_never_over_capacity_never_too_many_and_stable(
         assert mem <= info.capacity.memory
     counts = Counter(r.app for a in assignments.values() for r in a.replicas)
     for state in states:
-        unplaced = sum(p.count for p in result.unplaceable.get(state.key, []))
+        unplaced = sum(
+            p.count for p in result.unplaceable.get(AppKey(state.namespace, state.name), [])
+        )
         assert counts[state.name] + unplaced == state.replicas
     assert plan(states, nodes, assignments.values()).assignments == {}
 
@@ -401,7 +406,7 @@ def test_when_every_node_is_silent_nobody_is_lost() -> None:
     assert cluster.all_silent
     assert sum(per_node(cluster).values()) == 2
     # a last will is still acted on at once
-    assert cluster.upsert_node(node_info("n1", status="offline"), seen=60.0) == {"default/web"}
+    assert cluster.upsert_node(node_info("n1", status="offline"), seen=60.0) == {WEB}
     cluster.upsert_node(node_info("n2"), seen=61.0)
     assert cluster.expire(now=62.0, grace=6.0) == ([], set())
     assert not cluster.all_silent
@@ -412,7 +417,7 @@ def test_a_node_that_shrinks_sheds_its_largest_replicas() -> None:
     apply(cluster, app_state("big", 1, cpu=2), app_state("web", 2, cpu=0.5))
     big_node = next(r.node for r in cluster.replicas.values() if r.app == "big")
     affected = cluster.upsert_node(node_info(big_node, cpu=1), seen=1.0)
-    assert affected == {"default/big"}
+    assert affected == {BIG}
     assert cluster.nodes[big_node].cpu_used <= 1
-    out = cluster.reconcile("default/big")
+    out = cluster.reconcile(BIG)
     assert [r.node for r in out.placed] == [n for n in ("n1", "n2") if n != big_node]

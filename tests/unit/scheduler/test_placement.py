@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from core.keys import AppKey
 from services.scheduler.model import Replica
 from services.scheduler.placement import (
     NodeRing,
@@ -68,7 +69,7 @@ def test_select_without_any_fit() -> None:
 
 def test_select_sets_the_domain_floor_from_the_candidates() -> None:
     nodes = [view("a", zone="a"), view("b", zone="b"), view("c", zone="c")]
-    d = demand(spread_by="zone", domains={"a": 5, "b": 4, "c": 6}, app_total=15)
+    d = demand(spread_by="zone", domains={"a": 5, "b": 4, "c": 6})
     chosen = select(NodeRing(nodes), d, fused("spread", "zone"), limit=3)
     assert chosen is nodes[1]
     assert d.domain_floor == 4
@@ -97,7 +98,7 @@ def test_unplaceable_message() -> None:
 
 
 def replica(rid: str, node: str, cpu: float = 0.5) -> Replica:
-    return Replica(rid, "default", "web", 1, node, cpu, 256 * MI)
+    return Replica(rid, AppKey("default", "web"), 1, node, cpu, 256 * MI)
 
 
 def test_removal_takes_the_most_loaded_nodes_first() -> None:

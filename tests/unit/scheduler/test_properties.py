@@ -7,6 +7,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.keys import AppKey
 from services.scheduler.cluster import Cluster, versions_of
 from tests.unit.scheduler.helpers import GI, MI, app_state, node_info
 
@@ -60,16 +61,16 @@ def test_random_events_keep_the_cluster_consistent(
         cluster.upsert_node(node_info(node, cpu=2, memory=2 * GI, zone="ab"[i % 2]), seen=now)
     for kind, target, n in ops:
         now += 1.0
-        touched: set[str] = set()
+        touched: set[AppKey] = set()
         if kind == "scale":
             state = app_state(
                 target, n, cpu=0.5, memory=256 * MI, strategy=strategy, spread_by="zone"
             )
-            cluster.set_app(f"default/{target}", state)
-            touched.add(f"default/{target}")
+            cluster.set_app(AppKey("default", target), state)
+            touched.add(AppKey("default", target))
         elif kind == "delete":
-            cluster.set_app(f"default/{target}", None)
-            touched.add(f"default/{target}")
+            cluster.set_app(AppKey("default", target), None)
+            touched.add(AppKey("default", target))
         elif kind == "offline":
             touched |= cluster.upsert_node(node_info(target, status="offline"), seen=now)
         elif kind == "online":
@@ -78,9 +79,9 @@ def test_random_events_keep_the_cluster_consistent(
         elif kind in ("cordon", "drain", "uncordon"):
             touched |= cluster.set_cordon(target, kind != "uncordon", kind == "drain")
         elif kind == "ready":
-            key = f"default/{target}"
+            key = AppKey("default", target)
             if cluster.set_ready(
-                key, {r for r in cluster.replicas if key in r.replace(".", "/", 1)}
+                key, {r for r in cluster.replicas if str(key) in r.replace(".", "/", 1)}
             ):
                 touched.add(key)
         elif kind == "expire":

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.keys import AppKey
 from services.scheduler.scorers import (
     explain_scores,
     fused,
@@ -17,6 +18,8 @@ from services.scheduler.scorers import (
     total_score,
 )
 from tests.unit.scheduler.helpers import GI, demand, view
+
+WEB = AppKey("default", "web")
 
 
 def test_spread_prefers_the_least_allocated_node() -> None:
@@ -42,15 +45,15 @@ def test_allocation_scores_stay_in_range_on_zero_capacity() -> None:
 
 
 def test_anti_affinity_prefers_nodes_without_the_app() -> None:
-    d = demand(app="default/web", app_total=3)
+    d = demand(app=WEB)
     assert score_anti_affinity(view(), d) == 1.0
-    assert score_anti_affinity(view(apps={"default/web": 1}), d) == pytest.approx(0.5)
-    assert score_anti_affinity(view(apps={"default/web": 3}), d) == pytest.approx(0.25)
-    assert score_anti_affinity(view(apps={"default/other": 3}), d) == 1.0
+    assert score_anti_affinity(view(apps={WEB: 1}), d) == pytest.approx(0.5)
+    assert score_anti_affinity(view(apps={WEB: 3}), d) == pytest.approx(0.25)
+    assert score_anti_affinity(view(apps={AppKey("default", "other"): 3}), d) == 1.0
 
 
 def test_topology_prefers_the_emptiest_domain() -> None:
-    d = demand(spread_by="zone", app_total=3, domains={"a": 2, "b": 1})
+    d = demand(spread_by="zone", domains={"a": 2, "b": 1})
     assert score_topology(view(zone="c"), d) == 1.0  # floor 0: zone c has none yet
     assert score_topology(view(zone="b"), d) == pytest.approx(0.5)
     assert score_topology(view(zone="a"), d) == pytest.approx(1 / 3)
@@ -78,7 +81,7 @@ def test_scorers_for_each_strategy() -> None:
 def test_total_and_explained_scores() -> None:
     scorers = scorers_for("spread", "zone")
     node = view(cpu=4, memory=4 * GI, zone="a")
-    d = demand(cpu=1, memory=1 * GI, spread_by="zone", app_total=0)
+    d = demand(cpu=1, memory=1 * GI, spread_by="zone")
     parts = explain_scores(node, d, scorers)
     assert parts == {"spread": 0.75, "anti_affinity": 1.0, "topology": 1.0}
     assert total_score(node, d, scorers) == pytest.approx(0.75 + 1.0 + 2.0)
@@ -110,11 +113,10 @@ def test_fused_score_equals_the_weighted_scorers(
 ) -> None:
     labels = {"zone": zone} if zone else {}
     node = view(cpu=cpu, cpu_used=cpu_used, memory=memory, mem_used=mem_used, **labels)
-    node.apps = {"default/web": here} if here else {}
+    node.apps = {WEB: here} if here else {}
     d = demand(
         cpu=0.5,
         spread_by=spread_by,
-        app_total=here + in_a + in_b,
         domains={"a": in_a, "b": in_b},
         domain_floor=min(in_a, in_b),
     )

@@ -1,0 +1,105 @@
+"""The health monitor's shell on the in-memory broker: reports in, verdicts out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from core.bus import Bus
+from core.channels import APPS, HEALTH, NODE_INFO, NODE_REPLICAS
+from core.config import ServiceConfig
+from core.keys import AppKey
+from core.memory import MemoryBroker
+from core.spec import AppSpec, Resources
+from core.state import AppState, AppVersion, NodeInfo, NodeReplicas, ReplicaStatus
+from services.health.service import HealthService
+from tests.support.memory import connected, serving
+from tests.support.waiting import eventually
+
+PREFIX = "t"
+WEB = AppKey("default", "web")
+
+
+@asynccontextmanager
+async def running(broker: MemoryBroker) -> AsyncIterator[Bus]:
+    """The health service, and a bus that plays the controller and the agents."""
+    service = HealthService(ServiceConfig(broker=broker, prefix=PREFIX, instance="h1"))
+    async with serving(service), connected(broker, PREFIX) as bus:
+        yield bus
+
+
+def web_app() -> AppState:
+    spec = AppSpec.model_validate(
+        {"name": "web", "image": "x:1", "ports": {"http": 8080}, "route": {"port": "http"}}
+    )
+    return AppState(
+        namespace="default",
+        name="web",
+        revision=1,
+        generation=1,
+        spec=spec,
+        replicas=1,
+        versions=[AppVersion(revision=1, spec=spec, replicas=1)],
+    )
+
+
+def report(node: str, phase: str = "running") -> NodeReplicas:
+    replica = ReplicaStatus.model_validate(
+        {
+            "id": "default.web.00000001",
+            "namespace": "default",
+            "app": "web",
+            "revision": 1,
+            "node": node,
+            "phase": phase,
+            "endpoints": {"http": "10.0.0.1:31000"},
+            "started_at": 100.0,
+        }
+    )
+    return NodeReplicas(node=node, replicas=[replica])
+
+
+async def test_a_reported_replica_without_probes_is_ready_and_deletion_clears() -> None:
+    broker = MemoryBroker()
+    async with running(broker) as bus:
+        health = await bus.view(HEALTH)
+        await bus.publish(APPS, web_app())
+        await bus.publish(NODE_REPLICAS, report("n1"))
+
+        verdict = await eventually(lambda: (h := health.get(WEB)) and h.replicas and h)
+        [replica] = verdict.replicas
+        assert (replica.id, replica.node, replica.endpoint) == (
+            "default.web.00000001",
+            "n1",
+            "10.0.0.1:31000",
+        )
+        assert replica.ready
+        assert replica.live
+        assert not replica.terminating
+
+        # the agent reports it terminating: out of rotation at once
+        await bus.publish(NODE_REPLICAS, report("n1", phase="terminating"))
+        await eventually(lambda: (h := health.get(WEB)) and h.replicas[0].terminating)
+        assert not health[WEB].replicas[0].ready
+
+        await bus.clear(APPS, WEB)
+        await eventually(lambda: WEB not in health)
+
+
+def node_info(status: str = "ready") -> NodeInfo:
+    return NodeInfo.model_validate(
+        {"node": "n1", "address": "10.0.0.1", "capacity": Resources(), "status": status}
+    )
+
+
+async def test_replicas_of_an_offline_node_leave_the_health_record() -> None:
+    broker = MemoryBroker()
+    async with running(broker) as bus:
+        health = await bus.view(HEALTH)
+        await bus.publish(NODE_INFO, node_info())
+        await bus.publish(APPS, web_app())
+        await bus.publish(NODE_REPLICAS, report("n1"))
+        await eventually(lambda: (h := health.get(WEB)) and len(h.ready) == 1)
+
+        await bus.publish(NODE_INFO, node_info("offline"))
+        await eventually(lambda: (h := health.get(WEB)) and h.replicas == [])
