@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
@@ -74,4 +74,18 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def data_dir_default() -> str:
-    return os.environ.get("SHOAL_DATA_DIR", os.path.join(os.getcwd(), ".shoal"))
+    """The controller's data dir: ``$SHOAL_DATA_DIR``; else ``/var/lib/shoal`` for root;
+    else ``$XDG_STATE_HOME/shoal`` (``~/.local/state/shoal``). Never relative to the
+    directory a command happens to run in."""
+    return default_data_dir(os.environ, os.geteuid() if hasattr(os, "geteuid") else -1)
+
+
+def default_data_dir(env: Mapping[str, str], euid: int) -> str:
+    if env.get("SHOAL_DATA_DIR"):
+        return os.path.abspath(env["SHOAL_DATA_DIR"])
+    if euid == 0:
+        return "/var/lib/shoal"
+    state = env.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):  # the XDG spec: a relative value is to be ignored
+        state = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "shoal")

@@ -1,17 +1,10 @@
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import multiprocessing
-import signal
-import sys
-import time
-
 import click
 
 from core.config import ServiceConfig
 from core.options import service_options
-from core.service import run_service
+from services.balancer.master import run_master
 from services.balancer.policy import ProxyOptions
 from services.balancer.service import BalancerOptions
 
@@ -21,67 +14,6 @@ def parse_address(value: str, option: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{value!r} is not host:port", param_hint=option)
     return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def _run(config: ServiceConfig, options: BalancerOptions) -> None:
-    from services.balancer.service import BalancerService
-
-    class Configured(BalancerService):
-        def __init__(self, cfg: ServiceConfig) -> None:
-            super().__init__(cfg, options)
-
-    run_service(Configured, config)
-
-
-def _worker(config: ServiceConfig, options: BalancerOptions) -> None:
-    """A ``--workers`` child: dies with its supervisor (Linux ``PR_SET_PDEATHSIG``)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PDEATHSIG
-    _run(config, options)
-
-
-def _supervise(config: ServiceConfig, options: BalancerOptions, workers: int) -> None:
-    """``--workers N``: N processes share the listen port (SO_REUSEPORT); worker i serves
-    admin on admin port + i and is its own bus instance ``<instance>-w<i>``."""
-    ctx = multiprocessing.get_context("spawn")
-    procs = []
-    for i in range(workers):
-        admin = options.admin
-        if admin is not None:
-            admin = (admin[0], admin[1] + i)
-        opts = dataclasses.replace(options, admin=admin, reuse_port=True)
-        cfg = dataclasses.replace(config, instance=f"{config.instance}-w{i}")
-        proc = ctx.Process(target=_worker, args=(cfg, opts), name=f"balancer-w{i}")
-        proc.start()
-        procs.append(proc)
-
-    def forward(signum: int, _: object) -> None:
-        for p in procs:
-            if p.is_alive() and p.pid is not None:
-                p.terminate() if signum == signal.SIGTERM else _interrupt(p.pid)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    code = 0
-    while procs:
-        for p in list(procs):
-            p.join(0.2)
-            if p.exitcode is not None:
-                procs.remove(p)
-                code = code or p.exitcode
-                if procs and p.exitcode != 0:
-                    forward(signal.SIGTERM, None)
-        time.sleep(0.05)
-    sys.exit(code)
-
-
-def _interrupt(pid: int) -> None:
-    import os
-
-    os.kill(pid, signal.SIGINT)
 
 
 @click.command("balancer")
@@ -94,7 +26,13 @@ def _interrupt(pid: int) -> None:
     type=click.Choice(["fast", "aiohttp"]),
     help="fast: asyncio protocols + httptools; aiohttp: aiohttp server and client",
 )
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="worker processes under one master that owns the sockets and restarts them",
+)
 @click.option("--reuse-port", is_flag=True, help="SO_REUSEPORT: several balancers on one port")
 @click.option("--connect-timeout", default=2.0, show_default=True, help="seconds")
 @click.option("--read-timeout", default=60.0, show_default=True, help="seconds")
@@ -119,7 +57,10 @@ def command(
     hold_timeout: float,
     hold_max: int,
 ) -> None:
-    """Reverse proxy: route by Host and path prefix to ready replicas."""
+    """Reverse proxy: route by Host and path prefix to ready replicas.
+
+    A small master process binds the sockets and runs ``--workers`` workers that inherit
+    them; a worker that dies is restarted while the kernel keeps queueing connections."""
     from core.units import parse_memory
 
     try:
@@ -141,7 +82,4 @@ def command(
             hold_max=hold_max,
         ),
     )
-    if workers > 1:
-        _supervise(config, options, workers)
-    else:
-        _run(config, options)
+    run_master(config, options, workers)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -717,11 +718,19 @@ class FastEngine:
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+    async def start(
+        self, host: str, port: int, *, reuse_port: bool = False, sock: socket.socket | None = None
+    ) -> None:
+        """Listen on ``host:port``, or accept on ``sock`` (inherited from the master)."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: ClientConn(self), host, port, reuse_port=reuse_port or None, backlog=2048
-        )
+        if sock is not None:
+            self.server = await loop.create_server(
+                lambda: ClientConn(self), sock=sock, backlog=2048
+            )
+        else:
+            self.server = await loop.create_server(
+                lambda: ClientConn(self), host, port, reuse_port=reuse_port or None, backlog=2048
+            )
         self._sweeper = loop.create_task(self._sweep(), name="balancer-sweeper")
 
     async def close(self, grace: float = 10.0) -> None:

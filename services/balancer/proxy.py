@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -264,7 +265,10 @@ class AiohttpEngine:
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.ServerRunner | None = None
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+    async def start(
+        self, host: str, port: int, *, reuse_port: bool = False, sock: socket.socket | None = None
+    ) -> None:
+        """Listen on ``host:port``, or accept on ``sock`` (inherited from the master)."""
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=self.options.pool_size,
@@ -286,9 +290,12 @@ class AiohttpEngine:
         server = web.Server(self.handle, access_log=None)
         self.runner = web.ServerRunner(server, access_log=None, handle_signals=False)
         await self.runner.setup()
-        await web.TCPSite(
-            self.runner, host, port, reuse_port=reuse_port or None, backlog=1024
-        ).start()
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(self.runner, sock, backlog=1024)
+        else:
+            site = web.TCPSite(self.runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+        await site.start()
 
     async def close(self) -> None:
         """Stop listening; in-flight requests finish first."""

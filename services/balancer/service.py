@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -47,14 +49,29 @@ class BalancerOptions:
     proxy: ProxyOptions = field(default_factory=ProxyOptions)
 
 
+@dataclass(frozen=True, slots=True)
+class Listeners:
+    """Sockets a worker inherited from the master (``master.py``): they outlive it."""
+
+    listen: socket.socket
+    admin: socket.socket | None = None
+    slot: int = 0
+
+
 class BalancerService(Service):
     name = "balancer"
     apps: View[AppKey, AppState]
     health: View[AppKey, AppHealth]
 
-    def __init__(self, config: ServiceConfig, options: BalancerOptions | None = None) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        options: BalancerOptions | None = None,
+        listeners: Listeners | None = None,
+    ) -> None:
         super().__init__(config)
         self.options = options or BalancerOptions()
+        self.listeners = listeners  # None: bind ``options.listen``/``admin`` ourselves
         self.routes: dict[AppKey, AppRoute] = {}
         self._dirty: set[AppKey] = set()
         self._synced = asyncio.Event()
@@ -182,7 +199,14 @@ class BalancerService(Service):
 
         async def healthz(_: web.Request) -> web.Response:
             return web.json_response(
-                {"ok": True, "bus": self.bus.connected, "apps": len(self.routes)}
+                {
+                    "ok": True,
+                    "bus": self.bus.connected,
+                    "apps": len(self.routes),
+                    "pid": os.getpid(),
+                    "master": os.getppid() if self.listeners is not None else None,
+                    "slot": self.listeners.slot if self.listeners is not None else 0,
+                }
             )
 
         async def routes(_: web.Request) -> web.Response:
@@ -201,15 +225,26 @@ class BalancerService(Service):
         host, port = self.options.listen
         fast = self.options.engine == "fast"
         engine = FastEngine(self.policy) if fast else AiohttpEngine(self.policy)
-        await engine.start(host, port, reuse_port=self.options.reuse_port)
+        inherited = self.listeners
+        await engine.start(
+            host,
+            port,
+            reuse_port=self.options.reuse_port,
+            sock=inherited.listen if inherited is not None else None,
+        )
         admin_runner: web.AppRunner | None = None
         if self.options.admin is not None:
             admin_runner = web.AppRunner(self.admin_app(), access_log=None, handle_signals=False)
             await admin_runner.setup()
             ahost, aport = self.options.admin
-            await web.TCPSite(
-                admin_runner, ahost, aport, reuse_port=self.options.reuse_port or None
-            ).start()
+            site: web.BaseSite
+            if inherited is not None and inherited.admin is not None:
+                site = web.SockSite(admin_runner, inherited.admin, backlog=128)
+            else:
+                site = web.TCPSite(
+                    admin_runner, ahost, aport, reuse_port=self.options.reuse_port or None
+                )
+            await site.start()
         self.log.info(
             "balancer listening",
             engine=self.options.engine,

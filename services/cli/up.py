@@ -4,6 +4,10 @@ Starts the embedded broker when nothing listens at ``--broker``, then every serv
 own process (exactly what ``shoal run <service>`` runs), restarts any that dies (with
 backoff), and on Ctrl-C / SIGTERM stops them in reverse order. Services still talk only over
 the broker: this is a convenience supervisor, not a shortcut.
+
+Every service dies with ``shoal up``, even when ``shoal up`` is SIGKILLed: each is started
+through ``core.lifeline`` (parent-death signal, parent pid check, and a lifeline pipe on its
+stdin whose EOF stops it), so a second ``shoal up`` never finds the first one's services.
 """
 
 from __future__ import annotations
@@ -38,14 +42,26 @@ def _listening(host: str, port: int) -> bool:
 @dataclass
 class Child:
     name: str
-    argv: list[str]
+    module: str
+    args: list[str]
     proc: asyncio.subprocess.Process | None = None
     backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.5, cap=10.0))
     started: float = 0.0
 
+    @property
+    def argv(self) -> list[str]:
+        """``python -m core.lifeline <our pid> <module> <args>``: it dies with us."""
+        return [sys.executable, "-m", "core.lifeline", str(os.getpid()), self.module, *self.args]
+
     async def start(self) -> None:
         self.started = time.monotonic()
-        self.proc = await asyncio.create_subprocess_exec(*self.argv, start_new_session=True)
+        # Forked from the event loop's (main) thread: the parent-death signal follows the
+        # thread that forked. Its own session: a terminal's Ctrl-C reaches us alone, and
+        # we stop the services in order. stdin is the lifeline pipe (we never write to it).
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv, stdin=asyncio.subprocess.PIPE, start_new_session=True
+        )
+        err_console.print(f"shoal: {self.name} started (pid {self.proc.pid})", highlight=False)
 
     async def stop(self, grace: float = 15.0) -> None:
         proc = self.proc
@@ -85,7 +101,7 @@ class Supervisor:
             await child.stop()
 
     async def _wait_broker(self, child: Child) -> None:
-        host, port = child.argv[-1].rsplit(":", 1)
+        host, port = child.args[-1].rsplit(":", 1)
         for _ in range(100):
             if _listening(host, int(port)):
                 return
@@ -96,6 +112,8 @@ class Supervisor:
         while True:
             assert child.proc is not None
             code = await child.proc.wait()
+            if child.proc.stdin is not None:
+                child.proc.stdin.close()  # its lifeline: the next start gets a new one
             if self._stopping.is_set():
                 return
             if time.monotonic() - child.started > 30:
@@ -134,7 +152,7 @@ def _has_service(name: str) -> bool:
 @click.option(
     "--data-dir",
     default=data_dir_default,
-    show_default="./.shoal",
+    show_default="$SHOAL_DATA_DIR, else /var/lib/shoal as root, else $XDG_STATE_HOME/shoal",
     help="where the controller keeps desired state and history",
 )
 @click.option(
@@ -178,7 +196,6 @@ def up(
         url = BrokerURL.parse(broker)
     except ConfigError as err:
         raise click.BadParameter(str(err), param_hint="--broker") from err
-    py = sys.executable
     common = [
         "--broker",
         broker,
@@ -199,15 +216,8 @@ def up(
         children.append(
             Child(
                 "broker",
-                [
-                    py,
-                    "-m",
-                    "services.broker",
-                    "--log-level",
-                    log_level,
-                    "--listen",
-                    f"{url.host}:{url.port}",
-                ],
+                "services.broker",
+                ["--log-level", log_level, "--listen", f"{url.host}:{url.port}"],
             )
         )
     Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -225,7 +235,7 @@ def up(
         plan.insert(2, ("agent", agent_args))
     for name, args in plan:
         if _has_service(name):
-            children.append(Child(name, [py, "-m", f"services.{name}", *common, *args]))
+            children.append(Child(name, f"services.{name}", [*common, *args]))
     names = ", ".join(c.name for c in children)
     err_console.print(
         f"[bold]shoal up[/bold]: broker {url} · balancer http://{listen} · data {data_dir}\n"

@@ -16,7 +16,7 @@ from services.controller.service import ControllerService
     "--data-dir",
     envvar="SHOAL_DATA_DIR",
     default=data_dir_default,
-    show_default="./.shoal",
+    show_default="/var/lib/shoal as root, else $XDG_STATE_HOME/shoal (~/.local/state/shoal)",
     type=click.Path(file_okay=False),
     help="where controller.db (apps and their revision history) lives",
 )

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import subprocess
 import sys
 import uuid
 
 import pytest
 
+from tests.support import pids
 from tests.support.cluster import http_get, wait_for
 from tests.support.net import free_port
 from tests.support.procs import ProcGroup
@@ -89,3 +94,95 @@ def test_shoal_up_with_embedded_broker_serves_traffic_and_stops_cleanly(
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
     assert code == 0, up.output()[-3000:]
+
+
+SERVICES = {
+    "services.broker",
+    "services.controller",
+    "services.scheduler",
+    "services.agent",
+    "services.health",
+    "services.balancer",  # the master, which owns the sockets
+    "services.balancer.worker",
+    "services.scaler",
+}
+
+
+def test_shoal_up_killed_with_sigkill_leaves_no_service_process(
+    procs: ProcGroup, docker_engine: None
+) -> None:
+    """Every process `shoal up` started (the balancer's workers too) goes with it."""
+    prefix = f"up{uuid.uuid4().hex[:8]}"
+    broker = f"mqtt://127.0.0.1:{free_port()}"
+    admin = f"127.0.0.1:{free_port()}"
+    env = {"SHOAL_BROKER": broker, "SHOAL_PREFIX": prefix}
+    up = procs.spawn(
+        "up",
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "up",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--admin",
+            admin,
+            "--data-dir",
+            str(procs.workdir / "data"),
+            "--node-id",
+            prefix,
+        ],
+        env=env,
+    )
+
+    def ours() -> dict[int, str]:
+        # this test's processes, by the prefix in their environment (never by name)
+        return {
+            pid: module
+            for pid, module in pids.with_env("SHOAL_PREFIX", prefix).items()
+            if module.startswith("services.") and module != "services.cli"
+        }
+
+    def nodes() -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", "get", "nodes", "-o", "json"],
+            text=True,
+            capture_output=True,
+            env={**os.environ, **env},
+            timeout=60,
+        ).stdout
+
+    def balancer_up() -> bool:
+        try:
+            return bool(json.loads(http_get(f"http://{admin}/healthz").body)["bus"])
+        except (OSError, ValueError, KeyError):
+            return False
+
+    try:
+        wait_for(lambda: set(ours().values()) == SERVICES, 60, message="every service started")
+        wait_for(lambda: '"ready"' in nodes(), 60, message="the local node is ready")
+        wait_for(balancer_up, 30, message="the balancer serves")
+        started = ours()
+        assert sorted(started.values()) == sorted(SERVICES), started  # each exactly once
+        assert all(pids.alive(pid) for pid in started)
+
+        os.kill(up.pid, signal.SIGKILL)
+        assert up.popen is not None
+        up.popen.wait(10)
+
+        wait_for(
+            lambda: not any(pids.alive(pid) for pid in started) and not ours(),
+            40,
+            message="every service of the killed `shoal up` gone",
+        )
+    finally:
+        for pid in ours():  # a failed test leaves nothing behind either
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=shoal.prefix={prefix}"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
