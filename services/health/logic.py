@@ -8,6 +8,11 @@ Vocabulary:
   revision declares and the endpoints they reach;
 - a probe's *state* counts consecutive successes and failures; ``ok`` flips only when a
   threshold (``successes`` / ``failures``) is reached;
+- an *offline* node is one whose agent is gone (its last will): the agent's absence says
+  nothing about its containers, so its replicas are still probed directly, by endpoint;
+  those without a probe health can run get a TCP ``REACHABILITY`` check instead;
+- an *unassigned* replica is one its node's assignment no longer lists: the scheduler
+  replaced it (or is removing it), so it gets no traffic whatever its probes say;
 - an *owner* is the health instance that probes an app: rendezvous hashing of the app key
   over the live instances, so each app is probed (and its ``health/`` topic written) by
   exactly one instance, and an instance's share moves to the others when it dies.
@@ -16,7 +21,7 @@ Vocabulary:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Set
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +31,11 @@ from core.spec import AppSpec, Probe
 from core.state import AppHealth, AppState, NodeReplicas, ReplicaHealth, ReplicaStatus
 
 # -- targets ---------------------------------------------------------------------------
+
+#: While a node's agent is offline nobody reports its containers, and health cannot run an
+#: exec probe: a replica with no readiness probe, or an exec one, is checked by a TCP
+#: connect to its route endpoint instead (fails in about a second once it is gone).
+REACHABILITY = Probe(tcp="route", interval=0.5, timeout=1.0, failures=2, successes=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +56,9 @@ class Target:
     liveness_endpoint: str
     exec_ready: bool | None = None
     leaving: bool = False  # its revision is no longer desired (rolled back, replaced)
+    offline: bool = False  # its node's agent is offline: probed directly, by endpoint
+    unassigned: bool = False  # its node's assignment no longer lists it
+    hold: bool = False  # offline and nothing to check: the last verdict is kept
 
     def probe(self, role: ProbeRole) -> tuple[Probe | None, str]:
         if role == "readiness":
@@ -78,20 +91,43 @@ def _endpoint(spec: AppSpec, status: ReplicaStatus, ref: str | int | None) -> st
 
 
 def targets_for(
-    app: AppState, statuses: Iterable[ReplicaStatus], lost_nodes: Collection[str] = ()
+    app: AppState,
+    statuses: Iterable[ReplicaStatus],
+    offline_nodes: Collection[str] = (),
+    assigned: Mapping[str, Set[str]] | None = None,
 ) -> list[Target]:
     """Every observed replica of ``app``, sorted by replica id.
 
-    Replicas on ``lost_nodes`` (offline: their agent's last will) are left out: their
-    last report cannot be trusted, and the scheduler is replacing them elsewhere.
+    ``offline_nodes``: nodes whose agent is gone (last will). Their replicas stay, probed
+    as usual; without a probe health can run (none, or exec) the route endpoint gets the
+    ``REACHABILITY`` check, and without an endpoint the last verdict is kept (``hold``)
+    until the scheduler's lost grace replaces them.
+    ``assigned``: node -> replica ids its assignment lists (nodes missing: not known).
+    A replica its node is no longer assigned is ``unassigned`` (out of rotation), and left
+    out altogether when its node is offline too: it was replaced elsewhere.
     """
     out: list[Target] = []
     for st in statuses:
-        if st.namespace != app.namespace or st.app != app.name or st.node in lost_nodes:
+        if st.namespace != app.namespace or st.app != app.name:
+            continue
+        offline = st.node in offline_nodes
+        listed = assigned.get(st.node) if assigned is not None else None
+        unassigned = listed is not None and st.id not in listed
+        if unassigned and offline:
             continue
         spec = spec_for(app, st.revision)
         route_port = spec.route.port if spec.route is not None else None
         ready_p, live_p = spec.health.readiness, spec.health.liveness
+        endpoint = _endpoint(spec, st, route_port)
+        hold = False
+        if offline and (ready_p is None or ready_p.kind == "exec"):
+            ready_p = REACHABILITY if endpoint else None
+            hold = not endpoint
+        ready_endpoint = ""
+        if ready_p is REACHABILITY:
+            ready_endpoint = endpoint
+        elif ready_p is not None:
+            ready_endpoint = _endpoint(spec, st, ready_p.target_port)
         out.append(
             Target(
                 replica=st.id,
@@ -100,14 +136,17 @@ def targets_for(
                 revision=st.revision,
                 node=st.node,
                 phase=st.phase,
-                endpoint=_endpoint(spec, st, route_port),
+                endpoint=endpoint,
                 started_at=st.started_at,
                 readiness=ready_p,
-                readiness_endpoint=_endpoint(spec, st, ready_p.target_port) if ready_p else "",
+                readiness_endpoint=ready_endpoint,
                 liveness=live_p,
                 liveness_endpoint=_endpoint(spec, st, live_p.target_port) if live_p else "",
                 exec_ready=st.exec_ready,
                 leaving=not is_desired(app, st.revision),
+                offline=offline,
+                unassigned=unassigned,
+                hold=hold,
             )
         )
     out.sort(key=lambda t: t.replica)
@@ -162,7 +201,7 @@ def probes_to_run(target: Target) -> list[ProbeRole]:
 
     Exec probes run inside the container, so the agent runs them (see core/README.md).
     """
-    if target.phase != "running" or target.leaving:
+    if target.phase != "running" or target.leaving or target.unassigned:
         return []
     roles: list[ProbeRole] = []
     all_roles: tuple[ProbeRole, ...] = ("readiness", "liveness")
@@ -186,19 +225,24 @@ def replica_health(
 ) -> ReplicaHealth:
     """The verdict for one replica; ``since`` is kept while ``ready`` does not change."""
     ready, reason = _readiness(target, states)
+    if target.hold:
+        kept = previous is not None and previous.started_at == target.started_at
+        ready = kept and previous is not None and previous.ready and not previous.terminating
+        reason = "node offline, nothing to probe: last verdict kept"
     live = True
     live_state = states.get((target.replica, target.started_at, "liveness"))
     if target.liveness is not None and live_state is not None and not live_state.ok:
         live = False
         reason = reason or f"liveness: {live_state.reason}"
-    terminating = target.phase == "terminating" or target.leaving
+    terminating = target.phase == "terminating" or target.leaving or target.unassigned
     if terminating:
         ready = False
-        reason = (
-            "terminating"
-            if target.phase == "terminating"
-            else (f"revision {target.revision} is no longer desired")
-        )
+        if target.phase == "terminating":
+            reason = "terminating"
+        elif target.leaving:
+            reason = f"revision {target.revision} is no longer desired"
+        else:
+            reason = f"no longer assigned to node {target.node}"
     since = now
     if previous is not None and previous.ready == ready and previous.terminating == terminating:
         since = previous.since
@@ -233,7 +277,11 @@ def _readiness(target: Target, states: Mapping[StateKey, ProbeState]) -> tuple[b
     state = states.get((target.replica, target.started_at, "readiness"))
     if state is None:
         return False, "not probed yet"
-    return state.ok, "" if state.ok else state.reason or "readiness probe failing"
+    if state.ok:
+        return True, ""
+    if probe is REACHABILITY:
+        return False, f"node offline and endpoint unreachable: {state.reason}"
+    return False, state.reason or "readiness probe failing"
 
 
 def app_health(

@@ -1,7 +1,8 @@
 """The health monitor's I/O shell: bus in, probes out, ``AppHealth`` published.
 
 Inputs (retained): ``APPS`` (probes and route port per revision), ``NODE_REPLICAS``
-(endpoints, phase), ``NODE_INFO`` (an offline node's replicas leave rotation), ``HEALTH``
+(endpoints, phase), ``NODE_INFO`` (an offline node's replicas are checked by endpoint),
+``NODE_ASSIGN`` (a replica its node is no longer assigned leaves rotation), ``HEALTH``
 (what is published now: seeds a takeover), ``PRESENCE`` of the health instances (who
 probes which app). Output: ``HEALTH`` (retained) and ``events/replica_*``.
 
@@ -18,13 +19,13 @@ import contextlib
 import time
 from collections.abc import Iterable
 
-from core.channels import APPS, HEALTH, NODE_INFO, NODE_REPLICAS, PRESENCE
+from core.channels import APPS, HEALTH, NODE_ASSIGN, NODE_INFO, NODE_REPLICAS, PRESENCE
 from core.config import ServiceConfig
 from core.keys import AppKey, ServiceKey
 from core.probes import ProbeRole, ProbeState, step
 from core.runner import Reconciler
 from core.service import Service
-from core.state import AppHealth, AppState, NodeInfo, NodeReplicas, Presence
+from core.state import AppHealth, AppState, NodeAssignment, NodeInfo, NodeReplicas, Presence
 from core.view import View
 from services.health.checks import Checker
 from services.health.logic import (
@@ -51,7 +52,8 @@ class HealthService(Service):
     def __init__(self, config: ServiceConfig, *, resync: float = 10.0) -> None:
         super().__init__(config)
         self.replicas = ReplicaIndex()
-        self.lost_nodes: set[str] = set()  # nodes whose agent is offline
+        self.offline_nodes: set[str] = set()  # nodes whose agent is offline (last will)
+        self.assigned: dict[str, frozenset[str]] = {}  # node -> replica ids it must run
         self.live: list[str] = [self.instance]  # online health instances, self included
         self.mine: dict[AppKey, AppHealth] = {}  # what this instance last published
         self.targets: dict[tuple[str, float | None], Target] = {}
@@ -71,6 +73,7 @@ class HealthService(Service):
         self.apps = await self.bus.view(APPS, on_change=self._on_app)
         await self.bus.subscribe(NODE_REPLICAS, self._on_replicas)
         await self.bus.subscribe(NODE_INFO, self._on_node_info)
+        await self.bus.subscribe(NODE_ASSIGN, self._on_assign)
         self.seen = await self.bus.view(HEALTH, on_change=self._on_health)
         self.peers = await self.bus.view(PRESENCE, on_change=self._on_peer, service=self.name)
 
@@ -82,17 +85,32 @@ class HealthService(Service):
             self.runner.mark(key)
 
     def _on_node_info(self, node: str, info: NodeInfo | None) -> None:
-        lost = info is None or info.status == "offline"
-        if lost == (node in self.lost_nodes):
+        offline = info is None or info.status == "offline"
+        if offline == (node in self.offline_nodes):
             return
-        if lost:
-            self.lost_nodes.add(node)
+        if offline:
+            self.offline_nodes.add(node)
         else:
-            self.lost_nodes.discard(node)
+            self.offline_nodes.discard(node)
         self.log.info(
-            "node offline: its replicas leave rotation" if lost else "node back", node=node
+            "node offline: its replicas are checked by endpoint" if offline else "node back",
+            node=node,
         )
         for key in self.replicas.apps_on(node):
+            self.runner.mark(key)
+
+    def _on_assign(self, node: str, assignment: NodeAssignment | None) -> None:
+        before = self.assigned.get(node)
+        if assignment is None:
+            self.assigned.pop(node, None)
+        else:
+            self.assigned[node] = frozenset(r.id for r in assignment.replicas)
+        if self.assigned.get(node) == before:
+            return
+        touched = self.replicas.apps_on(node)
+        if assignment is not None:
+            touched |= {AppKey(r.namespace, r.app) for r in assignment.replicas}
+        for key in touched:
             self.runner.mark(key)
 
     def _on_health(self, key: AppKey, health: AppHealth | None) -> None:
@@ -138,7 +156,7 @@ class HealthService(Service):
                 self.mine.pop(key, None)
                 self.log.info("health cleared", app=str(key))
             return None
-        targets = targets_for(app, self.replicas.of(key), self.lost_nodes)
+        targets = targets_for(app, self.replicas.of(key), self.offline_nodes, self.assigned)
         previous = self.mine.get(key) or self.seen.get(key)
         self._sync_probes(key, targets, previous)
         health = app_health(app, targets, self.states, previous, time.time())

@@ -4,7 +4,7 @@ Each check is one small function ``(node, demand) -> reason | None``; the reason
 text counted in "0/5 nodes fit: 3 insufficient memory, 2 constraint zone". ``CHECKS``
 is the order they run in (the first failing check names a node's reason):
 
-1. ``check_ready``        the node is ready and not lost          "node offline" / "node not ready"
+1. ``check_ready``        the node is ready, heard from, not lost "node offline" / "node not ready"
 2. ``check_cordon``       no maintenance on it                    "node cordoned"
 3. ``check_constraints``  its labels satisfy placement.constraints "constraint <label>"
 4. ``check_max_per_node`` fewer than max_per_node of the app here  "max_per_node"
@@ -28,7 +28,7 @@ EPSILON = 1e-9
 
 
 def check_ready(node: NodeView, demand: Demand) -> str | None:
-    if node.lost or node.status == "offline":
+    if node.lost or node.status == "offline" or node.silent:
         return "node offline"
     if node.status != "ready":
         return "node not ready"
@@ -97,6 +97,7 @@ def fits(node: NodeView, demand: Demand) -> bool:
     return (
         node.status == "ready"
         and not node.lost
+        and not node.silent
         and not node.cordoned
         and (limit is None or node.apps.get(demand.app, 0) < limit)
         and node.cpu_used + demand.cpu <= node.cpu + EPSILON

@@ -9,8 +9,17 @@ caller passes ``now``. The service marks keys dirty and publishes the nodes in `
 ``plan(...)`` is the whole thing as one pure function over wire models: current
 assignments, nodes and apps in; the new assignment of every node that changed out.
 
+Node liveness (``node_condition``, ``expire``): a node whose agent left a last will
+(``offline``) or sent nothing for ``grace`` seconds is *unreachable*: it gets no new
+replicas, but the ones it runs stay placed while the health monitor (which probes replicas
+directly, by endpoint) finds them ready. Only when a replica there is not ready, or when
+nothing was heard from the node for ``lost_grace`` seconds, is it replaced: the node is
+then *lost*, its replicas placed elsewhere and its assignment emptied (so an agent that
+comes back removes them). An agent restart therefore moves nothing.
+
 Reconciling one app (``reconcile``), in order:
 
+0. replicas on unreachable nodes that health does not report ready go (replaced below);
 1. app deleted: every replica goes (after ``orphan_grace`` if it was never seen since the
    scheduler started, so a broker that lost its retained apps deletes nothing);
 2. replicas of revisions no longer wanted go;
@@ -26,6 +35,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from core.keys import AppKey
 from core.spec import AppSpec
@@ -51,6 +61,29 @@ from services.scheduler.placement import (
 from services.scheduler.scorers import fused
 
 Constraints = tuple[tuple[str, frozenset[str]], ...]
+
+#: seconds with no word from a node (no heartbeat, or a last will) before it is lost and
+#: every replica it runs is replaced, even those still passing their probes
+LOST_GRACE = 30.0
+
+NodeCondition = Literal["reachable", "unreachable", "lost"]
+
+
+def node_condition(
+    status: str, seen: float, now: float, grace: float, lost_grace: float
+) -> NodeCondition:
+    """A node's condition at ``now``, given its last status and when it was last heard.
+
+    ``reachable``: heard within ``grace`` and not offline. ``unreachable``: offline (its
+    agent's last will) or silent for more than ``grace``: keep its ready replicas, place
+    nothing new. ``lost``: nothing heard for more than ``lost_grace``: replace everything.
+    """
+    quiet = now - seen
+    if quiet > lost_grace:
+        return "lost"
+    if status == "offline" or quiet > grace:
+        return "unreachable"
+    return "reachable"
 
 
 @dataclass(slots=True)
@@ -95,6 +128,7 @@ class Cluster:
         orphan_grace: float = 0.0,
         now: float = 0.0,
         ids_seed: int | None = None,
+        lost_grace: float = LOST_GRACE,
     ) -> None:
         """``seed`` fixes the walk order (replayable placements). Replica ids come from
         the system's randomness unless ``ids_seed`` is given (tests, benchmarks): ids must
@@ -110,6 +144,7 @@ class Cluster:
         self.cordons: dict[str, bool] = {}
         self.seed = seed
         self.candidates = candidates
+        self.lost_grace = lost_grace
         #: the last ``expire`` found every live node silent and held off
         self.all_silent = False
         self.orphans_after = now + orphan_grace
@@ -129,6 +164,7 @@ class Cluster:
             self.nodes[info.node] = node
             self._invalidate()
         was_usable = node.usable
+        was_unreachable = node.unreachable
         grew = info.capacity.cpu > node.cpu or info.capacity.memory > node.memory
         if info.labels != node.labels:
             node.labels = dict(info.labels)
@@ -140,10 +176,13 @@ class Cluster:
         node.status = info.status
         affected: set[AppKey] = set()
         if info.status == "offline":
-            if not node.lost:
-                affected |= self.lose_node(info.node)
+            # The agent is gone, which says nothing about its containers: its replicas
+            # stay while health finds them ready (reconcile), the node gets no new ones.
+            if not was_unreachable and not node.lost:
+                affected |= set(node.apps)
             return affected
         node.seen = seen
+        node.silent = False
         if not node.lost:
             affected |= self._evict_overflow(node)
         if node.lost and info.status == "ready":
@@ -192,12 +231,14 @@ class Cluster:
         return affected
 
     def expire(self, now: float, grace: float) -> tuple[list[str], set[AppKey]]:
-        """Lose every node not heard from for more than ``grace``: (lost nodes, apps).
+        """Apply ``node_condition`` to every node: (lost nodes, apps to reconcile).
 
-        When every live node is silent at once, the fault is almost surely between the
-        scheduler and the broker (or a broker restart the agents are still reconnecting
-        from), not in all the nodes: nobody is lost and ``all_silent`` is set. A node
-        that really dies is still lost at once through its last will (``offline``).
+        A node silent for more than ``grace`` becomes unreachable (its apps are
+        reconciled: replicas health does not find ready move); one not heard from for
+        more than ``lost_grace`` is lost. When every live node is silent at once, the
+        fault is almost surely between the scheduler and the broker (or a broker restart
+        the agents are still reconnecting from), not in all the nodes: nothing changes and
+        ``all_silent`` is set. Replicas that fail their probes still move.
         """
         live = [n for n in self.nodes.values() if not n.lost]
         silent = [n for n in live if now - n.seen > grace]
@@ -205,9 +246,17 @@ class Cluster:
         if self.all_silent:
             return [], set()
         affected: set[AppKey] = set()
+        lost: list[str] = []
         for node in silent:
-            affected |= self.lose_node(node.id)
-        return [n.id for n in silent], affected
+            condition = node_condition(node.status, node.seen, now, grace, self.lost_grace)
+            if condition == "lost":
+                lost.append(node.id)
+                affected |= self.lose_node(node.id)
+            elif not node.silent:
+                if not node.unreachable:
+                    affected |= set(node.apps)
+                node.silent = True
+        return lost, affected
 
     def refresh(self, now: float) -> None:
         """Give every live node a fresh grace: the scheduler itself could not hear them
@@ -251,12 +300,13 @@ class Cluster:
             self._set_spread(rec, state.spec.placement.spread_by)
 
     def set_ready(self, key: AppKey, ready: set[str] | None) -> bool:
-        """The health monitor's ready replicas of an app; True if a drain waits on it."""
+        """The health monitor's ready replicas of an app; True if a decision waits on it
+        (a drain, or replicas on an unreachable node)."""
         rec = self.apps.get(key)
         if rec is None:
             return False
         rec.ready = ready
-        return any(r.leaving for r in rec.replicas.values())
+        return self.waiting_for_ready(key)
 
     # -- reconcile ----------------------------------------------------------------------
 
@@ -281,6 +331,15 @@ class Cluster:
             out.deleted = True
             out.freed = bool(out.removed)
             return out
+
+        # 0. replicas on unreachable nodes that health does not find ready: nobody is
+        # there to restart them, so they are replaced (without any health record for the
+        # app nothing is known: they wait for the node's lost grace)
+        if rec.ready is not None:
+            for replica in list(rec.replicas.values()):
+                if self.nodes[replica.node].unreachable and replica.id not in rec.ready:
+                    self._unbind(replica)
+                    out.removed.append(replica)
 
         versions = versions_of(state)
         by_rev: dict[int, list[Replica]] = defaultdict(list)
@@ -350,8 +409,13 @@ class Cluster:
         return out
 
     def waiting_for_ready(self, key: AppKey) -> bool:
+        """Whether a decision about the app depends on health: a leaving replica, or one
+        on an unreachable node."""
         rec = self.apps.get(key)
-        return rec is not None and any(r.leaving for r in rec.replicas.values())
+        if rec is None:
+            return False
+        nodes = self.nodes
+        return any(r.leaving or nodes[r.node].unreachable for r in rec.replicas.values())
 
     # -- rebuilding from retained assignments -------------------------------------------
 
@@ -609,6 +673,7 @@ def plan(
     ready: Mapping[AppKey, set[str]] | None = None,
     now: float | None = None,
     grace: float = 6.0,
+    lost_grace: float = LOST_GRACE,
     seed: int = 0,
     candidates: int | None = None,
     ids_seed: int | None = None,
@@ -616,10 +681,11 @@ def plan(
     """Place every app on the nodes, starting from the current assignments.
 
     ``cordons`` maps node -> drain flag; ``ready`` maps app -> ready replica ids.
-    With ``now``, a node whose ``heartbeat`` is older than ``grace`` counts as lost.
+    With ``now``, a node whose ``heartbeat`` is older than ``grace`` is unreachable (its
+    replicas not in ``ready`` move) and one older than ``lost_grace`` lost.
     Returns the assignment of every node whose set changed.
     """
-    cluster = Cluster(seed=seed, candidates=candidates, ids_seed=ids_seed)
+    cluster = Cluster(seed=seed, candidates=candidates, ids_seed=ids_seed, lost_grace=lost_grace)
     for node_id, drain in (cordons or {}).items():
         cluster.set_cordon(node_id, True, drain)
     for assignment in current:

@@ -5,6 +5,7 @@ import click
 from core.config import ServiceConfig
 from core.options import service_options
 from core.service import run_service
+from services.scheduler.cluster import LOST_GRACE
 from services.scheduler.service import SchedulerOptions, SchedulerService
 
 
@@ -15,7 +16,16 @@ from services.scheduler.service import SchedulerOptions, SchedulerService
     type=float,
     default=6.0,
     show_default=True,
-    help="seconds without a heartbeat before a node is lost and its replicas move",
+    help="seconds without a heartbeat before a node is unreachable (no new replicas; "
+    "its replicas that health does not find ready move)",
+)
+@click.option(
+    "--lost-grace",
+    type=float,
+    default=LOST_GRACE,
+    show_default=True,
+    help="seconds with no word from a node (last will or silence) before every replica "
+    "it runs moves, even those still passing their probes",
 )
 @click.option(
     "--debounce",
@@ -41,6 +51,7 @@ from services.scheduler.service import SchedulerOptions, SchedulerService
 def command(
     config: ServiceConfig,
     node_grace: float,
+    lost_grace: float,
     debounce: float,
     seed: int,
     candidates: int | None,
@@ -49,6 +60,7 @@ def command(
     """Place replicas on nodes and write each node's assignment."""
     options = SchedulerOptions(
         node_grace=node_grace,
+        lost_grace=lost_grace,
         debounce=debounce,
         seed=seed,
         candidates=candidates,

@@ -47,7 +47,9 @@ class NodeView:
     status: str = UNKNOWN
     #: when this node last proved alive (the caller's clock: monotonic in the service)
     seen: float = 0.0
-    #: declared lost (offline or heartbeats missed): its replicas were placed elsewhere
+    #: no heartbeat for ``node_grace`` (but no last will either): unreachable
+    silent: bool = False
+    #: declared lost (unreachable for ``lost_grace``): its replicas were placed elsewhere
     lost: bool = False
     cordoned: bool = False
     draining: bool = False
@@ -60,7 +62,13 @@ class NodeView:
 
     @property
     def usable(self) -> bool:
-        return self.status == "ready" and not self.lost
+        return self.status == "ready" and not self.lost and not self.silent
+
+    @property
+    def unreachable(self) -> bool:
+        """Its agent is gone (last will) or silent: no new replicas, and the ones it has
+        stay only while the health monitor finds them ready, until ``lost_grace``."""
+        return not self.lost and (self.status == "offline" or self.silent)
 
     @property
     def load(self) -> float:

@@ -40,13 +40,17 @@ from core.state import (
     NodeInfo,
     SchedulerStatus,
 )
-from services.scheduler.cluster import Cluster, Outcome
+from services.scheduler.cluster import LOST_GRACE, Cluster, Outcome
 
 
 @dataclass(frozen=True, slots=True)
 class SchedulerOptions:
-    #: a node not heard from for this long is lost and its replicas placed elsewhere
+    #: a node not heard from for this long is unreachable: no new replicas; its replicas
+    #: stay while the health monitor finds them ready
     node_grace: float = 6.0
+    #: a node not heard from for this long (last will or silence) is lost: every replica
+    #: it runs is placed elsewhere, even those still passing their probes
+    lost_grace: float = LOST_GRACE
     #: node assignments are published this long after their first change (batching)
     debounce: float = 0.05
     #: seed of the walk order and replica ids (replayable placements)
@@ -148,7 +152,11 @@ class SchedulerService(Service):
         now = time.monotonic()
         o = self.options
         cluster = Cluster(
-            seed=o.seed, candidates=o.candidates, orphan_grace=o.orphan_grace, now=now
+            seed=o.seed,
+            candidates=o.candidates,
+            orphan_grace=o.orphan_grace,
+            now=now,
+            lost_grace=o.lost_grace,
         )
         for node_id, cordon in sorted(self.cordons.items()):
             cluster.set_cordon(node_id, True, cordon.drain)
@@ -216,12 +224,15 @@ class SchedulerService(Service):
             return
         before = cluster.nodes.get(node_id)
         was_lost = before.lost if before is not None else False
+        was_unreachable = before.unreachable if before is not None else False
         self._mark_apps(cluster.upsert_node(info, seen=now))
         node = cluster.nodes[node_id]
-        if node.lost and not was_lost:
-            self._node_lost(node_id, "offline")
+        if node.unreachable and not was_unreachable:
+            self._node_unreachable(node_id, info.reason or "offline")
         elif was_lost and not node.lost:
             self.log.info("node back; its stale replicas will be stopped", node=node_id)
+        elif was_unreachable and not node.unreachable:
+            self.log.info("node reachable again; nothing moved", node=node_id)
         self._flush()
 
     def _on_assign(self, node_id: str, assignment: NodeAssignment | None) -> None:
@@ -382,19 +393,42 @@ class SchedulerService(Service):
                 # Silence from every node is our own disconnection, not theirs.
                 cluster.refresh(time.monotonic())
                 continue
+            before = {n.id for n in cluster.nodes.values() if n.unreachable}
             lost, affected = cluster.expire(time.monotonic(), self.options.node_grace)
             if cluster.all_silent and not silent:
                 self.log.warning("no node heard from: assuming a broker problem, moving nothing")
             silent = cluster.all_silent
+            for node in cluster.nodes.values():
+                if node.unreachable and node.id not in before:
+                    self._node_unreachable(
+                        node.id, f"no heartbeat for {self.options.node_grace:g}s"
+                    )
             for node_id in lost:
-                self._node_lost(node_id, f"no heartbeat for {self.options.node_grace:g}s")
+                self._node_lost(node_id, f"no word from it for {self.options.lost_grace:g}s")
             self._mark_apps(affected)
             self._flush()
 
     def _node_lost(self, node_id: str, why: str) -> None:
         self.log.warning("node lost; replacing its replicas", node=node_id, reason=why)
+        self._emit_later("node_lost", f"node {node_id} lost: {why}", node_id)
+
+    def _node_unreachable(self, node_id: str, why: str) -> None:
+        self.log.warning(
+            "node unreachable; its replicas stay while they pass their probes",
+            node=node_id,
+            reason=why,
+            lost_after=self.options.lost_grace,
+        )
+        self._emit_later(
+            "node_unreachable",
+            f"node {node_id} unreachable: {why}; its ready replicas stay, the others move "
+            f"(all of them after {self.options.lost_grace:g}s without word)",
+            node_id,
+        )
+
+    def _emit_later(self, kind: str, message: str, node_id: str) -> None:
         task = asyncio.get_running_loop().create_task(
-            self.emit("node_lost", f"node {node_id} lost: {why}", node=node_id, severity="warning")
+            self.emit(kind, message, node=node_id, severity="warning")
         )
         self._background.add(task)
         task.add_done_callback(self._background.discard)

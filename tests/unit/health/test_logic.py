@@ -20,7 +20,10 @@ from core.state import (
     ReplicaStatus,
 )
 from services.health.logic import (
+    REACHABILITY,
     ReplicaIndex,
+    StateKey,
+    Target,
     app_health,
     owner,
     probes_to_run,
@@ -148,9 +151,92 @@ def test_a_replica_of_a_revision_no_longer_desired_gets_no_traffic() -> None:
     assert verdict.reason == "revision 2 is no longer desired"
 
 
-def test_replicas_of_a_lost_node_leave_the_app() -> None:
+# -- an offline node (issue 14: the agent's absence alone takes nothing out of rotation) --
+
+
+def ready_state(target: Target) -> dict[StateKey, ProbeState]:
+    seeded = ProbeState.initial("readiness", 0.0, seeded=True)
+    return {(target.replica, target.started_at, "readiness"): seeded}
+
+
+def test_replicas_of_an_offline_node_stay_and_keep_their_probes() -> None:
+    app = make_app({"readiness": {"http": "/healthz", "port": "http"}})
+    targets = targets_for(app, [status("r1"), status("r2", node="n2")], offline_nodes={"n2"})
+    assert [t.replica for t in targets] == ["r1", "r2"]
+    offline = targets[1]
+    assert offline.offline
+    assert offline.readiness == app.spec.health.readiness
+    assert probes_to_run(offline) == ["readiness"]
+    verdict = app_health(app, [offline], ready_state(offline), None, 10.0).replicas[0]
+    assert verdict.ready
+    assert not verdict.terminating
+
+
+@pytest.mark.parametrize("health", [{}, {"readiness": {"exec": ["true"]}}])
+def test_without_a_probe_health_can_run_an_offline_replica_gets_a_tcp_check(
+    health: dict[str, object],
+) -> None:
+    app = make_app(health)
+    (t,) = targets_for(app, [status("r1", exec_ready=True)], offline_nodes={"n1"})
+    assert t.readiness is REACHABILITY
+    assert t.readiness_endpoint == t.endpoint == "127.0.0.1:1002"
+    assert probes_to_run(t) == ["readiness"]
+    # seeded from the last published verdict: no flap when the agent goes away
+    before = ReplicaHealth(
+        id="r1", revision=1, node="n1", endpoint=t.endpoint, ready=True, started_at=100.0
+    )
+    assert seeded_state(
+        AppHealth(namespace="default", name="web", replicas=[before]), t, "readiness"
+    )
+    state = ProbeState.initial("readiness", 0.0, seeded=True)
+    for i in range(REACHABILITY.failures):
+        state = step(state, REACHABILITY, False, "connection refused", float(i))
+    key = (t.replica, t.started_at, "readiness")
+    verdict = app_health(app, [t], {key: state}, None, 10.0).replicas[0]
+    assert not verdict.ready
+    assert verdict.reason == "node offline and endpoint unreachable: connection refused"
+    # the agent is back: its report rules again, the check stops
+    (back,) = targets_for(app, [status("r1", exec_ready=True)])
+    assert back.readiness is app.spec.health.readiness
+    assert probes_to_run(back) == []
+
+
+def test_an_offline_replica_without_an_endpoint_keeps_its_last_verdict() -> None:
     app = make_app({})
-    targets = targets_for(app, [status("r1"), status("r2", node="n2")], lost_nodes={"n2"})
+    (t,) = targets_for(app, [status("r1", endpoints={})], offline_nodes={"n1"})
+    assert t.hold
+    assert probes_to_run(t) == []
+    was = ReplicaHealth(id="r1", revision=1, node="n1", endpoint="", ready=True, started_at=100.0)
+    previous = AppHealth(namespace="default", name="web", replicas=[was])
+    assert app_health(app, [t], {}, previous, 10.0).replicas[0].ready
+    other_start = previous.model_copy(
+        update={"replicas": [was.model_copy(update={"started_at": 50.0})]}
+    )
+    assert not app_health(app, [t], {}, other_start, 10.0).replicas[0].ready
+    assert not app_health(app, [t], {}, None, 10.0).replicas[0].ready
+
+
+def test_a_replica_its_node_is_no_longer_assigned_leaves_rotation() -> None:
+    app = make_app({"readiness": {"http": "/healthz", "port": "http"}})
+    statuses = [status("r1"), status("r2"), status("r3", node="n2")]
+    assigned = {"n1": frozenset({"r1"})}  # n2's assignment is not known: kept as reported
+    r1, r2, r3 = targets_for(app, statuses, assigned=assigned)
+    assert not r1.unassigned
+    assert r2.unassigned
+    assert not r3.unassigned
+    assert probes_to_run(r2) == []
+    verdict = app_health(app, [r2], ready_state(r2), None, 10.0).replicas[0]
+    assert not verdict.ready
+    assert verdict.terminating
+    assert verdict.reason == "no longer assigned to node n1"
+
+
+def test_an_unassigned_replica_of_an_offline_node_is_left_out() -> None:
+    # the scheduler replaced it elsewhere; its node's last report still lists it
+    app = make_app({})
+    targets = targets_for(
+        app, [status("r1"), status("r2")], offline_nodes={"n1"}, assigned={"n1": {"r1"}}
+    )
     assert [t.replica for t in targets] == ["r1"]
 
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from core.bus import Bus
-from core.channels import APPS, HEALTH, NODE_INFO, NODE_REPLICAS
+from core.channels import APPS, HEALTH, NODE_ASSIGN, NODE_INFO, NODE_REPLICAS
 from core.config import ServiceConfig
 from core.keys import AppKey
 from core.memory import MemoryBroker
 from core.spec import AppSpec, Resources
-from core.state import AppState, AppVersion, NodeInfo, NodeReplicas, ReplicaStatus
+from core.state import (
+    AppState,
+    AppVersion,
+    AssignedReplica,
+    NodeAssignment,
+    NodeInfo,
+    NodeReplicas,
+    ReplicaStatus,
+)
 from services.health.service import HealthService
 from tests.support.memory import connected, serving
 from tests.support.waiting import eventually
@@ -92,14 +101,67 @@ def node_info(status: str = "ready") -> NodeInfo:
     )
 
 
-async def test_replicas_of_an_offline_node_leave_the_health_record() -> None:
+async def test_replicas_of_an_offline_node_stay_while_their_endpoint_answers() -> None:
+    """Issue 14: the agent's last will alone takes nothing out of rotation."""
+    broker = MemoryBroker()
+    connects: list[int] = []
+
+    def accept(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        connects.append(1)
+        w.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    replica = (
+        report("n1").replicas[0].model_copy(update={"endpoints": {"http": f"127.0.0.1:{port}"}})
+    )
+    async with running(broker) as bus:
+        health = await bus.view(HEALTH)
+        await bus.publish(NODE_INFO, node_info())
+        await bus.publish(APPS, web_app())
+        await bus.publish(NODE_REPLICAS, NodeReplicas(node="n1", replicas=[replica]))
+        await eventually(lambda: (h := health.get(WEB)) and len(h.ready) == 1)
+
+        # the agent dies: its replica (no readiness probe) gets a TCP check, and stays
+        flips: list[bool] = []
+        await bus.subscribe(HEALTH, lambda _k, h: flips.append(bool(h and h.ready)))
+        await bus.publish(NODE_INFO, node_info("offline"))
+        await eventually(lambda: len(connects) >= 3)  # three rounds of the check passed
+        assert len(health[WEB].ready) == 1
+        assert all(flips)
+
+        # its container goes: refused twice, out of rotation
+        server.close()
+        await server.wait_closed()
+        verdict = await eventually(lambda: (h := health.get(WEB)) and not h.ready and h)
+        assert "node offline and endpoint unreachable" in verdict.replicas[0].reason
+
+        # the scheduler replaces it: an offline node's unassigned replica is left out
+        await bus.publish(NODE_ASSIGN, NodeAssignment(node="n1", generation=2))
+        await eventually(lambda: (h := health.get(WEB)) and h.replicas == [])
+
+
+async def test_a_replica_its_node_is_no_longer_assigned_leaves_rotation() -> None:
     broker = MemoryBroker()
     async with running(broker) as bus:
         health = await bus.view(HEALTH)
         await bus.publish(NODE_INFO, node_info())
         await bus.publish(APPS, web_app())
+        listed = AssignedReplica(
+            id="default.web.00000001", namespace="default", app="web", revision=1
+        )
+        await bus.publish(
+            NODE_ASSIGN,
+            NodeAssignment(
+                node="n1", replicas=[listed], specs={listed.spec_key: web_app().spec}, generation=1
+            ),
+        )
         await bus.publish(NODE_REPLICAS, report("n1"))
         await eventually(lambda: (h := health.get(WEB)) and len(h.ready) == 1)
-
-        await bus.publish(NODE_INFO, node_info("offline"))
-        await eventually(lambda: (h := health.get(WEB)) and h.replicas == [])
+        # a partitioned node back with a replica the scheduler replaced meanwhile
+        await bus.publish(NODE_ASSIGN, NodeAssignment(node="n1", generation=2))
+        verdict = await eventually(
+            lambda: (h := health.get(WEB)) and h.replicas[0].terminating and h
+        )
+        assert not verdict.ready
+        assert verdict.replicas[0].reason == "no longer assigned to node n1"

@@ -217,8 +217,12 @@ def test_node_loss_moves_its_replicas_and_empties_its_assignment() -> None:
     cluster = cluster_with(node_info("n1"), node_info("n2"), node_info("n3"))
     apply(cluster, app_state("web", 3))
     cluster.take_dirty()
-    affected = cluster.upsert_node(node_info("n2", status="offline"), seen=1.0)
-    assert affected == {WEB}
+    # a last will alone makes n2 unreachable, not lost (issue 14): see test_node_loss.py
+    cluster.upsert_node(node_info("n2", status="offline"), seen=1.0)
+    for other in ("n1", "n3"):
+        cluster.upsert_node(node_info(other), seen=31.0)
+    lost, affected = cluster.expire(now=31.0, grace=6.0)
+    assert (lost, affected) == (["n2"], {WEB})
     assert cluster.assignment("n2").replicas == []
     out = cluster.reconcile(WEB)
     assert len(out.placed) == 1
@@ -232,14 +236,14 @@ def test_node_loss_moves_its_replicas_and_empties_its_assignment() -> None:
 def test_missed_heartbeats_lose_a_node_and_it_comes_back_empty() -> None:
     cluster = cluster_with(node_info("n1"), node_info("n2"))
     apply(cluster, app_state("web", 2))
-    cluster.upsert_node(node_info("n1"), seen=10.0)  # n2 stays silent since 0.0
-    lost, affected = cluster.expire(now=10.0, grace=6.0)
+    cluster.upsert_node(node_info("n1"), seen=31.0)  # n2 stays silent since 0.0
+    lost, affected = cluster.expire(now=31.0, grace=6.0)
     assert (lost, affected) == (["n2"], {WEB})
     cluster.reconcile(WEB)
     assert per_node(cluster) == {"n1": 2, "n2": 0}
     cluster.take_dirty()
     # n2 is back: it is ready again, its (empty) set is re-sent, nothing moves back
-    cluster.upsert_node(node_info("n2"), seen=11.0)
+    cluster.upsert_node(node_info("n2"), seen=32.0)
     assert "n2" in cluster.take_dirty()
     assert cluster.assignment("n2").replicas == []
     assert not cluster.reconcile(WEB).changed
@@ -276,7 +280,9 @@ def test_plan_drops_replicas_of_deleted_apps_and_lost_nodes() -> None:
     nodes = [node_info("n1"), node_info("n2")]
     first = plan([app_state("web", 2), app_state("api", 2)], nodes)
     nodes[1] = node_info("n2", status="offline")
-    second = plan([app_state("api", 2)], nodes, first.assignments.values())
+    # offline alone moves nothing while the replicas are ready; not ready, they move
+    ready = {AppKey("default", "api"): set[str]()}
+    second = plan([app_state("api", 2)], nodes, first.assignments.values(), ready=ready)
     assert second.assignments["n2"].replicas == []
     assert [r.app for r in second.assignments["n1"].replicas].count("api") == 2
     assert "web" not in {r.app for r in second.assignments["n1"].replicas}
@@ -394,9 +400,9 @@ def test_never_over_capacity_never_too_many_and_stable(
 def test_refresh_gives_silent_nodes_a_new_grace() -> None:
     cluster = cluster_with(node_info("n1"), node_info("n2"))
     cluster.refresh(now=100.0)
-    cluster.upsert_node(node_info("n2"), seen=107.0)
-    assert cluster.expire(now=105.0, grace=6.0) == ([], set())
-    assert cluster.expire(now=107.0, grace=6.0)[0] == ["n1"]
+    cluster.upsert_node(node_info("n2"), seen=131.0)
+    assert cluster.expire(now=129.0, grace=6.0)[0] == []
+    assert cluster.expire(now=131.0, grace=6.0)[0] == ["n1"]
 
 
 def test_when_every_node_is_silent_nobody_is_lost() -> None:
@@ -405,10 +411,13 @@ def test_when_every_node_is_silent_nobody_is_lost() -> None:
     assert cluster.expire(now=60.0, grace=6.0) == ([], set())
     assert cluster.all_silent
     assert sum(per_node(cluster).values()) == 2
-    # a last will is still acted on at once
+    assert not any(n.unreachable for n in cluster.nodes.values())
+    # a last will makes its node unreachable at once (no new replicas there)
     assert cluster.upsert_node(node_info("n1", status="offline"), seen=60.0) == {WEB}
+    assert cluster.nodes["n1"].unreachable
     cluster.upsert_node(node_info("n2"), seen=61.0)
-    assert cluster.expire(now=62.0, grace=6.0) == ([], set())
+    # n2 is heard again, so silence means something: n1 (no word for 62 s) is lost
+    assert cluster.expire(now=62.0, grace=6.0) == (["n1"], {WEB})
     assert not cluster.all_silent
 
 
