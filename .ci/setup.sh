@@ -25,6 +25,9 @@ if [ "${SHOAL_TEST_DEPS:-0}" = 1 ]; then
   command -v wrk >/dev/null || need+=(wrk)
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
   command -v docker-compose >/dev/null || need+=(docker-compose)
+  # the controller's PostgreSQL store is tested on a real server (binaries in
+  # /usr/lib/postgresql/<version>/bin; tests/support/postgres.py starts a throwaway cluster)
+  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then

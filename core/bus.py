@@ -398,13 +398,20 @@ class Bus:
         finally:
             self._pending.pop(env.id, None)
 
-    async def answer(self, command: Command[M, R], handler: Answerer[M, R]) -> None:
+    async def answer(
+        self,
+        command: Command[M, R],
+        handler: Answerer[M, R],
+        *,
+        when: Callable[[], bool] | None = None,
+    ) -> None:
         """Serve ``command``: bodies are validated strictly (user input), the handler's
-        answer (or the error that stopped it) goes back to the requester."""
+        answer (or the error that stopped it) goes back to the requester. With ``when``,
+        requests that arrive while it is false are ignored (a standby does not answer)."""
         from core.spec import format_validation_error
 
         async def on_request(topic: str, env: Envelope | None) -> None:
-            if env is None:
+            if env is None or (when is not None and not when()):
                 return
             result: BaseModel | None
             try:

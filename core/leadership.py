@@ -109,6 +109,15 @@ class Leadership:
             return
         await self._say()
 
+    async def resign(self) -> None:
+        """Give up the claim now (the leader learnt it was deposed, e.g. fenced by its
+        store), say so, and run the election again."""
+        if self._claimed:
+            log.warning("resigning", service=self.service, instance=self.instance)
+            await self._step_down()
+            await self._say()
+        self._wake.set()
+
     async def _step_down(self) -> None:
         self._claimed = False
         await _call(self._on_deposed)

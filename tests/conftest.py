@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.postgres import Postgres, running_postgres
 from tests.support.procs import Broker, ProcGroup, proc_group, start_broker
 
 ECHO_IMAGE = "shoal-test/echo"
@@ -67,3 +68,16 @@ def echo_image(docker_engine: None) -> str:
 
     ensure_echo_image()
     return ECHO_IMAGE
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """A real PostgreSQL (Debian's package) for the whole session; see tests/support/postgres."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Postgres) -> str:
+    """A fresh, empty database on the session's PostgreSQL."""
+    return postgres_server.create_database()

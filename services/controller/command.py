@@ -20,11 +20,19 @@ from services.controller.service import ControllerService
     type=click.Path(file_okay=False),
     help="where controller.db (apps and their revision history) lives",
 )
-def command(config: ServiceConfig, data_dir: str) -> None:
+@click.option(
+    "--store",
+    envvar="SHOAL_STORE",
+    default=None,
+    metavar="URL",
+    help="an external store instead of the data dir: postgresql://user:pass@host:port/db "
+    "(controllers on several machines share it; one leads)",
+)
+def command(config: ServiceConfig, data_dir: str, store: str | None) -> None:
     """Validate commands, assign revisions, persist apps, publish desired state, roll out."""
 
     def factory(cfg: ServiceConfig) -> ControllerService:
-        return ControllerService(cfg, Path(data_dir))
+        return ControllerService(cfg, Path(data_dir), store=store or None)
 
     factory.name = ControllerService.name  # type: ignore[attr-defined]
     run_service(factory, config)

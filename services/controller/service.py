@@ -1,9 +1,15 @@
 """The controller's I/O shell: commands in, retained ``apps/<ns>/<name>`` out.
 
 Decisions are made by ``apps.py`` (commands) and ``rollout.py`` (rollout steps); this
-module reads and writes the SQLite store, publishes, answers commands and emits events.
+module reads and writes the store, publishes, answers commands and emits events.
 One lock serialises every read-modify-write of an app record (command handlers, rollout
-steps and the republish on connect), so a record is persisted, then published, in one order.
+steps and the republish), so a record is persisted, then published, in one order.
+
+Two or three controllers may run on one cluster (``Service.elect_leader``): the leader
+takes over the store (a new term: ``store.py``), loads it, answers commands, writes
+``apps/`` and drives rollouts; a standby does none of that (it answers nothing, writes
+nothing, clears nothing) until elected. A leader whose store write is fenced (another took
+over) resigns at once.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from core import codec
 from core.channels import (
     APPLY,
     APPS,
@@ -54,8 +61,8 @@ from services.controller.apps import (
     decide_undo,
 )
 from services.controller.rollout import Note, failing_replicas, plan_rollout
-from services.controller.store import Store
-from services.controller.strays import follow_keys
+from services.controller.store import Fenced, Store, Transaction, open_store
+from services.controller.strays import follow_keys, may_clear
 
 #: Seconds between full passes over active rollouts (health changes also trigger a step).
 RESYNC = 5.0
@@ -66,68 +73,141 @@ def _source(kind: str, detail: str, env: Envelope) -> str:
     return f"{text} by {env.src}" if env.src else text
 
 
+def check_encodable(state: AppState) -> None:
+    """Refuse (before anything is stored) a state the bus cannot carry."""
+    try:
+        codec.encode(codec.make(APPS.kind, state))
+    except Exception as err:
+        raise SpecError([f"app {state.key} cannot be encoded for the bus: {err}"]) from err
+
+
 class ControllerService(Service):
     name = "controller"
 
-    def __init__(self, config: ServiceConfig, data_dir: Path | str) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        data_dir: Path | str | None = None,
+        *,
+        store: str | None = None,
+    ) -> None:
         super().__init__(config)
-        self.data_dir = Path(data_dir)
+        if store is None and data_dir is None:
+            raise ValueError("the controller needs a data dir or a store URL")
+        #: ``postgresql://...`` or the SQLite file
+        self.location = store or str(Path(data_dir or ".") / "controller.db")
         self.store: Store | None = None
         self.apps: dict[AppKey, AppRecord] = {}
+        #: apps in the store that do not read back (kept, never cleared, never published)
+        self.broken: set[AppKey] = set()
         self.lock = asyncio.Lock()
         self.unpublished: set[AppKey] = set()
+        #: True while this instance leads and holds the store's term
+        self.serving = False
         #: retained health per app (a view of the bus once set up)
         self.health: Mapping[AppKey, AppHealth] = {}
         #: every app with a retained value on ``apps/``, whatever that value is
-        self.retained: set[AppKey] = set()
+        self.retained: dict[AppKey, Envelope] = {}
         #: observed replicas, node -> app -> replicas (to see new revisions crash-loop)
         self.observed: dict[str, dict[AppKey, list[ReplicaStatus]]] = {}
         self.rollouts: Reconciler[AppKey] = Reconciler(
             "rollouts", self._step, keys=self._active, resync=RESYNC
         )
-        self.bus.on_connect(self._republish)
+        self.leadership = self.elect_leader(on_elected=self._take_over, on_deposed=self._step_down)
+        self._republishing: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def setup(self) -> None:
-        self.store = Store(self.data_dir / "controller.db")
-        self.apps = self.store.load()
-        now = time.time()
-        for key, record in list(self.apps.items()):
-            if record.rollout is not None:
-                # The controller was not watching while it was down: a fresh deadline.
-                rollout = record.rollout.model_copy(update={"progress_at": now})
-                self.apps[key] = AppRecord(record.state, rollout)
-        self.log.info("loaded apps", count=len(self.apps), db=str(self.store.path))
-        await self.bus.answer(APPLY, self._cmd_apply)
-        await self.bus.answer(DELETE, self._cmd_delete)
-        await self.bus.answer(SCALE, self._cmd_scale)
-        await self.bus.answer(ROLLBACK, self._cmd_rollback)
-        await self.bus.answer(HISTORY, self._cmd_history)
-        await self.bus.answer(ROLLOUT, self._cmd_rollout)
+        leading = self._leading
+        await self.bus.answer(APPLY, self._cmd_apply, when=leading)
+        await self.bus.answer(DELETE, self._cmd_delete, when=leading)
+        await self.bus.answer(SCALE, self._cmd_scale, when=leading)
+        await self.bus.answer(ROLLBACK, self._cmd_rollback, when=leading)
+        await self.bus.answer(HISTORY, self._cmd_history, when=leading)
+        await self.bus.answer(ROLLOUT, self._cmd_rollout, when=leading)
         self.health = await self.bus.view(HEALTH, on_change=self._on_health)
         self.retained = await follow_keys(self.bus, APPS, self._on_app)
         await self.bus.subscribe(NODE_REPLICAS, self._on_node_replicas)
+        await self.leadership.setup()
 
     async def main(self) -> None:
-        # Resume rollouts once the retained health is in: a step without it removes nothing
-        # but would report every new replica unready for a moment.
-        await self.bus.wait_connected(None)
-        try:
-            await self.bus.sync(timeout=10)
-        except BusError as err:
-            self.log.warning("no bus sync before resuming rollouts", error=str(err))
-        self.rollouts.mark_all()
-        await self.rollouts.run()
+        # Elect (and resume rollouts) once the retained state is in: a step without the
+        # retained health removes nothing but would report every new replica unready.
+        while True:
+            await self.bus.wait_connected(None)
+            if await self.bus.settle(timeout=10):
+                break
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.leadership.run(), name="controller-election")
+            tasks.create_task(self.rollouts.run(), name="controller-rollouts")
+
+    async def on_shutdown(self) -> None:
+        if self.store is not None:
+            self.store.step_down()
+            self.store.close()
+
+    def _leading(self) -> bool:
+        return self.serving and self.is_leader()
 
     def _active(self) -> Iterable[AppKey]:
+        if not self._leading():
+            return []
         return [k for k, r in self.apps.items() if r.rollout is not None]
 
     @property
     def db(self) -> Store:
-        if self.store is None:
-            raise RuntimeError("the controller store is not open")
+        if self.store is None or not self.serving:
+            raise ShoalError("this controller is not the leader")
         return self.store
+
+    # -- leadership ---------------------------------------------------------------------
+
+    async def _take_over(self) -> None:
+        """Elected: a new term in the store (fencing the previous leader), then load it."""
+        if self.store is None:
+            self.store = open_store(self.location)
+        store = self.store
+        async with self.lock:
+            term = store.take_over(self.instance)
+            apps = store.load()
+            self.broken = store.keys() - apps.keys()
+            now = time.time()
+            for key, record in list(apps.items()):
+                if record.rollout is not None:
+                    # The new leader was not watching until now: a fresh deadline.
+                    rollout = record.rollout.model_copy(update={"progress_at": now})
+                    apps[key] = AppRecord(record.state, rollout)
+            self.apps = apps
+            self.unpublished = set(apps)
+            self.serving = True
+        self.log.info(
+            "leading: store taken over",
+            term=term,
+            apps=len(apps),
+            unreadable=len(self.broken),
+            store=store.where,
+        )
+        for key in sorted(self.broken):
+            self.log.error("a stored app does not read back: not served", app=str(key))
+        if self._republishing is not None:
+            self._republishing.cancel()
+        self._republishing = asyncio.create_task(self._republish(), name="controller-republish")
+        self.rollouts.mark_all()
+
+    async def _step_down(self) -> None:
+        self.serving = False
+        if self.store is not None:
+            self.store.step_down()
+        if self._republishing is not None:
+            self._republishing.cancel()
+            self._republishing = None
+        self.log.warning("standing by: not answering nor writing")
+
+    async def _fenced(self, err: Fenced) -> None:
+        self.log.error("fenced by the store: another controller took over", error=str(err))
+        self.serving = False
+        await self.leadership.resign()
 
     # -- retained state -----------------------------------------------------------------
 
@@ -141,23 +221,61 @@ class ControllerService(Service):
         self.unpublished.discard(key)
 
     async def _republish(self) -> None:
-        """On every (re)connect: every app from the DB, then clear retained leftovers."""
-        async with self.lock:
-            for record in list(self.apps.values()):
-                await self._publish(record.state)
-        await self.bus.sync(timeout=10)
-        async with self.lock:
-            for key in sorted(self.retained - self.apps.keys()):
-                self.log.info("clearing retained app not in the store", app=str(key))
-                await self.bus.clear(APPS, key)
-        self.log.info("republished apps", count=len(self.apps))
+        """Once elected: every app from the store (one that cannot be sent is logged and
+        skipped), then clear the retained leftovers this store may clear (``strays``)."""
+        try:
+            async with self.lock:
+                for record in list(self.apps.values()):
+                    if not self._leading():
+                        return
+                    try:
+                        await self._publish(record.state)
+                    except BusError as err:
+                        self.log.warning("republish interrupted", error=str(err))
+                        return
+                    except Exception as err:
+                        self.log.error(
+                            "a stored app cannot be published; skipped",
+                            app=str(record.key),
+                            error=str(err),
+                        )
+            await self.bus.sync(timeout=10)
+            async with self.lock:
+                if not self._leading():
+                    return
+                store = self.db
+                seq = store.current_term().seq
+                for key in sorted(self.retained.keys() - self._known()):
+                    await self._clear_stray(key, self.retained[key], store, seq)
+            self.log.info("republished apps", count=len(self.apps))
+        except ShoalError as err:
+            self.log.warning("republish interrupted", error=str(err))
 
-    async def _on_app(self, key: AppKey) -> None:
-        """Our own retained topics come back here. The controller is their only writer:
-        a value for an app it does not know was left by someone else, and is cleared."""
-        if key not in self.apps:
-            self.log.warning("clearing a retained app the store does not know", app=str(key))
+    def _known(self) -> set[AppKey]:
+        return self.apps.keys() | self.broken
+
+    async def _clear_stray(self, key: AppKey, env: Envelope, store: Store, seq: int) -> None:
+        if may_clear(key, env, store.store_id, seq):
+            self.log.warning("clearing a retained app the store does not hold", app=str(key))
             await self.bus.clear(APPS, key)
+        else:
+            self.log.warning(
+                "a retained app another store wrote is left alone (this store does not hold it)",
+                app=str(key),
+                src=env.src,
+            )
+
+    async def _on_app(self, key: AppKey, env: Envelope) -> None:
+        """Our own retained topics come back here. Only the leader writes ``apps/``: a value
+        for an app its store does not hold was left by someone else, and is cleared if this
+        store may (``strays.may_clear``)."""
+        if not self._leading() or key in self._known():
+            return
+        try:
+            store = self.db
+            await self._clear_stray(key, env, store, store.current_term().seq)
+        except ShoalError as err:
+            self.log.warning("stray not cleared", app=str(key), error=str(err))
 
     def _on_health(self, key: AppKey, health: AppHealth | None) -> None:
         record = self.apps.get(key)
@@ -333,52 +451,25 @@ class ControllerService(Service):
 
     async def _commit(self, decisions: list[Decision], now: float) -> None:
         """Persist every decision in one transaction, then publish. Caller holds the lock."""
+        for decision in decisions:
+            if decision.record is not None:
+                check_encodable(decision.record.state)
         changed: dict[AppKey, AppRecord | None] = {}
         notes: list[tuple[AppKey, Note]] = []
-        with self.db.transaction() as tx:
-            for decision in decisions:
-                key = decision.key
-                if decision.change == "unchanged" and decision.record == self.apps.get(key):
-                    continue
-                if decision.record is None:
-                    tx.delete(key)
-                    changed[key] = None
-                    continue
-                record = decision.record
-                if decision.revision is not None:
-                    number = tx.allocate_revision(key)
-                    if number != decision.revision.revision:
-                        raise ShoalError(f"revision counter of {key} moved under the controller")
-                    new = decision.revision
-                    tx.add_revision(
-                        key,
-                        new.revision,
-                        new.created,
-                        new.source,
-                        new.spec,
-                        new.changes,
-                        record.state.revision,
-                    )
-                if record.rollout is not None:
-                    plan = plan_rollout(
-                        record.state,
-                        record.rollout,
-                        self.health.get(key),
-                        now,
-                        self._failing(record),
-                    )
-                    record = AppRecord(plan.state, plan.rollout)
-                    notes.extend((key, n) for n in plan.events)
-                    if plan.failed_revision is not None:
-                        tx.set_status(key, plan.failed_revision, f"failed: {plan.failed_reason}")
-                tx.put(record)
-                changed[key] = record
+        try:
+            with self.db.transaction() as tx:
+                self._write(tx, decisions, now, changed, notes)
+        except Fenced as err:
+            await self._fenced(err)
+            raise
         for key, maybe in changed.items():
             if maybe is None:
                 self.apps.pop(key, None)
+                self.broken.discard(key)
                 self.unpublished.discard(key)
             else:
                 self.apps[key] = maybe
+                self.broken.discard(key)
                 if maybe.rollout is not None:
                     self.rollouts.mark(key)
         for key, maybe in changed.items():
@@ -389,8 +480,56 @@ class ControllerService(Service):
                     await self._publish(maybe.state)
             except BusError as err:
                 self.log.warning("state not published yet", app=str(key), error=str(err))
+            except Exception as err:
+                self.unpublished.add(key)
+                self.log.error("state cannot be published", app=str(key), error=str(err))
         for key, note in notes:
             await self._note(key, note)
+
+    def _write(
+        self,
+        tx: Transaction,
+        decisions: list[Decision],
+        now: float,
+        changed: dict[AppKey, AppRecord | None],
+        notes: list[tuple[AppKey, Note]],
+    ) -> None:
+        for decision in decisions:
+            key = decision.key
+            if decision.change == "unchanged" and decision.record == self.apps.get(key):
+                continue
+            if decision.record is None:
+                tx.delete(key)
+                changed[key] = None
+                continue
+            record = decision.record
+            if decision.revision is not None:
+                number = tx.allocate_revision(key)
+                if number != decision.revision.revision:
+                    raise ShoalError(f"revision counter of {key} moved under the controller")
+                new = decision.revision
+                tx.add_revision(
+                    key,
+                    new.revision,
+                    new.created,
+                    new.source,
+                    new.spec,
+                    new.changes,
+                    record.state.revision,
+                )
+            if record.rollout is not None:
+                plan = plan_rollout(
+                    record.state,
+                    record.rollout,
+                    self.health.get(key),
+                    now,
+                    self._failing(record),
+                )
+                record = AppRecord(plan.state, plan.rollout)
+                notes.extend((key, n) for n in plan.events)
+                if plan.failed_revision is not None:
+                    tx.set_status(key, plan.failed_revision, f"failed: {plan.failed_reason}")
+            changed[key] = tx.put(record)
 
     async def _note(self, key: AppKey, note: Note) -> None:
         log = self.log.warning if note.severity != "info" else self.log.info
@@ -405,7 +544,7 @@ class ControllerService(Service):
         """One rollout step of ``key`` (the Reconciler's callback)."""
         async with self.lock:
             record = self.apps.get(key)
-            if record is None or record.rollout is None:
+            if record is None or record.rollout is None or not self._leading():
                 return None
             plan = plan_rollout(
                 record.state,
@@ -416,10 +555,16 @@ class ControllerService(Service):
             )
             new = AppRecord(plan.state, plan.rollout)
             if new != record:
-                with self.db.transaction() as tx:
-                    tx.put(new)
-                    if plan.failed_revision is not None:
-                        tx.set_status(key, plan.failed_revision, f"failed: {plan.failed_reason}")
+                try:
+                    with self.db.transaction() as tx:
+                        new = tx.put(new)
+                        if plan.failed_revision is not None:
+                            tx.set_status(
+                                key, plan.failed_revision, f"failed: {plan.failed_reason}"
+                            )
+                except Fenced as err:
+                    await self._fenced(err)
+                    return None
                 self.apps[key] = new
             if plan.changed or key in self.unpublished:
                 await self._publish(new.state)
