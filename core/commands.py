@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from core.bounds import MAX_COUNT, Count, Serial
 from core.spec import Model, check_dns_label
 
 
@@ -28,7 +29,7 @@ class DeleteCommand(Model):
 class ScaleCommand(Model):
     namespace: str = "default"
     name: str
-    replicas: int = Field(ge=0, le=10_000)
+    replicas: int = Field(ge=0, le=MAX_COUNT)
     source: Literal["manual", "autoscaler"] = "manual"
     reason: str = ""
 
@@ -39,7 +40,7 @@ class ScaleCommand(Model):
 class RollbackCommand(Model):
     namespace: str = "default"
     name: str
-    to_revision: int | None = Field(default=None, ge=1)
+    to_revision: Serial | None = None
 
 
 class HistoryQuery(Model):
@@ -59,7 +60,7 @@ class RolloutCommand(Model):
 
 
 class RevisionInfo(Model):
-    revision: int
+    revision: Count
     created: float
     source: str = ""
     template_hash: str = ""
@@ -74,7 +75,7 @@ class History(Model):
 
     namespace: str
     name: str
-    revision: int
+    revision: Count
     phase: str = ""
     message: str = ""
     revisions: list[RevisionInfo] = Field(default_factory=list)
@@ -99,7 +100,7 @@ AppChange = Literal["created", "updated", "scaled", "unchanged", "deleted"]
 class AppResult(Model):
     namespace: str
     name: str
-    revision: int
+    revision: Count
     change: AppChange
     changes: list[str] = Field(
         default_factory=list, description="field-level diff summary, e.g. 'image: a -> b'"
@@ -110,6 +111,6 @@ class Reply(Model):
     """The answer to every command: success, or the exact validation errors."""
 
     ok: bool
-    revision: int | None = None
+    revision: Count | None = None
     errors: list[str] = Field(default_factory=list)
     results: list[AppResult] = Field(default_factory=list)

@@ -13,8 +13,8 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -23,10 +23,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticSerializationError
 
+from core.bounds import MAX_COUNT
 from core.errors import SpecError
 from core.keys import AppKey
-from core.units import parse_cpu, parse_duration, parse_memory
+from core.spec_yaml import Document, read_documents
+from core.units import parse_cpu, parse_duration, parse_memory, shown
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]{0,61}[A-Za-z0-9])?$")
@@ -36,26 +39,65 @@ Memory = Annotated[int, BeforeValidator(parse_memory)]
 Cpu = Annotated[float, BeforeValidator(parse_cpu)]
 
 
+#: The smallest CPU amount: one millicore (Kubernetes' precision).
+MIN_CPU = 0.001
+#: The largest spec, as JSON: 1 MiB (Kubernetes stores objects up to about 1.5 MiB).
+MAX_SPEC_BYTES = 1024**2
+
+
 def _env_value(value: object) -> str:
+    """Env values are text. Spec files keep the text written (``core.spec_yaml``); what
+    comes as typed data (JSON on the bus) must be text already, or an integer, whose text
+    is exact. A boolean or a fraction is refused: its text is not known (``1.10`` arrives
+    as 1.1, ``NO`` or ``yes`` as a boolean)."""
     if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
+        raise ValueError(
+            f"env value {str(value).lower()} is a boolean, not text; write it in quotes "
+            "so the container gets the text you mean"
+        )
+    if isinstance(value, int):
         return str(value)
-    raise ValueError(f"env values must be strings or numbers, got {type(value).__name__}")
+    if isinstance(value, float):
+        raise ValueError(
+            f"env value {shown(value)} is a number whose text is lost (1.10 becomes 1.1); "
+            "write it in quotes"
+        )
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"env values must be text, got {type(value).__name__}")
 
 
-EnvValue = Annotated[str, BeforeValidator(_env_value)]
+def _process_text(value: str) -> str:
+    """Text handed to a process (env, command, args) cannot hold a NUL character."""
+    if "\0" in value:
+        raise ValueError("a NUL character cannot be passed to a process")
+    return value
+
+
+EnvValue = Annotated[str, BeforeValidator(_env_value), AfterValidator(_process_text)]
+ProcessText = Annotated[str, AfterValidator(_process_text)]
+
+
+def _port_ref(value: str | int) -> str | int:
+    if isinstance(value, int) and not 1 <= value <= 65535:
+        raise ValueError(f"port {shown(value)} is not in 1-65535")
+    return value
+
+
+#: A reference to a port: its name, or its number.
+PortRef = Annotated[str | int, AfterValidator(_port_ref)]
 
 
 class Model(BaseModel):
     """Base of every Shoal model: immutable, strict about unknown fields.
 
-    Strictness is for what users write. Messages between services are read with
-    ``Envelope.open(model, lenient=True)`` (the contract's state channels), which ignores
-    fields a newer peer added, at any depth.
+    Floats are finite (JSON, hence the store, has no NaN nor infinity); integers are
+    bounded (``core.bounds``). Strictness is for what users write. Messages between
+    services are read with ``Envelope.open(model, lenient=True)`` (the contract's state
+    channels), which ignores fields a newer peer added, at any depth.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def check_dns_label(value: str, what: str) -> str:
@@ -77,9 +119,9 @@ class Resources(Model):
     against 0.37 s without), which is why Kubernetes, too, sets a quota only from a limit.
     """
 
-    cpu: Cpu = Field(default=0.1, gt=0, description="cores")
+    cpu: Cpu = Field(default=0.1, ge=MIN_CPU, description="cores")
     memory: Memory = Field(default=64 * 1024**2, gt=0, description="bytes")
-    cpu_limit: Cpu | None = Field(default=None, gt=0, description="hard cap in cores")
+    cpu_limit: Cpu | None = Field(default=None, ge=MIN_CPU, description="hard cap in cores")
     memory_limit: Memory | None = Field(default=None, gt=0, description="bytes, >= memory")
 
     @model_validator(mode="after")
@@ -104,13 +146,13 @@ class Probe(Model):
     """One health probe: exactly one of ``http``, ``tcp`` or ``exec``."""
 
     http: str | None = None
-    tcp: str | int | None = None
-    exec: list[str] | None = None
-    port: str | int | None = None
+    tcp: PortRef | None = None
+    exec: list[ProcessText] | None = None
+    port: PortRef | None = None
     interval: Duration = 1.0
     timeout: Duration = 1.0
-    failures: int = Field(default=3, ge=1)
-    successes: int = Field(default=1, ge=1)
+    failures: int = Field(default=3, ge=1, le=MAX_COUNT)
+    successes: int = Field(default=1, ge=1, le=MAX_COUNT)
     initial_delay: Duration = 0.0
 
     @model_validator(mode="after")
@@ -150,7 +192,7 @@ class Route(Model):
 
     host: str | None = None
     path: str = "/"
-    port: str | int | None = None
+    port: PortRef | None = None
     algorithm: Literal["round_robin", "least_conn", "weighted", "hash"] = "round_robin"
     hash_on: str = Field(
         default="client_ip",
@@ -189,7 +231,7 @@ class Placement(Model):
     strategy: Literal["spread", "binpack"] = "spread"
     constraints: dict[str, list[str]] = Field(default_factory=dict)
     spread_by: str | None = None
-    max_per_node: int | None = Field(default=None, ge=1)
+    max_per_node: int | None = Field(default=None, ge=1, le=MAX_COUNT)
 
     @field_validator("constraints", mode="before")
     @classmethod
@@ -200,12 +242,15 @@ class Placement(Model):
 
 
 class Update(Model):
-    max_surge: int = Field(default=1, ge=0)
-    max_unavailable: int = Field(default=0, ge=0)
+    max_surge: int = Field(default=1, ge=0, le=MAX_COUNT)
+    max_unavailable: int = Field(default=0, ge=0, le=MAX_COUNT)
     auto_rollback: bool = True
     progress_deadline: Duration = 60.0
     canary: int | None = Field(
-        default=None, ge=1, description="start N replicas of a new revision, then pause"
+        default=None,
+        ge=1,
+        le=MAX_COUNT,
+        description="start N replicas of a new revision, then pause",
     )
 
     @model_validator(mode="after")
@@ -218,10 +263,10 @@ class Update(Model):
 def _fraction(value: object) -> object:
     """Utilisation targets: a fraction (``0.7``) or a percentage string (``"70%"``)."""
     if isinstance(value, str) and value.strip().endswith("%"):
-        try:
-            return float(value.strip()[:-1]) / 100
-        except ValueError:
-            raise ValueError(f"invalid percentage {value!r}: use e.g. 70% or 0.7") from None
+        number = value.strip()[:-1].strip()
+        if not re.match(r"^(\d+(\.\d*)?|\.\d+)$", number):
+            raise ValueError(f"invalid percentage {shown(value)}: use e.g. 70% or 0.7")
+        return float(number) / 100
     if isinstance(value, int | float) and not isinstance(value, bool) and not 0 < value <= 1:
         raise ValueError(
             f"utilisation target {value} must be a fraction of the request in (0, 1], "
@@ -234,9 +279,9 @@ Fraction = Annotated[float, BeforeValidator(_fraction)]
 
 
 class ScaleTarget(Model):
-    rps_per_replica: float | None = Field(default=None, gt=0)
-    inflight_per_replica: float | None = Field(default=None, gt=0)
-    p95_latency_ms: float | None = Field(default=None, gt=0)
+    rps_per_replica: float | None = Field(default=None, gt=0, le=1e9)
+    inflight_per_replica: float | None = Field(default=None, gt=0, le=1e9)
+    p95_latency_ms: float | None = Field(default=None, gt=0, le=3.6e6, description="<= 1 hour")
     cpu_utilization: Fraction | None = Field(default=None, gt=0, le=1)
     memory_utilization: Fraction | None = Field(default=None, gt=0, le=1)
 
@@ -250,8 +295,8 @@ class ScaleTarget(Model):
 
 
 class Autoscale(Model):
-    min: int = Field(default=1, ge=0, le=10_000)
-    max: int = Field(ge=1, le=10_000)
+    min: int = Field(default=1, ge=0, le=MAX_COUNT)
+    max: int = Field(ge=1, le=MAX_COUNT)
     target: ScaleTarget
 
     @model_validator(mode="after")
@@ -332,10 +377,10 @@ class AppSpec(Model):
     name: str
     namespace: str = "default"
     image: str = Field(min_length=1)
-    command: list[str] | None = None
-    args: list[str] | None = None
+    command: list[ProcessText] | None = None
+    args: list[ProcessText] | None = None
     env: dict[str, EnvValue] = Field(default_factory=dict)
-    replicas: int = Field(default=1, ge=0, le=10_000)
+    replicas: int = Field(default=1, ge=0, le=MAX_COUNT)
     resources: Resources = Field(default_factory=Resources)
     ports: dict[str, int] = Field(default_factory=dict)
     health: Health = Field(default_factory=Health)
@@ -408,6 +453,23 @@ class AppSpec(Model):
                 check_port(probe.target_port, f"{which} probe")
         return self
 
+    @model_validator(mode="after")
+    def _fits_the_wire(self) -> AppSpec:
+        """What validates can be sent and stored: valid Unicode, and at most 1 MiB."""
+        try:
+            size = len(self.model_dump_json())
+        except PydanticSerializationError:
+            raise ValueError(
+                f"{_bad_text(self.model_dump())}: text is not valid Unicode "
+                "(a lone surrogate such as \\ud800)"
+            ) from None
+        if size > MAX_SPEC_BYTES:
+            raise ValueError(
+                f"the spec is {size} bytes as JSON, more than the maximum of 1 MiB; keep "
+                "large data in an image or a volume"
+            )
+        return self
+
     # -- derived values ---------------------------------------------------------------
 
     @property
@@ -441,6 +503,27 @@ class AppSpec(Model):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _bad_text(value: object, path: str = "") -> str:
+    """The path of the first string in ``value`` that UTF-8 cannot encode."""
+    items: list[tuple[str, object]] = []
+    if isinstance(value, dict):
+        items = [(f"{path}.{k}" if path else str(k), k) for k in value]
+        items += [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
+    elif isinstance(value, list | tuple):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    elif isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return path or "a value"
+        return ""
+    for where, item in items:
+        found = _bad_text(item, where)
+        if found:
+            return found
+    return ""
+
+
 # -- loading and error formatting -----------------------------------------------------
 
 
@@ -454,8 +537,11 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def format_validation_error(err: ValidationError, where: str) -> list[str]:
-    """One line per problem: ``where: field.path: message``."""
+def format_validation_error(
+    err: ValidationError, where: str, document: Document | None = None
+) -> list[str]:
+    """One line per problem: ``where: field.path: message``, then ``(line N)`` when the
+    document was read from a file."""
     lines = []
     for e in err.errors(include_url=False):
         msg = e["msg"]
@@ -467,32 +553,41 @@ def format_validation_error(err: ValidationError, where: str) -> list[str]:
         elif e["type"] == "missing":
             msg = "required field is missing"
         loc = _loc(tuple(e["loc"]))
-        lines.append(f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}")
+        line = f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}"
+        at = document.line_of(tuple(e["loc"])) if document is not None else None
+        lines.append(f"{line} (line {at})" if at is not None else line)
     return lines
 
 
 def _describe(doc: Any, index: int, source: str) -> str:
     name = doc.get("name") if isinstance(doc, dict) else None
     label = f"{source} document {index + 1}" if source else f"app {index + 1}"
-    return f"{label} ({name})" if isinstance(name, str) else label
+    return f"{label} ({shown(name)[1:-1]})" if isinstance(name, str) else label
 
 
-def validate_apps(docs: list[Any], source: str = "") -> list[AppSpec]:
+def validate_apps(
+    docs: list[Any], source: str = "", documents: list[Document] | None = None
+) -> list[AppSpec]:
     """Validate raw documents into specs; raise ``SpecError`` listing every problem.
 
-    Duplicate (namespace, name) pairs in one batch are an error too.
+    Only ``SpecError`` leaves, whatever ``docs`` hold. Duplicate (namespace, name) pairs
+    in one batch are an error too. ``documents`` (from ``read_documents``) add the line of
+    each problem.
     """
     specs: list[AppSpec] = []
     errors: list[str] = []
     for i, doc in enumerate(docs):
         where = _describe(doc, i, source)
+        document = documents[i] if documents is not None and i < len(documents) else None
         if not isinstance(doc, dict):
             errors.append(f"{where}: expected a mapping, got {type(doc).__name__}")
             continue
         try:
             specs.append(AppSpec.model_validate(doc))
         except ValidationError as err:
-            errors.extend(format_validation_error(err, where))
+            errors.extend(format_validation_error(err, where, document))
+        except RecursionError:
+            errors.append(f"{where}: nested too deeply")
     seen: set[AppKey] = set()
     for spec in specs:
         if spec.key in seen:
@@ -505,22 +600,17 @@ def validate_apps(docs: list[Any], source: str = "") -> list[AppSpec]:
     return specs
 
 
+def read_apps(text: str, source: str = "") -> list[Document]:
+    """The apps of a spec file (``core.spec_yaml``): YAML 1.2 typing, the text kept where
+    the spec wants text, duplicate keys refused, errors naming the file and line."""
+    return read_documents(text, source, AppSpec)
+
+
 def parse_documents(text: str, source: str = "") -> list[Any]:
     """YAML (several ``---`` documents) or JSON (one app, a list, or ``{"apps": [...]}``)."""
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as err:
-        raise SpecError([f"{source or 'input'}: not valid YAML or JSON: {err}"]) from err
-    out: list[Any] = []
-    for doc in docs:
-        if isinstance(doc, list):
-            out.extend(doc)
-        elif isinstance(doc, dict) and set(doc) == {"apps"} and isinstance(doc["apps"], list):
-            out.extend(doc["apps"])
-        else:
-            out.append(doc)
-    return out
+    return [document.data for document in read_apps(text, source)]
 
 
 def load_specs(text: str, source: str = "") -> list[AppSpec]:
-    return validate_apps(parse_documents(text, source), source)
+    documents = read_apps(text, source)
+    return validate_apps([d.data for d in documents], source, documents)

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from core.bounds import MAX_COUNT, Count, Int64, Serial
 from core.keys import AppKey
 from core.spec import AppSpec, Model, Resources
 
@@ -35,9 +36,9 @@ class AppVersion(Model):
     Normally an app has one version; during a rollout or a canary it has two.
     """
 
-    revision: int = Field(ge=1)
+    revision: Serial
     spec: AppSpec
-    replicas: int = Field(ge=0)
+    replicas: Count
     weight: int | None = Field(default=None, ge=0, le=100)
 
 
@@ -49,10 +50,12 @@ class AppState(Model):
 
     namespace: str
     name: str
-    revision: int = Field(ge=1, description="the revision the app converges to")
-    generation: int = Field(ge=1, description="bumped on every change to this record")
+    revision: Serial = Field(description="the revision the app converges to")
+    generation: Serial = Field(description="bumped on every change to this record")
     spec: AppSpec
-    replicas: int = Field(ge=0, description="desired replica count (manual or autoscaled)")
+    replicas: int = Field(
+        ge=0, le=MAX_COUNT, description="desired replica count (manual or autoscaled)"
+    )
     versions: list[AppVersion]
     phase: AppPhase = "stable"
     message: str = ""
@@ -95,7 +98,7 @@ class AssignedReplica(Model):
     id: str
     namespace: str
     app: str
-    revision: int
+    revision: Count
 
     @property
     def spec_key(self) -> str:
@@ -116,7 +119,7 @@ class NodeAssignment(Model):
     node: str
     replicas: list[AssignedReplica] = Field(default_factory=list)
     specs: dict[str, AppSpec] = Field(default_factory=dict)
-    generation: int = 0
+    generation: Count = 0
 
     def spec_for(self, replica: AssignedReplica) -> AppSpec:
         return self.specs[replica.spec_key]
@@ -143,13 +146,13 @@ class SchedulerStatus(Model):
 
     namespace: str
     name: str
-    desired: int = 0
-    placed: int = 0
-    unplaceable: int = 0
-    leaving: int = 0
+    desired: Count = 0
+    placed: Count = 0
+    unplaceable: Count = 0
+    leaving: Count = 0
     message: str = ""
-    reasons: dict[str, int] = Field(default_factory=dict)
-    nodes: dict[str, int] = Field(default_factory=dict, description="node -> replicas")
+    reasons: dict[str, Count] = Field(default_factory=dict)
+    nodes: dict[str, Count] = Field(default_factory=dict, description="node -> replicas")
     ts: float = 0.0
 
 
@@ -172,13 +175,13 @@ class ReplicaStatus(Model):
     id: str
     namespace: str
     app: str
-    revision: int
+    revision: Count
     node: str
     phase: ReplicaPhase
     container_id: str = ""
     endpoints: dict[str, str] = Field(default_factory=dict, description="port name -> host:port")
-    restarts: int = 0
-    exit_code: int | None = None
+    restarts: Count = 0
+    exit_code: Int64 | None = None
     reason: str = ""
     started_at: float | None = None
     since: float = 0.0
@@ -201,7 +204,7 @@ class NodeReplicas(Model):
 
 class ReplicaHealth(Model):
     id: str
-    revision: int
+    revision: Count
     node: str
     endpoint: str = Field(description="host:port the balancer should send traffic to")
     ready: bool
@@ -238,7 +241,7 @@ class Presence(Model):
     status: Literal["online", "offline"] = "online"
     version: str = ""
     host: str = ""
-    pid: int = 0
+    pid: Count = 0
     started: float = 0.0
     leader: bool = False
 
@@ -264,23 +267,23 @@ class ReplicaRouteMetrics(Model):
     """One balancer instance's view of one replica of an app over the last window."""
 
     rps: float = 0.0
-    inflight: int = 0
+    inflight: Count = 0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
-    errors: int = 0
+    errors: Count = 0
 
 
 class RouteMetrics(Model):
     """One balancer instance's view of one app over the last window."""
 
     rps: float = 0.0
-    inflight: int = 0
+    inflight: Count = 0
     p50_ms: float = 0.0
     p95_ms: float = 0.0
     p99_ms: float = 0.0
-    errors: int = 0
-    requests: int = 0
-    held: int = Field(default=0, description="requests waiting for a replica (scale from zero)")
+    errors: Count = 0
+    requests: Count = 0
+    held: Count = Field(default=0, description="requests waiting for a replica (scale from zero)")
     replicas: dict[str, float] = Field(default_factory=dict, description="replica id -> rps")
     per_replica: dict[str, ReplicaRouteMetrics] = Field(
         default_factory=dict, description="replica id -> rates, in-flight, latency"
@@ -298,8 +301,8 @@ class LbMetrics(Model):
 
 class ReplicaUsage(Model):
     cpu: float = Field(description="cores in use")
-    memory: int = Field(description="bytes in use")
-    memory_limit: int = 0
+    memory: Count = Field(description="bytes in use")
+    memory_limit: Count = 0
     namespace: str = ""
     app: str = ""
 
@@ -326,7 +329,7 @@ class LogsRequest(Model):
     namespace: str = "default"
     app: str
     replica: str | None = None
-    tail: int | None = Field(default=None, ge=0)
+    tail: Count | None = None
     follow: bool = False
     lease: float = Field(default=10.0, gt=0)
 
@@ -347,7 +350,7 @@ class WakeUp(Model):
 
     namespace: str
     name: str
-    held: int = 0
+    held: Count = 0
 
 
 # -- autoscaler status (writer: scaler) ------------------------------------------------
@@ -372,8 +375,8 @@ class ScalerStatus(Model):
 
     namespace: str
     name: str
-    current: int = Field(ge=0, description="desired replicas in the app record")
-    desired: int = Field(ge=0, description="what the autoscaler wants now")
+    current: Count = Field(description="desired replicas in the app record")
+    desired: Count = Field(description="what the autoscaler wants now")
     code: ScalerCode
     reason: str
     metrics: dict[str, float] = Field(default_factory=dict)

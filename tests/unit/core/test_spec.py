@@ -159,8 +159,10 @@ def test_every_problem_is_reported_at_once_with_the_file_name() -> None:
     errors = info.value.errors
     assert len(errors) == 3
     assert errors[0].startswith("apps.yaml document 1 (a): replicas:")
+    assert errors[0].endswith("(line 3)")
     assert errors[1].startswith("apps.yaml document 2 (B): name:")
-    assert errors[2] == "apps.yaml document 2 (B): image: required field is missing"
+    # a missing field is reported at the line where its document starts
+    assert errors[2] == "apps.yaml document 2 (B): image: required field is missing (line 5)"
 
 
 def test_duplicate_apps_and_empty_input_are_errors() -> None:

@@ -61,7 +61,10 @@ def test_durations(text: object, seconds: float) -> None:
 
 def test_memory_cpu_and_formatting() -> None:
     assert parse_memory("128Mi") == 128 * 1024**2
-    assert parse_memory("1G") == 10**9
+    # "1G" meant 10**9 bytes; Docker reads it as 1GiB, Kubernetes as 10**9: refused
+    with pytest.raises(ValueError, match="ambiguous"):
+        parse_memory("1G")
+    assert parse_memory("1g") == 1024**3
     assert parse_cpu("250m") == 0.25
     assert format_memory(128 * 1024**2) == "128Mi"
     for bad in ("x", True, -1):
