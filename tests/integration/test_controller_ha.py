@@ -1,7 +1,8 @@
 """Controllers in HA as real processes on mosquitto, on both stores (a shared SQLite file,
 a real PostgreSQL): the leader answers and the standby is silent; ``kill -9`` of the leader
 during a stream of applies -> the standby takes over within 5 s and answers, and every apply
-that was acknowledged is there; a second controller on an empty store changes nothing."""
+that was acknowledged is there; a rollout in flight resumes on the new leader; a second
+controller on an empty store changes nothing."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from core.codec import Envelope
 from core.commands import ApplyCommand, Reply
 from core.keys import AppKey
 from core.state import AppState
+from tests.integration.test_controller import publish_health
 from tests.support.observer import Observer
 from tests.support.procs import Broker, Proc, ProcGroup
 
@@ -174,3 +176,46 @@ async def test_a_second_controller_on_an_empty_store_changes_nothing(
         )
         await obs.bus.sync()
         assert obs.values(APPS) == now
+
+
+async def test_a_rollout_in_flight_resumes_on_the_new_leader(
+    mosquitto: Broker, procs: ProcGroup, prefix: str, store_args: list[str]
+) -> None:
+    web = AppKey("default", "web")
+
+    def state() -> AppState | None:
+        return obs.value(APPS, web)
+
+    spec = {"name": "web", "replicas": 3, "ports": {"http": 8080}}
+    async with Observer(mosquitto.url, prefix) as obs:
+        first = start(procs, mosquitto, prefix, "c1", store_args)
+        await leading(obs, first)
+        second = start(procs, mosquitto, prefix, "c2", store_args)
+        await obs.wait_for(lambda: presence_of(obs, second), 20, "c2 online")
+        body = {"apps": [{**spec, "image": "shoal-test/echo:v1"}]}
+        assert (await obs.bus.request_raw(APPLY.topic(prefix), "apply", body)).open(Reply).ok
+        await publish_health(obs, await obs.wait_for(state, 10, "v1"))
+        body = {"apps": [{**spec, "image": "shoal-test/echo:v2"}]}
+        assert (await obs.bus.request_raw(APPLY.topic(prefix), "apply", body)).open(Reply).ok
+        rolling = await obs.wait_for(
+            lambda: (s := state()) is not None and s.revision == 2 and s, 10, "rev 2"
+        )
+        assert rolling.phase == "progressing"
+        await publish_health(obs, rolling, ready={1: 3})  # the new replica is not ready yet
+
+        first.kill()
+        await leading(obs, second, timeout=5)
+
+        async def walk() -> AppState:
+            while True:
+                s = state()
+                assert s is not None
+                if s.phase == "stable":
+                    return s
+                await publish_health(obs, s)
+                await asyncio.sleep(0.1)
+
+        done = await asyncio.wait_for(walk(), 20)
+        assert done.revision == 2
+        assert [(v.revision, v.replicas) for v in done.versions] == [(2, 3)]
+        assert done.store_id == rolling.store_id  # written by the same store, the new leader
