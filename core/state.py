@@ -61,9 +61,7 @@ class AppState(Model):
     message: str = ""
     updated: float = 0.0
     store_id: str = Field("", description="the id of the controller store that wrote it")
-    store_seq: int = Field(
-        0, ge=0, description="that store's write sequence number when it wrote it"
-    )
+    store_seq: Count = Field(0, description="that store's write sequence number when it wrote it")
 
     @property
     def key(self) -> AppKey:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from core import codec
 from core.errors import SpecError
-from core.spec import AppSpec, validate_apps
+from core.spec import AppSpec, load_specs, validate_apps
 from core.state import AppState, AppVersion
 
 EXTREME_NUMBERS: list[Any] = [
@@ -244,3 +244,78 @@ def test_every_number_anywhere_is_a_clean_outcome(value: Any) -> None:
             continue
         assert store_round_trip(spec) == spec
         assert bus_round_trips(spec) == [spec, spec]
+
+
+yaml_scalars = st.sampled_from(
+    [
+        ".nan",
+        ".inf",
+        "-.inf",
+        "1e999",
+        "1e30",
+        str(10**30),
+        str(2**64),
+        "-0.0",
+        "NO",
+        "0755",
+        "1.10",
+        "1:30",
+        "1m30s",
+        "512m",
+        "512M",
+        '"\\ud800"',
+        "~",
+        "",
+        "[1, 2]",
+        "{a: 1}",
+        "*nowhere",
+        "!!binary aGk=",
+        "!!python/object:os.system x",
+        "&a [*a]",
+    ]
+)
+yaml_places = st.sampled_from(
+    [
+        "replicas: {}",
+        "resources: {{cpu: {}}}",
+        "resources: {{memory: {}}}",
+        "env: {{A: {}}}",
+        "labels: {{a: {}}}",
+        "args: [{}]",
+        "user: {}",
+        "ports: {{http: {}}}",
+        "health: {{readiness: {{exec: [t], interval: {}}}}}",
+        "health: {{readiness: {{exec: [t], failures: {}}}}}",
+        "update: {{canary: {}}}",
+        "termination: {{grace: {}}}",
+        "autoscale: {{max: 3, target: {{rps_per_replica: {}}}}}",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(yaml_places, yaml_scalars), min_size=1, max_size=3, unique_by=lambda t: t[0])
+)
+def test_a_spec_file_validates_or_is_refused_cleanly(fields: list[tuple[str, str]]) -> None:
+    """From the file's text on: nothing but a SpecError, or a spec that round-trips."""
+    text = "name: a\nimage: x\n" + "".join(place.format(v) + "\n" for place, v in fields)
+    try:
+        (spec,) = load_specs(text, "apps.yaml")
+    except SpecError as err:
+        refusal = err.errors
+        assert refusal
+        assert all(line.startswith("apps.yaml") for line in refusal)
+        return
+    assert store_round_trip(spec) == spec
+    assert bus_round_trips(spec) == [spec, spec]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_is_a_spec_or_a_clean_refusal(text: str) -> None:
+    try:
+        load_specs(text, "fuzz.yaml")
+    except SpecError as err:
+        refusal = err.errors
+        assert refusal
