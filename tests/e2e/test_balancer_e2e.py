@@ -4,6 +4,8 @@ of 3 replicas fails at most 0.1% of requests, and a planned stop (scale 3 -> 2) 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 
 import aiohttp
@@ -106,3 +108,44 @@ async def test_kill_and_planned_scale_down_under_load(cluster: Cluster) -> None:
     print(f"scale 3->2: {load.total} requests, {len(load.failed)} failed {load.failed[:3]}")
     assert load.total > 100
     assert load.failed == []
+
+
+async def test_kill_9_of_the_balancer_worker_fails_at_most_its_requests_in_flight(
+    cluster: Cluster,
+) -> None:
+    """The master keeps the listening socket: a killed worker's queued connections wait for
+    its replacement; only the connections it had open (at most one per client) fail."""
+    cluster.start()
+    await asyncio.to_thread(cluster.apply_text, ECHO.format(replicas=3), "--wait")
+    url = cluster.lb_url + "/"
+    healthz = f"http://127.0.0.1:{cluster.admin_port}/healthz"
+    clients = 8
+
+    async def worker() -> dict[str, object]:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s,
+            s.get(healthz) as r,
+        ):
+            data: dict[str, object] = await r.json()
+            return data
+
+    async with Load(url, workers=clients) as load:
+        await asyncio.to_thread(wait_for, lambda: len(load.hosts) == 3, 30, 0.2, "3 answering")
+        first = await worker()
+        os.kill(int(str(first["pid"])), signal.SIGKILL)
+        now = first
+        for _ in range(600):
+            now = await worker()
+            if now["pid"] != first["pid"] and now["bus"]:
+                break
+            await asyncio.sleep(0.1)
+        assert now["pid"] != first["pid"]
+        assert now["master"] == first["master"]
+        resumed_from = load.ok
+        await asyncio.to_thread(
+            wait_for, lambda: load.ok >= resumed_from + 300, 60, 0.2, "service resumed"
+        )
+    print(f"worker kill -9: {load.total} requests, {len(load.failed)} failed {load.failed[:8]}")
+    # a client has one connection at a time: each failure is one the killed worker had open
+    assert len(load.failed) <= clients, load.failed
+    assert not any("Connect" in f and "refused" in f.lower() for f in load.failed), load.failed
