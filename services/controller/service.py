@@ -325,16 +325,17 @@ class ControllerService(Service):
 
     async def _cmd_delete(self, cmd: DeleteCommand, env: Envelope) -> Reply:
         async with self.lock:
-            record = self._record(cmd.namespace, cmd.name)
-            decision = Decision(record.key, "deleted", None)
-            await self._commit([decision], time.time())
+            key = AppKey(cmd.namespace, cmd.name)
+            if key in self.broken:
+                # a stored app that does not read back can still be deleted
+                revision = self.db.last_revision(key)
+            else:
+                revision = self._record(cmd.namespace, cmd.name).state.revision
+            await self._commit([Decision(key, "deleted", None)], time.time())
             result = AppResult(
-                namespace=cmd.namespace,
-                name=cmd.name,
-                revision=record.state.revision,
-                change="deleted",
+                namespace=cmd.namespace, name=cmd.name, revision=revision, change="deleted"
             )
-        return Reply(ok=True, revision=record.state.revision, results=[result])
+        return Reply(ok=True, revision=revision, results=[result])
 
     async def _cmd_scale(self, cmd: ScaleCommand, env: Envelope) -> Reply:
         async with self.lock:

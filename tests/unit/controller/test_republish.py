@@ -10,8 +10,8 @@ import pytest
 
 from core import codec
 from core.bus import Bus
-from core.channels import APPS, HISTORY
-from core.commands import HistoryQuery
+from core.channels import APPLY, APPS, DELETE, HISTORY
+from core.commands import ApplyCommand, DeleteCommand, HistoryQuery, Reply
 from core.config import ServiceConfig
 from core.keys import AppKey
 from core.memory import MemoryBroker
@@ -95,3 +95,47 @@ async def test_a_record_the_bus_refuses_is_skipped_by_the_republish(
         await eventually(lambda: controller._republishing and controller._republishing.done())
         await bus.sync()
         assert set(apps) == {AppKey("default", "a"), AppKey("default", "c")}
+
+
+async def test_an_unreadable_app_can_be_deleted(tmp_path: Path) -> None:
+    seed(tmp_path / "controller.db")
+    broker = MemoryBroker()
+    controller = ControllerService(
+        ServiceConfig(broker=broker, prefix=PREFIX, instance="c1"), tmp_path
+    )
+    async with connected(broker, PREFIX, "me") as bus, serving(controller):
+        await eventually(lambda: controller.serving)
+        reply = await bus.request(DELETE, DeleteCommand(name="broken"), timeout=5)
+        assert isinstance(reply, Reply)
+        assert reply.ok
+        assert [(r.revision, r.change) for r in reply.results] == [(0, "deleted")]
+        assert AppKey("default", "broken") not in controller.broken
+        stored = controller.db.keys()
+        assert AppKey("default", "broken") not in stored
+
+
+async def test_an_apply_the_bus_cannot_carry_is_refused_and_nothing_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = codec.encode
+
+    def encode(env: codec.Envelope) -> bytes:
+        if env.kind == "app" and env.body.get("name") == "b":
+            raise OverflowError("int too big to convert")
+        return real(env)
+
+    monkeypatch.setattr(codec, "encode", encode)
+    broker = MemoryBroker()
+    controller = ControllerService(
+        ServiceConfig(broker=broker, prefix=PREFIX, instance="c1"), tmp_path
+    )
+    async with connected(broker, PREFIX, "me") as bus, serving(controller):
+        await eventually(lambda: controller.serving)
+        apps = [spec(name=n).model_dump(mode="json", exclude_defaults=True) for n in ("a", "b")]
+        reply = await bus.request(APPLY, ApplyCommand(apps=apps), timeout=5)
+        assert isinstance(reply, Reply)
+        assert not reply.ok
+        assert reply.errors == [
+            "app default/b cannot be encoded for the bus: int too big to convert"
+        ]
+        assert controller.db.keys() == set()  # the whole batch: nothing stored
