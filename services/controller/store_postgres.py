@@ -3,6 +3,9 @@
 For controllers on several machines: PostgreSQL keeps the data (and replicates it, if it is
 set up to: Shoal has no replication of its own). One connection per controller, in
 autocommit mode with explicit transactions; a lost connection is reopened on the next call.
+Calls are synchronous (commands are rare; the store is the controller's only work): each is
+bounded by ``connect_timeout``, ``statement_timeout``/``lock_timeout`` (10 s) and TCP
+keepalives, so an unreachable server fails a command (``StoreError``) instead of hanging.
 Commits are durable as PostgreSQL makes them (``synchronous_commit`` on, its default, is
 forced for this session). Write transactions lock the term row (``SELECT ... FOR UPDATE``),
 so a ``take_over`` (an ``UPDATE`` of that row) waits for the write in progress, and every
@@ -89,6 +92,13 @@ class PostgresStore(Store):
                     self.url,
                     autocommit=True,
                     connect_timeout=max(1, round(self.connect_timeout)),
+                    # a server that vanished without a word must not hang a call for the
+                    # kernel's two hours: TCP keepalives and a user timeout of 10 s
+                    keepalives=1,
+                    keepalives_idle=5,
+                    keepalives_interval=2,
+                    keepalives_count=3,
+                    tcp_user_timeout=10000,
                     options="-c synchronous_commit=on -c statement_timeout=10000 "
                     "-c lock_timeout=10000",
                 )

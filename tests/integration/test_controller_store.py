@@ -14,7 +14,8 @@ from core.keys import AppKey
 from services.controller import store as store_module
 from services.controller.apps import AppRecord
 from services.controller.rollout import Rollout
-from services.controller.store import Fenced, Store, open_store
+from services.controller.store import Fenced, Store, StoreError, open_store
+from tests.support.net import free_port
 from tests.unit.controller.helpers import created, spec
 
 pytestmark = pytest.mark.integration
@@ -195,3 +196,27 @@ def test_a_take_over_waits_for_the_write_in_progress(open_at: object) -> None:
     assert set(second.load()) == {KEY}  # the leader's last write is in, then fenced
     with pytest.raises(Fenced), first.transaction() as tx:
         tx.delete(KEY)
+
+
+def test_an_unreachable_postgresql_is_a_store_error() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    with pytest.raises(StoreError, match="cannot reach the PostgreSQL store"):
+        open_store(url)
+
+
+def test_a_lost_postgresql_connection_is_reopened(postgres_url: str) -> None:
+    import psycopg
+
+    store = open_store(postgres_url)
+    try:
+        store.take_over("c1")
+        [(pid,)] = store._execute("SELECT pg_backend_pid()")
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(StoreError):
+            store.keys()
+        with store.transaction() as tx:  # a new connection; the term is still this store's
+            tx.put(created())
+        assert store.keys() == {KEY}
+    finally:
+        store.close()
