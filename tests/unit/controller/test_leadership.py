@@ -90,6 +90,14 @@ async def test_the_leader_answers_and_a_standby_takes_over_when_it_crashes(
         reply, src = await apply(bus, replies, "a")
         assert reply.ok
         assert src == "controller/c1"
+        # an invalid command too gets one answer, the leader's (the standby ignores it)
+        bad = bus.envelope(APPLY.kind, {"apps": [], "bogus": 1}, reply_to=f"{PREFIX}/reply/w")
+        await bus.publish_raw(APPLY.topic(PREFIX), codec.encode(bad), qos=1)
+        [refused] = await eventually(lambda: replies.to(bad.id))
+        await bus.sync()
+        assert len(replies.to(bad.id)) == 1
+        assert refused.src == "controller/c1"
+        assert not refused.open(Reply).ok
         assert not second.serving
         assert not second.is_leader()
 
