@@ -61,7 +61,8 @@ from services.controller.apps import (
     decide_undo,
 )
 from services.controller.rollout import Note, failing_replicas, plan_rollout
-from services.controller.store import Fenced, Store, Transaction, open_store
+from services.controller.store import Fenced, Store, Transaction
+from services.controller.stores import open_store
 from services.controller.strays import follow_keys, may_clear
 
 #: Seconds between full passes over active rollouts (health changes also trigger a step).

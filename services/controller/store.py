@@ -32,7 +32,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -336,15 +335,3 @@ class Transaction:
         """Forget the app and its history; the revision counter stays."""
         self._x("DELETE FROM apps WHERE namespace = ? AND name = ?", tuple(key))
         self._x("DELETE FROM revisions WHERE namespace = ? AND name = ?", tuple(key))
-
-
-def open_store(location: str | Path) -> Store:
-    """``postgresql://...`` (or ``postgres://``): PostgreSQL; anything else is a SQLite file."""
-    text = str(location)
-    if text.startswith(("postgresql://", "postgres://")):
-        from services.controller.store_postgres import PostgresStore
-
-        return PostgresStore(text)
-    from services.controller.store_sqlite import SqliteStore
-
-    return SqliteStore(Path(text))

@@ -121,7 +121,7 @@ class SchedulerService(Service):
         self.health = await bus.view(HEALTH, on_change=self._on_health)
         self.statuses = await bus.view(SCHEDULER_STATUS)
         await self.leadership.setup()
-        await bus.answer(NODE, self._on_node_command)
+        await bus.answer(NODE, self._on_node_command, when=lambda: self.cluster is not None)
         bus.on_connect(self._on_reconnect)
 
     async def main(self) -> None:
@@ -261,7 +261,7 @@ class SchedulerService(Service):
 
     async def _on_node_command(self, command: NodeCommand, env: Envelope) -> Reply | None:
         if self.cluster is None:
-            return None  # only the leader answers
+            return None  # only the leader answers (``when`` above keeps standbys quiet)
         return await self._node_command(self.cluster, command)
 
     async def _node_command(self, cluster: Cluster, command: NodeCommand) -> Reply:

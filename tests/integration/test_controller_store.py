@@ -14,7 +14,8 @@ from core.keys import AppKey
 from services.controller import store as store_module
 from services.controller.apps import AppRecord
 from services.controller.rollout import Rollout
-from services.controller.store import Fenced, Store, StoreError, open_store
+from services.controller.store import Fenced, Store, StoreError
+from services.controller.stores import open_store
 from tests.support.net import free_port
 from tests.unit.controller.helpers import created, spec
 

@@ -23,6 +23,8 @@ PURE_MODULES = [
     "core/keys.py",
     "core/view.py",
     "core/units.py",
+    "core/spec_yaml.py",
+    "core/bounds.py",
     "core/election.py",
     "core/probes.py",
     "services/controller/apps.py",

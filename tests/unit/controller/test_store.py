@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.controller.store import open_store
 from services.controller.store_sqlite import SqliteStore
+from services.controller.stores import open_store
 from tests.unit.controller.helpers import created
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+from core import codec
 from core.bus import Bus
 from core.channels import (
     APPS,
@@ -120,6 +121,19 @@ async def test_a_standby_takes_over_when_the_leader_dies_and_moves_nothing() -> 
         assert first.is_leader()
         assert not second.is_leader()
         assert second.cluster is None
+
+        # an invalid node command gets one answer, the leader's: the standby stays quiet
+        answers: list[str] = []
+        await bus.watch(
+            f"{PREFIX}/reply/+", lambda _t, env: answers.append(env.src) if env else None
+        )
+        bad = bus.envelope(
+            NODE.kind, {"node": "n1", "action": "explode"}, reply_to=f"{PREFIX}/reply/w"
+        )
+        await bus.publish_raw(NODE.topic(PREFIX), codec.encode(bad))
+        await eventually(lambda: answers)
+        await bus.sync()
+        assert answers == ["scheduler/s1"]
 
         broker.crash(first.bus.client_id)  # kill -9: the broker publishes its last will
         await eventually(second.is_leader)
