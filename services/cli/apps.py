@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -15,37 +15,40 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.bus import Bus
-from core.channels import (
-    APPLY,
-    APPS,
-    DELETE,
-    HEALTH,
-    NODE_INFO,
-    NODE_REPLICAS,
-    SCALER_STATUS,
-    SCHEDULER_STATUS,
-)
+from core.channels import APPLY, APPS, DELETE, HEALTH, NODE_REPLICAS, SCHEDULER_STATUS
 from core.commands import ApplyCommand, DeleteCommand, Reply
 from core.errors import ShoalError, SpecError
 from core.keys import AppKey
 from core.spec import load_specs, parse_documents
-from core.state import (
-    AppHealth,
-    AppState,
-    NodeInfo,
-    NodeReplicas,
-    ScalerStatus,
-    SchedulerStatus,
-)
-from core.units import format_memory
 from services.cli.client import (
     ClientOptions,
     client_options,
     connect,
     console,
     err_console,
-    print_json,
     run_async,
+)
+from services.cli.output import FORMATS, age, name_lines, parse_selector, render_document
+from services.cli.views import (
+    APP_COLUMNS,
+    APP_WIDE_COLUMNS,
+    NODE_COLUMNS,
+    NODE_WIDE_COLUMNS,
+    REPLICA_COLUMNS,
+    REPLICA_WIDE_COLUMNS,
+    Snapshot,
+    app_row,
+    app_views,
+    live_snapshot,
+    node_json,
+    node_row,
+    node_rows,
+    not_ready_reasons,
+    read_snapshot,
+    replica_json,
+    replica_row,
+    replica_views,
+    rollout_progress,
 )
 
 
@@ -81,12 +84,30 @@ def _fail(errors: list[str]) -> NoReturn:
     sys.exit(1)
 
 
-def _print_reply(reply: Reply) -> None:
-    if not reply.ok:
-        _fail(reply.errors)
+def reply_lines(reply: Reply, dry_run: bool) -> list[str]:
+    """``app default/web created (revision 1)``, or with ``--dry-run`` what would happen:
+    ``app default/web would be created as revision 1 (dry run)``."""
+    lines = []
     for result in reply.results:
         key = AppKey(result.namespace, result.name)
-        click.echo(f"app {key} {result.change} (revision {result.revision})")
+        if not dry_run:
+            lines.append(f"app {key} {result.change} (revision {result.revision})")
+        elif result.change == "unchanged":
+            lines.append(f"app {key} unchanged (revision {result.revision}) (dry run)")
+        elif result.change == "created":
+            lines.append(f"app {key} would be created as revision {result.revision} (dry run)")
+        else:
+            lines.append(
+                f"app {key} would be {result.change} (revision {result.revision}) (dry run)"
+            )
+    return lines
+
+
+def _print_reply(reply: Reply, dry_run: bool = False) -> None:
+    if not reply.ok:
+        _fail(reply.errors)
+    for line in reply_lines(reply, dry_run):
+        click.echo(line)
 
 
 # -- apply ------------------------------------------------------------------------------
@@ -127,24 +148,19 @@ async def _apply(
             ApplyCommand(apps=docs, dry_run=dry_run, source=f"cli:{source}"),
             timeout=opts.timeout,
         )
-        _print_reply(reply)
+        _print_reply(reply, dry_run)
         if wait and not dry_run:
             keys = [AppKey(r.namespace, r.name) for r in reply.results]
             await wait_ready(bus, keys, wait_timeout)
 
 
-def rollout_progress(app: AppState, health: AppHealth | None) -> tuple[int, int, int]:
-    """(ready replicas of the current revision, desired, replicas of other revisions)."""
-    replicas = health.replicas if health else []
-    ready = sum(1 for r in replicas if r.revision == app.revision and r.ready and not r.terminating)
-    others = sum(1 for r in replicas if r.revision != app.revision and not r.terminating)
-    return ready, app.replicas, others
-
-
 async def wait_ready(bus: Bus, keys: list[AppKey], timeout: float) -> None:
-    """Show progress until every app has all replicas of its revision ready."""
+    """Show progress until every app has all replicas of its revision ready; on timeout,
+    say what each app still waits for."""
     apps = await bus.view(APPS)
     healths = await bus.view(HEALTH)
+    placements = await bus.view(SCHEDULER_STATUS)
+    observed = await bus.view(NODE_REPLICAS)
     started = time.monotonic()
     with Progress(
         TextColumn("{task.description}"),
@@ -158,9 +174,16 @@ async def wait_ready(bus: Bus, keys: list[AppKey], timeout: float) -> None:
         pending = set(keys)
         while pending:
             if time.monotonic() - started > timeout:
+                replicas = [r for o in observed.values() for r in o.replicas]
                 raise ShoalError(
-                    f"timed out after {timeout:g}s waiting for "
-                    + ", ".join(str(key) for key in sorted(pending))
+                    f"timed out after {timeout:g}s waiting for every replica to be ready: "
+                    + " | ".join(
+                        f"{key}: "
+                        + not_ready_reasons(
+                            apps.get(key), healths.get(key), placements.get(key), replicas
+                        )
+                        for key in sorted(pending)
+                    )
                 )
             for key in list(pending):
                 app = apps.get(key)
@@ -181,203 +204,171 @@ async def wait_ready(bus: Bus, keys: list[AppKey], timeout: float) -> None:
 
 # -- get --------------------------------------------------------------------------------
 
+KINDS = {
+    "app": "apps",
+    "apps": "apps",
+    "node": "nodes",
+    "nodes": "nodes",
+    "replica": "replicas",
+    "replicas": "replicas",
+}
 
-def _age(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    s = max(0, int(time.time() - ts))
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    return f"{s // 3600}h"
+
+def output_option(func: Any) -> Any:
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
+        help="table, wide (more columns), name, json or yaml (times in RFC 3339)",
+    )(func)
 
 
 @click.command()
-@click.argument("what", type=click.Choice(["apps", "nodes", "replicas"]))
+@click.argument("what", type=click.Choice(sorted(KINDS)))
+@click.argument("name", required=False)
 @click.option("-n", "--namespace", default=None, help="only this namespace")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("-l", "--selector", default=None, help="key=value[,key=value]: labels to match")
+@output_option
+@click.option("-w", "--watch", is_flag=True, help="print again on every change, until Ctrl-C")
+@click.option(
+    "--watch-timeout", default=None, type=float, help="with -w: stop after this many seconds"
+)
 @client_options
-def get(opts: ClientOptions, what: str, namespace: str | None, output: str) -> None:
-    """List apps, nodes or replicas."""
-    run_async(_get(opts, what, namespace, output))
-
-
-async def _get(opts: ClientOptions, what: str, namespace: str | None, output: str) -> None:
-    async with connect(opts) as bus:
-        app_view = await bus.view(APPS)
-        health_view = await bus.view(HEALTH)
-        node_view = await bus.view(NODE_INFO)
-        observed_view = await bus.view(NODE_REPLICAS)
-        placement_view = await bus.view(SCHEDULER_STATUS)
-        scaling_view = await bus.view(SCALER_STATUS)
-        await bus.sync()
-        apps = sorted(app_view.items())
-        healths = dict(health_view)
-        nodes = list(node_view.values())
-        observed = list(observed_view.values())
-        placement = dict(placement_view)
-        scaling = dict(scaling_view)
-    if namespace:
-        apps = [(key, a) for key, a in apps if key.namespace == namespace]
-    nodes.sort(key=lambda n: n.node)
-    replicas = sorted(
-        (r for o in observed for r in o.replicas if not namespace or r.namespace == namespace),
-        key=lambda r: r.id,
-    )
-    if what == "apps":
-        running = Counter(AppKey(r.namespace, r.app) for r in replicas if r.phase == "running")
-        views = [
-            AppView(a, healths.get(key), running[key], placement.get(key), scaling.get(key))
-            for key, a in apps
-        ]
-        _show_apps(views, output)
-    elif what == "nodes":
-        _show_nodes(nodes, observed, output)
-    else:
-        ready = {r.id: r for h in healths.values() for r in h.replicas}
-        # A lost node's last report stays retained: say so instead of showing it as current.
-        node_status = {n.node: n.status for n in nodes}
-        if output == "json":
-            print_json(
-                [
-                    {
-                        **r.model_dump(mode="json"),
-                        "ready": bool(ready.get(r.id) and ready[r.id].ready),
-                        "node_status": node_status.get(r.node, "unknown"),
-                    }
-                    for r in replicas
-                ]
-            )
-            return
-        table = Table(box=None, header_style="bold")
-        for col in ("ID", "APP", "REV", "NODE", "PHASE", "READY", "ENDPOINTS", "RESTARTS", "AGE"):
-            table.add_column(col)
-        for r in replicas:
-            h = ready.get(r.id)
-            phase = r.phase + (f" ({r.reason})" if r.reason else "")
-            if node_status.get(r.node) != "ready":
-                phase = f"unknown (node {node_status.get(r.node, 'unknown')})"
-            table.add_row(
-                r.id,
-                str(AppKey(r.namespace, r.app)),
-                str(r.revision),
-                r.node,
-                phase,
-                "yes" if h and h.ready else "no",
-                " ".join(f"{k}={v}" for k, v in r.endpoints.items()) or "-",
-                str(r.restarts),
-                _age(r.started_at),
-            )
-        console.print(table)
+def get(
+    opts: ClientOptions,
+    what: str,
+    name: str | None,
+    namespace: str | None,
+    selector: str | None,
+    output: str,
+    watch: bool,
+    watch_timeout: float | None,
+) -> None:
+    """List apps, nodes or replicas, or show one: ``get app NAME [-n NS]``."""
+    kind = KINDS[what]
+    labels = parse_selector(selector)
+    if labels and kind == "replicas":
+        raise click.BadParameter("labels select apps and nodes", param_hint="-l")
+    if name is not None and kind == "apps" and namespace is None:
+        namespace = "default"
+    query = Query(kind, name, namespace, labels, output)
+    if watch:
+        run_async(_watch(opts, query, watch_timeout))
+        return
+    snap = run_async(fetch_snapshot(opts))
+    text = render(query, snap, time.time())
+    if text is None:
+        raise_not_found(query)
+    click.echo(text, nl=False)
 
 
 @dataclass(frozen=True)
-class AppView:
-    """One row of ``get apps``: desired state joined with what the other services report."""
-
-    app: AppState
-    health: AppHealth | None
-    running: int
-    placement: SchedulerStatus | None
-    scaler: ScalerStatus | None
-
-    @property
-    def ready(self) -> int:
-        return rollout_progress(self.app, self.health)[0]
-
-    @property
-    def autoscale(self) -> str:
-        spec = self.app.spec.autoscale
-        if spec is None:
-            return "-"
-        bounds = f"{spec.min}-{spec.max}"
-        return f"{bounds}: {self.scaler.reason}" if self.scaler else bounds
-
-    @property
-    def notes(self) -> str:
-        parts = [self.app.message] if self.app.message else []
-        if self.placement is not None and self.placement.unplaceable:
-            parts.append(self.placement.message)
-        return "; ".join(parts)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            **self.app.model_dump(mode="json"),
-            "ready": self.ready,
-            "current": self.running,
-            "desired": self.app.replicas,
-            "placement": self.placement.model_dump(mode="json") if self.placement else None,
-            "autoscaler": self.scaler.model_dump(mode="json") if self.scaler else None,
-            "notes": self.notes,
-        }
+class Query:
+    kind: str  # apps, nodes, replicas
+    name: str | None
+    namespace: str | None
+    selector: dict[str, str]
+    output: str
 
 
-def _show_apps(views: list[AppView], output: str) -> None:
-    if output == "json":
-        print_json([v.as_json() for v in views])
-        return
+def raise_not_found(query: Query) -> NoReturn:
+    singular = query.kind[:-1]
+    where = f"{query.namespace}/" if query.kind == "apps" else ""
+    err_console.print(
+        f"[red]error:[/red] {singular} {where}{query.name} not found", highlight=False
+    )
+    sys.exit(1)
+
+
+async def fetch_snapshot(opts: ClientOptions) -> Snapshot:
+    async with connect(opts) as bus:
+        return await read_snapshot(bus)
+
+
+async def _watch(opts: ClientOptions, query: Query, timeout: float | None) -> None:
+    """Print on start and again whenever what is printed changes (ages aside)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    async with connect(opts, persistent=True) as bus:
+        last: str | None = None
+        current = await live_snapshot(bus)
+        while deadline is None or time.monotonic() < deadline:
+            snap = current()
+            # compare without ages, which change every second
+            key = render(query, snap, 0.0)
+            if key != last:
+                last = key
+                text = render(query, snap, time.time())
+                click.echo(
+                    text if text is not None else f"({query.kind[:-1]} {query.name} not found)\n",
+                    nl=False,
+                )
+                if query.output in ("table", "wide"):
+                    click.echo("")
+            await asyncio.sleep(0.5)
+
+
+def render(query: Query, snap: Snapshot, now: float) -> str | None:
+    """The text ``get`` prints for ``query`` (None: the one object asked for is missing).
+
+    ``now`` 0 renders ages as ``-`` (watch compares renderings without them).
+    """
+    wide = query.output == "wide"
+    columns: Sequence[str]
+    rows: list[list[str]]
+    docs: list[dict[str, Any]]
+    names: list[str]
+
+    def ago(ts: float | None) -> str:
+        return age(ts, now) if now else "-"
+
+    if query.kind == "apps":
+        views = app_views(snap, query.namespace, query.name, query.selector)
+        columns = APP_WIDE_COLUMNS if wide else APP_COLUMNS
+        rows = [app_row(v, ago(v.app.updated), wide) for v in views]
+        docs = [v.as_json() for v in views]
+        names = [str(v.app.key) for v in views]
+    elif query.kind == "nodes":
+        nodes = [
+            n for n in node_rows(snap, query.selector) if query.name is None or n.node == query.name
+        ]
+        columns = NODE_WIDE_COLUMNS if wide else NODE_COLUMNS
+        rows = [node_row(n, ago(n.heartbeat), wide) for n in nodes]
+        docs = [node_json(n) for n in nodes]
+        names = [n.node for n in nodes]
+    else:
+        replicas = replica_views(snap, query.namespace, query.name)
+        health = snap.replica_health()
+        status = {n.node: n.status for n in snap.nodes.values()}
+        columns = REPLICA_WIDE_COLUMNS if wide else REPLICA_COLUMNS
+        rows = [
+            replica_row(r, health.get(r.id), status.get(r.node), ago(r.started_at), wide)
+            for r in replicas
+        ]
+        docs = [replica_json(r, health.get(r.id), status.get(r.node)) for r in replicas]
+        names = [r.id for r in replicas]
+    if query.name is not None and not names:
+        return None
+    if query.output in ("json", "yaml"):
+        # one object asked for: that object, not a list of one
+        return render_document(docs[0] if query.name is not None else docs, query.output) + (
+            "\n" if query.output == "json" else ""
+        )
+    if query.output == "name":
+        return name_lines(query.kind[:-1], names)
+    return table_text(columns, rows)
+
+
+def table_text(columns: Sequence[str], rows: list[list[str]]) -> str:
     table = Table(box=None, header_style="bold")
-    for col in (
-        "NAMESPACE",
-        "NAME",
-        "REV",
-        "READY",
-        "CURRENT",
-        "DESIRED",
-        "IMAGE",
-        "ROUTE",
-        "PHASE",
-        "AUTOSCALE",
-        "AGE",
-        "NOTES",
-    ):
-        table.add_column(col)
-    for v in views:
-        a = v.app
-        route = "-"
-        if a.spec.route is not None:
-            route = f"{a.spec.route.host or '*'}{a.spec.route.path}"
-        table.add_row(
-            a.namespace,
-            a.name,
-            str(a.revision),
-            str(v.ready),
-            str(v.running),
-            str(a.replicas),
-            a.spec.image,
-            route,
-            a.phase,
-            v.autoscale,
-            _age(a.updated),
-            v.notes,
-        )
-    console.print(table)
-
-
-def _show_nodes(nodes: list[NodeInfo], observed: list[NodeReplicas], output: str) -> None:
-    counts = {o.node: len(o.replicas) for o in observed}
-    if output == "json":
-        print_json(
-            [{**n.model_dump(mode="json"), "replicas": counts.get(n.node, 0)} for n in nodes]
-        )
-        return
-    table = Table(box=None, header_style="bold")
-    for col in ("NODE", "ADDRESS", "STATUS", "CPU", "MEMORY", "REPLICAS", "LABELS", "HEARTBEAT"):
-        table.add_column(col)
-    for n in nodes:
-        status = n.status + (f" ({n.reason})" if n.reason else "")
-        table.add_row(
-            n.node,
-            n.address,
-            status,
-            f"{n.capacity.cpu:g}",
-            format_memory(n.capacity.memory),
-            str(counts.get(n.node, 0)),
-            ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-",
-            _age(n.heartbeat),
-        )
-    console.print(table)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    with console.capture() as capture:
+        console.print(table)
+    return capture.get()
 
 
 # -- delete -----------------------------------------------------------------------------

@@ -16,10 +16,12 @@ import click
 from pydantic import BaseModel
 from rich.console import Console
 
-from core.bus import Bus, connect_bus
+from core.bus import Bus, MqttBus
 from core.config import DEFAULT_BROKER, BrokerURL, ConfigError
-from core.errors import ShoalError
+from core.errors import BusError, ShoalError
+from core.logs import setup_logging
 from core.topics import Topics
+from services.cli.output import with_rfc3339
 
 T = TypeVar("T")
 
@@ -44,6 +46,7 @@ def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
         default=DEFAULT_BROKER,
         show_default=True,
         help="mqtt://[user:pass@]host[:port] or mqtts://...",
+        show_envvar=True,
     )
     @click.option(
         "--prefix",
@@ -51,9 +54,12 @@ def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
         default="shoal",
         show_default=True,
         help="topic prefix of the cluster",
+        show_envvar=True,
     )
     @click.option(
         "--timeout",
+        envvar="SHOAL_TIMEOUT",
+        show_envvar=True,
         default=10.0,
         show_default=True,
         type=float,
@@ -77,19 +83,57 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         sys.exit(130)
 
 
+class CliBus(MqttBus):
+    """The CLI's bus: remembers why its first connection attempt failed, so a command
+    that is not waiting stops there (one error line) instead of retrying until --timeout."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def _session(self) -> None:
+        try:
+            await super()._session()
+        except self.connection_errors as err:
+            if not self.refused.done() and not self.connects:
+                self.refused.set_result(err)
+            raise
+
+
+async def wait_first_connection(bus: CliBus, timeout: float, persistent: bool) -> None:
+    """Until connected; raises at the first refused attempt unless ``persistent``."""
+    connected = asyncio.ensure_future(bus.wait_connected(timeout))
+    waiters: set[asyncio.Future[Any]] = {connected}
+    if not persistent:
+        waiters.add(bus.refused)
+    done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    if connected in done:
+        connected.result()  # raises BusError on timeout
+        return
+    connected.cancel()
+    error = bus.refused.result()
+    raise BusError(f"no connection to the broker at {bus.describe()}: {error}")
+
+
 @asynccontextmanager
-async def connect(opts: ClientOptions) -> AsyncIterator[Bus]:
-    """A connected bus for one CLI invocation."""
+async def connect(opts: ClientOptions, *, persistent: bool = False) -> AsyncIterator[Bus]:
+    """A connected bus for one CLI invocation.
+
+    The bus's reconnect warnings are silenced (errors only): a refused connection prints
+    one error line. ``persistent`` (watching) keeps retrying until ``--timeout`` instead
+    of failing at the first refusal.
+    """
     try:
         url = BrokerURL.parse(opts.broker)
     except ConfigError as err:
         raise click.BadParameter(str(err), param_hint="--broker") from err
+    setup_logging("error")
     client_id = f"cli-{uuid.uuid4().hex[:10]}"
-    bus = connect_bus(url, Topics(opts.prefix), client_id=client_id, src="cli")
+    bus = CliBus(url, Topics(opts.prefix), client_id=client_id, src="cli")
     task = asyncio.create_task(bus.run(), name="cli-bus")
     try:
         try:
-            await bus.wait_connected(opts.timeout)
+            await wait_first_connection(bus, opts.timeout, persistent)
         except ShoalError as err:
             raise type(err)(f"{err} (is `shoal up` running? pass --broker)") from err
         yield bus
@@ -108,4 +152,5 @@ def print_json(value: Any) -> None:
             return obj.model_dump(mode="json")
         raise TypeError(type(obj).__name__)
 
-    click.echo(json.dumps(value, default=default, indent=2, sort_keys=True))
+    plain = json.loads(json.dumps(value, default=default))
+    click.echo(json.dumps(with_rfc3339(plain), indent=2, sort_keys=True))

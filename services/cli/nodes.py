@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
 
 import click
-from rich.table import Table
 
 from core.bus import Bus
-from core.channels import NODE, NODE_ASSIGN, NODE_CORDON, NODE_INFO
+from core.channels import NODE, NODE_ASSIGN
 from core.commands import NodeCommand
 from core.errors import RequestTimeout, ShoalError
 from core.logs import setup_logging
-from core.state import NodeAssignment, NodeCordon, NodeInfo
-from core.units import format_memory
+from services.cli.apps import Query, fetch_snapshot, output_option, raise_not_found, render
 from services.cli.client import (
     ClientOptions,
     client_options,
     connect,
-    console,
     err_console,
-    print_json,
     run_async,
 )
+from services.cli.output import parse_selector
 
 
 @click.group("node")
@@ -112,80 +107,18 @@ def drain(opts: ClientOptions, node_id: str, reason: str, wait: bool, drain_time
     )
 
 
-@dataclass(frozen=True, slots=True)
-class NodeRow:
-    node: str
-    status: str
-    schedule: str
-    labels: dict[str, str]
-    replicas: int
-    cpu: float
-    cpu_capacity: float
-    memory: int
-    memory_capacity: int
-
-
-def node_rows(
-    infos: Iterable[NodeInfo],
-    assigns: Mapping[str, NodeAssignment],
-    cordons: Mapping[str, NodeCordon],
-) -> list[NodeRow]:
-    """One row per node: status, cordon, labels, replicas and what they request."""
-    rows = []
-    for info in sorted(infos, key=lambda i: i.node):
-        assignment = assigns.get(info.node) or NodeAssignment(node=info.node)
-        specs = [assignment.specs.get(r.spec_key) for r in assignment.replicas]
-        cordon = cordons.get(info.node)
-        schedule = ("draining" if cordon.drain else "cordoned") if cordon is not None else ""
-        rows.append(
-            NodeRow(
-                node=info.node,
-                status=info.status,
-                schedule=schedule,
-                labels=dict(info.labels),
-                replicas=len(assignment.replicas),
-                cpu=round(sum(sp.resources.cpu for sp in specs if sp is not None), 3),
-                cpu_capacity=info.capacity.cpu,
-                memory=sum(sp.resources.memory for sp in specs if sp is not None),
-                memory_capacity=info.capacity.memory,
-            )
-        )
-    return rows
-
-
 @node.command("list")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.argument("name", required=False)
+@click.option("-l", "--selector", default=None, help="key=value[,key=value]: labels to match")
+@output_option
 @client_options
-def list_nodes(opts: ClientOptions, output: str) -> None:
-    """Nodes with their status, cordon, labels and allocated requests."""
-    setup_logging("warning")  # stdout carries the answer only
-
-    async def go() -> list[NodeRow]:
-        async with connect(opts) as bus:
-            infos = await bus.view(NODE_INFO)
-            assigns = await bus.view(NODE_ASSIGN)
-            cordons = await bus.view(NODE_CORDON)
-            await bus.sync()
-            return node_rows(infos.values(), assigns, cordons)
-
-    rows = run_async(go())
-    if output == "json":
-        print_json([asdict(row) for row in rows])
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("NODE", "STATUS", "SCHEDULE", "REPLICAS", "CPU", "MEMORY", "LABELS"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row.node,
-            row.status,
-            row.schedule,
-            str(row.replicas),
-            f"{row.cpu:g}/{row.cpu_capacity:g}",
-            f"{format_memory(row.memory)}/{format_memory(row.memory_capacity)}",
-            ",".join(f"{k}={v}" for k, v in sorted(row.labels.items())),
-        )
-    console.print(table)
+def list_nodes(opts: ClientOptions, name: str | None, selector: str | None, output: str) -> None:
+    """Nodes with their status, cordon, labels and allocated requests (= ``get nodes``)."""
+    query = Query("nodes", name, None, parse_selector(selector), output)
+    text = render(query, run_async(fetch_snapshot(opts)), time.time())
+    if text is None:
+        raise_not_found(query)
+    click.echo(text, nl=False)
 
 
 COMMANDS: list[click.Command] = [node]

@@ -250,10 +250,30 @@ async def _status(
 
 @click.command()
 @click.option("-f", "--file", "files", multiple=True, required=True, help="'-' for stdin")
-@click.option("--exit-code", is_flag=True, help="exit 1 when an apply would change something")
+@click.option(
+    "--exit-code/--no-exit-code",
+    default=True,
+    show_default=True,
+    help="exit 1 when an apply would change something (as kubectl diff); errors exit 2",
+)
 @client_options
 def diff(opts: ClientOptions, files: tuple[str, ...], exit_code: bool) -> None:
-    """What `shoal apply -f FILE` would change, field by field (nothing is changed)."""
+    """What `shoal apply -f FILE` would change, field by field (nothing is changed).
+
+    Exit status as kubectl diff's: 0 nothing would change, 1 something would, 2 an error
+    (an invalid spec, a refused connection, no answer).
+    """
+    try:
+        changed = _diff_files(opts, files)
+    except SystemExit as err:
+        if err.code == 1:  # every error path of the shared helpers exits 1
+            sys.exit(2)
+        raise
+    if exit_code and changed:
+        sys.exit(1)
+
+
+def _diff_files(opts: ClientOptions, files: tuple[str, ...]) -> bool:
     docs: list[Any] = []
     errors: list[str] = []
     for path in files:
@@ -268,9 +288,7 @@ def diff(opts: ClientOptions, files: tuple[str, ...], exit_code: bool) -> None:
             errors.extend(err.errors)
     if errors:
         _refused(errors)
-    changed = run_async(_diff(opts, docs, ",".join(files)))
-    if exit_code and changed:
-        sys.exit(1)
+    return run_async(_diff(opts, docs, ",".join(files)))
 
 
 async def _diff(opts: ClientOptions, docs: list[Any], source: str) -> bool:

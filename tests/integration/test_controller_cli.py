@@ -78,7 +78,7 @@ async def test_diff_history_undo_status_promote_abort(
             "default/web: unchanged (revision 1)",
         )
         changed = await shoal(mosquitto, prefix, "diff", "-f", v2)
-        assert changed.code == 0
+        assert changed.code == 1  # as kubectl diff: 1 when something would change
         assert "~ default/web: new revision 2 (now 1), rolled out" in changed.out
         assert "    image: shoal-test/echo:v1 -> shoal-test/echo:v2" in changed.out
         assert "    replicas: 2 -> 3" in changed.out
