@@ -84,7 +84,12 @@ class Actions:
         node = self.node
         node.set_hint(replica.id, "creating")
         config = create_config(
-            spec, replica, prefix=node.prefix, node=node.id, address=node.options.address
+            spec,
+            replica,
+            prefix=node.prefix,
+            node=node.id,
+            address=node.options.address,
+            limits=node.options.limits,
         )
         name = container_name(node.id, replica.id)
         try:

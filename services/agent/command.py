@@ -11,6 +11,7 @@ from core.options import service_options
 from core.service import run_service
 from core.state import check_node_id
 from core.units import parse_cpu, parse_memory
+from services.agent.containers import DEFAULT_LIMITS, ContainerLimits
 from services.agent.plan import RestartPolicy
 from services.agent.registry import Credential, parse_auth_flag, parse_config
 
@@ -66,6 +67,26 @@ def parse_labels(text: str) -> dict[str, str]:
     default=None,
     help='Docker config.json-style credentials file ({"auths": {...}})',
 )
+@click.option(
+    "--pids-limit",
+    default=DEFAULT_LIMITS.pids,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="most processes a container may run (every container gets it)",
+)
+@click.option(
+    "--log-max-size",
+    default=DEFAULT_LIMITS.log_max_size,
+    show_default=True,
+    help="largest container log file before rotation (json-file driver), e.g. 10m",
+)
+@click.option(
+    "--log-max-files",
+    default=DEFAULT_LIMITS.log_max_files,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="rotated log files kept per container",
+)
 def command(
     config: ServiceConfig,
     node_id: str,
@@ -82,6 +103,9 @@ def command(
     restart_reset: float,
     registry_auth: tuple[str, ...],
     registry_config: Path | None,
+    pids_limit: int,
+    log_max_size: str,
+    log_max_files: int,
 ) -> None:
     """Run the node agent: make the Docker engine match this node's assignment."""
     from services.agent.node import AgentOptions
@@ -105,6 +129,12 @@ def command(
             credentials[host] = credential
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--registry-auth") from err
+    try:
+        limits = ContainerLimits(
+            pids=pids_limit, log_max_size=log_max_size, log_max_files=log_max_files
+        )
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--log-max-size") from err
     options = AgentOptions(
         node_id=node_id,
         address=address,
@@ -117,6 +147,7 @@ def command(
         stats_interval=stats_interval,
         restart=RestartPolicy(initial=restart_initial, cap=restart_cap, reset_after=restart_reset),
         registry_auth=credentials,
+        limits=limits,
     )
 
     def factory(cfg: ServiceConfig) -> AgentService:

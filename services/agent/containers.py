@@ -1,12 +1,14 @@
 """What the agent asks Docker for and what it reads back: pure translation, no I/O.
 
 - ``container_name`` / ``container_labels``: the naming conventions of core/README.md;
-- ``create_config``: an ``AppSpec`` replica as a Docker ``containers/create`` body;
+- ``create_config``: an ``AppSpec`` replica as a Docker ``containers/create`` body, with
+  the node's ``ContainerLimits`` (a pids limit and log size limits on every container);
 - ``parse_container``: a ``containers/<id>/json`` (inspect) answer as a ``Container``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +26,39 @@ LABEL_REVISION = "shoal.revision"
 LABEL_DRAIN = "shoal.drain"
 LABEL_GRACE = "shoal.grace"
 LABEL_PORTS = "shoal.ports"
+
+
+#: Docker's json-file ``max-size``: a number and a unit.
+LOG_SIZE = re.compile(r"^[1-9][0-9]*[kmg]$")
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerLimits:
+    """What every container of a node gets, whatever its spec says (agent options).
+
+    A pids limit (a fork bomb stops at it instead of exhausting the node's process table)
+    and Docker's ``json-file`` log rotation (a chatty replica cannot fill the node's disk):
+    at most ``log_max_files`` files of ``log_max_size`` each. The memory limit is always
+    set too: it is the spec's request, or ``memory_limit`` when larger (``Resources``).
+    """
+
+    pids: int = 4096
+    log_max_size: str = "10m"
+    log_max_files: int = 3
+
+    def __post_init__(self) -> None:
+        if self.pids < 1:
+            raise ValueError(f"pids limit {self.pids} must be at least 1")
+        if self.log_max_files < 1:
+            raise ValueError(f"log max files {self.log_max_files} must be at least 1")
+        if not LOG_SIZE.match(self.log_max_size):
+            raise ValueError(
+                f"log max size {self.log_max_size!r} must be a number with k, m or g (e.g. 10m)"
+            )
+
+
+#: The node's defaults (``shoal run agent --pids-limit/--log-max-size/--log-max-files``).
+DEFAULT_LIMITS = ContainerLimits()
 
 
 def container_name(node: str, replica: str) -> str:
@@ -58,7 +93,13 @@ def container_labels(
 
 
 def create_config(
-    spec: AppSpec, replica: AssignedReplica, *, prefix: str, node: str, address: str
+    spec: AppSpec,
+    replica: AssignedReplica,
+    *,
+    prefix: str,
+    node: str,
+    address: str,
+    limits: ContainerLimits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
     """The body of ``POST /containers/create`` for one replica."""
     env = [f"{k}={v}" for k, v in spec.env.items()]
@@ -80,6 +121,11 @@ def create_config(
         "NanoCpus": round(spec.resources.cpu_limit * 1e9) if spec.resources.cpu_limit else 0,
         "Memory": memory_limit,
         "MemorySwap": memory_limit,  # no swap: the limit is the limit
+        "PidsLimit": limits.pids,
+        "LogConfig": {
+            "Type": "json-file",
+            "Config": {"max-size": limits.log_max_size, "max-file": str(limits.log_max_files)},
+        },
         "RestartPolicy": {"Name": "no"},  # restarts are Shoal's
         "SecurityOpt": ["no-new-privileges:true"] if security.no_new_privileges else [],
         "ReadonlyRootfs": security.read_only_rootfs,

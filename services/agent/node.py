@@ -20,7 +20,7 @@ from typing import Any
 
 from core.spec import Resources
 from core.state import NodeAssignment, NodeReplicas
-from services.agent.containers import Container
+from services.agent.containers import DEFAULT_LIMITS, Container, ContainerLimits
 from services.agent.plan import Hint, ReplicaRecord, RestartPolicy, remembered
 from services.agent.registry import Credential
 
@@ -41,6 +41,7 @@ class AgentOptions:
     stats_interval: float = 5.0
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     registry_auth: dict[str, Credential] = field(default_factory=dict)
+    limits: ContainerLimits = DEFAULT_LIMITS
 
 
 def host_capacity() -> tuple[float, int]:

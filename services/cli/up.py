@@ -168,6 +168,13 @@ def _has_service(name: str) -> bool:
     help="advertise address of the local node (replica ports are published there)",
 )
 @click.option("--labels", default="", help="node labels k=v,k=v")
+@click.option(
+    "--policy",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+    help="the controller's admission policy (YAML, see configs/policy.yaml); without it, "
+    "privileged mode, added capabilities, host bind mounts and the Docker socket are refused",
+)
 @click.option("--no-agent", is_flag=True, help="do not run a local agent (control plane only)")
 @click.option(
     "--log-level",
@@ -187,6 +194,7 @@ def up(
     node_id: str,
     address: str,
     labels: str,
+    policy: str | None,
     no_agent: bool,
     log_level: str,
     log_format: str,
@@ -222,7 +230,7 @@ def up(
         )
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     plan: list[tuple[str, list[str]]] = [
-        ("controller", ["--data-dir", data_dir]),
+        ("controller", ["--data-dir", data_dir, *(["--policy", policy] if policy else [])]),
         ("scheduler", []),
         ("health", []),
         ("balancer", ["--listen", listen, "--admin", admin]),

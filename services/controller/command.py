@@ -5,8 +5,10 @@ from pathlib import Path
 import click
 
 from core.config import ServiceConfig
+from core.errors import SpecError
 from core.options import data_dir_default, service_options
 from core.service import run_service
+from services.controller.admission import read_policy
 from services.controller.service import ControllerService
 
 
@@ -28,11 +30,27 @@ from services.controller.service import ControllerService
     help="an external store instead of the data dir: postgresql://user:pass@host:port/db "
     "(controllers on several machines share it; one leads)",
 )
-def command(config: ServiceConfig, data_dir: str, store: str | None) -> None:
+@click.option(
+    "--policy",
+    "policy_file",
+    envvar="SHOAL_POLICY",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="admission policy (YAML): what specs may ask of a node, per namespace; without "
+    "it, privileged mode, added capabilities, host bind mounts and the Docker socket are "
+    "refused",
+)
+def command(
+    config: ServiceConfig, data_dir: str, store: str | None, policy_file: Path | None
+) -> None:
     """Validate commands, assign revisions, persist apps, publish desired state, roll out."""
+    try:
+        policy = read_policy(policy_file)
+    except SpecError as err:
+        raise click.BadParameter("\n".join(err.errors), param_hint="--policy") from err
 
     def factory(cfg: ServiceConfig) -> ControllerService:
-        return ControllerService(cfg, Path(data_dir), store=store or None)
+        return ControllerService(cfg, Path(data_dir), store=store or None, policy=policy)
 
     factory.name = ControllerService.name  # type: ignore[attr-defined]
     run_service(factory, config)

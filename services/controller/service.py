@@ -51,6 +51,13 @@ from core.runner import Reconciler
 from core.service import Service
 from core.spec import validate_apps
 from core.state import AppHealth, AppState, NodeReplicas, ReplicaStatus
+from services.controller.admission import (
+    DEFAULT_POLICY,
+    Policy,
+    admission_errors,
+    check_admission,
+    describe,
+)
 from services.controller.apps import (
     AppRecord,
     Decision,
@@ -91,8 +98,11 @@ class ControllerService(Service):
         data_dir: Path | str | None = None,
         *,
         store: str | None = None,
+        policy: Policy = DEFAULT_POLICY,
     ) -> None:
         super().__init__(config)
+        #: what specs may ask of a node, per namespace (``admission.py``)
+        self.policy = policy
         if store is None and data_dir is None:
             raise ValueError("the controller needs a data dir or a store URL")
         #: ``postgresql://...`` or the SQLite file
@@ -191,6 +201,12 @@ class ControllerService(Service):
         )
         for key in sorted(self.broken):
             self.log.error("a stored app does not read back: not served", app=str(key))
+        self.log.info("admission policy", allows=describe(self.policy))
+        for key, record in sorted(apps.items()):
+            for line in admission_errors(record.state.spec, self.policy):
+                self.log.warning(
+                    "a stored app the policy would now refuse", app=str(key), rule=line
+                )
         if self._republishing is not None:
             self._republishing.cancel()
         self._republishing = asyncio.create_task(self._republish(), name="controller-republish")
@@ -314,6 +330,8 @@ class ControllerService(Service):
         specs = validate_apps(cmd.apps, cmd.source)
         source = _source("apply", cmd.source, env)
         async with self.lock:
+            # Refused before anything is decided: nothing stored, nothing published.
+            check_admission(specs, {k: r.state.spec for k, r in self.apps.items()}, self.policy)
             now = time.time()
             decisions = []
             for spec in specs:
@@ -376,6 +394,12 @@ class ControllerService(Service):
                         [f"app {key} has no revision {cmd.to_revision} (known: {known or 'none'})"]
                     )
                 row = found
+            # An old revision is admitted again: the policy may have changed since.
+            refused = admission_errors(row.spec, self.policy)
+            if refused:
+                raise SpecError(
+                    [f"cannot undo to revision {row.revision}: {line}" for line in refused]
+                )
             now = time.time()
             decision = decide_undo(
                 record,

@@ -9,6 +9,7 @@ import pytest
 from core.spec import AppSpec
 from core.state import AssignedReplica
 from services.agent.containers import (
+    ContainerLimits,
     container_name,
     create_config,
     owner_filters,
@@ -196,3 +197,36 @@ def test_explicit_limits_become_a_cpu_quota_and_a_larger_memory_limit() -> None:
     assert host["CpuShares"] == 256
     assert host["NanoCpus"] == 1_000_000_000
     assert host["Memory"] == host["MemorySwap"] == 128 * 1024**2
+
+
+def test_every_container_gets_a_pids_limit_a_memory_limit_and_log_rotation() -> None:
+    host = create_config(spec(), REPLICA, prefix="p", node="n", address="127.0.0.1")["HostConfig"]
+    assert host["PidsLimit"] == 4096
+    assert host["Memory"] == host["MemorySwap"] == 64 * 1024**2  # the default request
+    assert host["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-size": "10m", "max-file": "3"},
+    }
+
+
+def test_the_node_limits_are_the_agent_options() -> None:
+    limits = ContainerLimits(pids=128, log_max_size="1m", log_max_files=2)
+    host = create_config(spec(), REPLICA, prefix="p", node="n", address="127.0.0.1", limits=limits)[
+        "HostConfig"
+    ]
+    assert host["PidsLimit"] == 128
+    assert host["LogConfig"]["Config"] == {"max-size": "1m", "max-file": "2"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"pids": 0}, "pids limit 0"),
+        ({"log_max_files": 0}, "log max files 0"),
+        ({"log_max_size": "10"}, "log max size '10'"),
+        ({"log_max_size": "10 MB"}, "log max size"),
+    ],
+)
+def test_bad_limits_are_refused(fields: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        ContainerLimits(**fields)
