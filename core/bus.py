@@ -199,6 +199,13 @@ class Bus:
     # -- receiving ----------------------------------------------------------------------
 
     def _receive(self, topic: str, payload: bytes) -> None:
+        """Take one message off the connection; nothing a payload holds may end the session."""
+        try:
+            self._take(topic, payload)
+        except Exception:  # the receive loop must outlive any one message
+            log.exception("message dropped on receipt", topic=topic, size=len(payload))
+
+    def _take(self, topic: str, payload: bytes) -> None:
         if topic == self.reply_topic:
             try:
                 env = codec.decode(payload, allow_json=True)
@@ -238,6 +245,9 @@ class Bus:
             env = codec.decode(payload, allow_json=sub.allow_json)
         except CodecError as err:
             log.warning("malformed message dropped", topic=topic, error=str(err), size=len(payload))
+            return
+        except Exception:  # a decoder bug: drop the message, keep the dispatcher
+            log.exception("undecodable message dropped", topic=topic, size=len(payload))
             return
         try:
             result = sub.handler(topic, env)

@@ -6,12 +6,19 @@
 Command topics also accept the same envelope as JSON, told apart by its first byte
 (``{``; a msgpack map never starts with it), so ``mosquitto_pub`` can drive Shoal.
 An empty payload is the MQTT convention for "retained value deleted" and decodes to None.
+
+Every topic is writable by someone, so ``decode`` refuses (``CodecError``) a payload larger
+than ``MAX_PAYLOAD`` or nested deeper than ``MAX_DEPTH`` before it builds anything from it:
+JSON is scanned for its depth before ``json.loads`` (which recurses); msgpack is unpacked by
+its C unpacker (a bounded stack of its own, lengths capped by the payload's size) and
+checked for depth without recursion before validation.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any, TypeVar
@@ -23,6 +30,17 @@ from core.errors import CodecError
 from core.logs import get_logger
 
 WIRE_VERSION = 1
+
+#: The largest payload decoded: 4 MiB. The shipped broker carries at most 1 MiB
+#: (configs/mosquitto.conf); the largest legitimate messages (an assignment of a node with many
+#: distinct specs, an apply of many apps) are a few hundred KiB, a 1 MiB spec about 1 MiB.
+MAX_PAYLOAD = 4 * 1024 * 1024
+#: The deepest nesting decoded: an envelope's body is a model a few levels deep (an app state
+#: with its spec, containers, probes, env is under 12), free-form values add a few more.
+MAX_DEPTH = 64
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
 
 log = get_logger("shoal.codec")
 
@@ -115,16 +133,22 @@ def decode(payload: bytes, *, allow_json: bool = True) -> Envelope | None:
     """Decode one payload; None for an empty (deleted) retained value."""
     if not payload:
         return None
+    if len(payload) > MAX_PAYLOAD:
+        raise CodecError(f"payload of {len(payload)} bytes is larger than {MAX_PAYLOAD}")
     try:
         if payload.lstrip()[:1] == b"{":
             if not allow_json:
                 raise CodecError("JSON payloads are accepted on command topics only")
+            _check_json_depth(payload)
             raw = json.loads(payload)
         else:
             raw = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            _check_depth(raw)
     except (
         ValueError,
         TypeError,
+        RecursionError,
+        MemoryError,
         msgpack.ExtraData,
         msgpack.FormatError,
         msgpack.StackError,
@@ -141,3 +165,34 @@ def decode(payload: bytes, *, allow_json: bool = True) -> Envelope | None:
         raise CodecError(f"not a Shoal envelope: {err}") from err
     env._json = payload.lstrip()[:1] == b"{"
     return env
+
+
+def _check_json_depth(payload: bytes) -> None:
+    """Refuse JSON nested deeper than ``MAX_DEPTH`` without parsing it (strings skipped)."""
+    brackets = _JSON_STRING.sub(b"", payload).translate(None, _JSON_NOT_BRACKET)
+    if len(brackets) <= 2 * MAX_DEPTH:
+        return  # cannot open more than MAX_DEPTH before closing any
+    depth = 0
+    for char in brackets:
+        if char in b"[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise CodecError(f"payload is nested deeper than {MAX_DEPTH}")
+        else:
+            depth -= 1
+
+
+def _check_depth(value: object) -> None:
+    """Refuse a decoded value nested deeper than ``MAX_DEPTH`` (iteratively: no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: list[object] = [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple):
+            children = list(item)
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise CodecError(f"payload is nested deeper than {MAX_DEPTH}")
+        stack.extend((child, depth + 1) for child in children)

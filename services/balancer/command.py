@@ -37,6 +37,19 @@ def parse_address(value: str, option: str) -> tuple[str, int]:
 @click.option("--connect-timeout", default=2.0, show_default=True, help="seconds")
 @click.option("--read-timeout", default=60.0, show_default=True, help="seconds")
 @click.option("--max-body", default="100Mi", show_default=True, help="request body limit")
+@click.option(
+    "--max-connections",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="client connections per worker; beyond it new ones get 503 and are closed",
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    help="seconds a client has to send a whole request head (then 408)",
+)
 @click.option("--retries", default=2, show_default=True, help="on other replicas")
 @click.option("--eject-seconds", default=3.0, show_default=True)
 @click.option("--hold-timeout", default=30.0, show_default=True, help="scale-from-zero wait")
@@ -52,6 +65,8 @@ def command(
     connect_timeout: float,
     read_timeout: float,
     max_body: str,
+    max_connections: int,
+    header_timeout: float,
     retries: int,
     eject_seconds: float,
     hold_timeout: float,
@@ -76,6 +91,8 @@ def command(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_body=body_limit,
+            max_connections=max_connections,
+            header_timeout=header_timeout,
             retries=retries,
             eject_seconds=eject_seconds,
             hold_timeout=hold_timeout,

@@ -15,8 +15,16 @@ Connections:
   (keep-alive). While bound to a request it relays the response to the client, re-framing
   it (Content-Length kept, otherwise chunked). Flow control both ways: a full client buffer
   pauses the upstream's reading, and vice versa.
-- Upgrades (websockets): the request goes to a fresh upstream connection, and once sent
-  both connections become a raw byte tunnel.
+- Upgrades (websockets): the request goes to a fresh upstream connection; only once the
+  replica answers 101 do both connections become a raw byte tunnel. Any other answer is
+  relayed as a response and the client connection closed after it.
+
+Hostile clients: a request head is at most ``MAX_HEAD`` bytes (431 beyond) and must arrive
+within ``header_timeout`` once begun (408); at most ``max_connections`` client connections
+(beyond: 503, closed); reading stops while ``MAX_PIPELINED`` requests wait on a connection;
+a head with two Host headers, or a ``Connection`` header naming Host, is refused (400); the
+path is normalised (``routes.normalize_path``) before routing and forwarded so; the client's
+X-Forwarded-*/X-Real-IP/Forwarded are replaced by the balancer's own.
 
 Timeouts: a connect timeout (``wait_for`` on new connections only) and a read timeout
 (checked by one sweeper task for all busy upstreams, so no timer per request).
@@ -34,7 +42,14 @@ from collections.abc import Callable
 import httptools
 
 from core.logs import get_logger
-from services.balancer.headers import HOP_BY_HOP, IDEMPOTENT
+from services.balancer.headers import (
+    CLIENT_FORWARDED,
+    HOP_BY_HOP,
+    IDEMPOTENT,
+    MAX_HEAD,
+    MAX_PIPELINED,
+    refuse_head,
+)
 from services.balancer.policy import (
     Closed,
     ConnectTimeout,
@@ -44,20 +59,22 @@ from services.balancer.policy import (
     ReadTimeout,
     Refused,
 )
-from services.balancer.routes import Backend, normalize_host
+from services.balancer.routes import Backend, normalize_host, normalize_path
 
 log = get_logger("shoal.balancer.fast")
 
 HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 # replaced by the balancer's own values on the way up
-OWN_REQUEST = frozenset({b"x-forwarded-for", b"x-request-id"})
+OWN_REQUEST = frozenset({b"x-request-id", *(h.encode() for h in CLIENT_FORWARDED)})
 OWN_RESPONSE = frozenset({b"x-request-id", b"x-shoal-replica"})
 HOP_OWN_RESPONSE = HOP | OWN_RESPONSE
 IDEMPOTENT_B = frozenset(m.encode() for m in IDEMPOTENT)
 REASONS = {
     400: b"Bad Request",
     404: b"Not Found",
+    408: b"Request Timeout",
     413: b"Payload Too Large",
+    431: b"Request Header Fields Too Large",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
@@ -81,10 +98,13 @@ class Request:
         "connection",
         "content_length",
         "discard",
+        "head_size",
         "headers",
         "host",
+        "hosts",
         "keep_alive",
         "method",
+        "refused",
         "request_id",
         "sink",
         "sink_end",
@@ -93,7 +113,6 @@ class Request:
         "upgrade",
         "url",
         "version",
-        "xff",
     )
 
     def __init__(self, conn: ClientConn) -> None:
@@ -106,8 +125,10 @@ class Request:
         self.upgrade = False
         self.host = b""
         self.request_id = b""
-        self.xff = b""
         self.connection = b""
+        self.hosts = 0
+        self.head_size = 0
+        self.refused: tuple[int, str] | None = None
         self.content_length: int | None = None
         self.chunked = False
         self.complete = False
@@ -179,22 +200,30 @@ class Request:
         return conn.status
 
     async def tunnel(self, backend: Backend) -> int:
+        """Send the upgrade request; tunnel if the replica answers 101, else relay its
+        answer as a response (the client connection is closed after it either way)."""
         conn = self.conn
+        engine = conn.engine
         conn.keep_alive = False
-        up = await conn.engine.connect(backend)
-        assert up.transport is not None
-        up.tunnel = conn
-        conn.tunnel = up
-        up.transport.write(self.head(upgrade=True))
-        if conn.upgrade_rest:
-            up.transport.write(conn.upgrade_rest)
-            conn.upgrade_rest = b""
-        conn.resume()
+        up = await engine.connect(backend)
+        engine.bound[conn] = up
+        conn.status = 0
         try:
+            await up.start(conn, self, self.head(upgrade=True))
+            if up.tunnel is None:  # not switched: answered like any request
+                return conn.status
+            conn.resume()
             await conn.tunnel_done.wait()  # the tunnel runs in the protocols' callbacks
+            return 101
+        except Failure as err:
+            if not up.responded:
+                raise
+            log.warning("upstream failed mid-response", replica=backend.id, error=str(err))
+            return conn.status or 502
         finally:
-            up.transport.close()
-        return 101
+            engine.bound.pop(conn, None)
+            if up.transport is not None:
+                up.transport.close()
 
     def head(self, *, upgrade: bool = False) -> bytes:
         """The request as the replica gets it."""
@@ -204,22 +233,13 @@ class Request:
         if upgrade:
             drop = OWN_REQUEST
         parts = [self.method, b" ", self.url, b" HTTP/1.1\r\n"]
-        has_proto = has_host = False
         for name, value in self.headers:
-            lname = name.lower()
-            if lname in drop:
-                continue
-            if lname == b"x-forwarded-proto":
-                has_proto = True
-            elif lname == b"x-forwarded-host":
-                has_host = True
-            parts.append(name + b": " + value + b"\r\n")
+            if name.lower() not in drop:
+                parts.append(name + b": " + value + b"\r\n")
         ip = self.conn.client_ip.encode() or b"unknown"
-        xff = self.xff + b", " + ip if self.xff else ip
-        parts.append(b"X-Forwarded-For: " + xff + b"\r\n")
-        if not has_proto:
-            parts.append(b"X-Forwarded-Proto: http\r\n")
-        if not has_host and self.host:
+        parts.append(b"X-Forwarded-For: " + ip + b"\r\nX-Real-IP: " + ip + b"\r\n")
+        parts.append(b"X-Forwarded-Proto: http\r\n")
+        if self.host:
             parts.append(b"X-Forwarded-Host: " + self.host + b"\r\n")
         parts.append(b"X-Request-Id: " + self.request_id + b"\r\n")
         if self.chunked and not upgrade:
@@ -290,6 +310,7 @@ class UpstreamConn(_Reading, asyncio.Protocol):
         self.out: list[bytes] = []  # response bytes for the client, flushed per chunk
         self.interim = False  # inside a 1xx response
         self.fresh = True  # no exchange completed on it yet
+        self.switching = False  # a 101 to an upgrade request: a tunnel once its head is out
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -311,6 +332,16 @@ class UpstreamConn(_Reading, asyncio.Protocol):
         out = self.out
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as err:
+            if self.switching:
+                offset = err.args[0] if err.args else len(data)
+                out.append(data[offset:])
+                self._switch(client)
+            else:
+                self.reusable = False
+                self._fail(Invalid("an unrequested protocol switch"))
+                if self.transport is not None:
+                    self.transport.close()
         except httptools.HttpParserError as err:
             self.reusable = False
             self._fail(Invalid(str(err)))
@@ -322,6 +353,16 @@ class UpstreamConn(_Reading, asyncio.Protocol):
                 if client.transport is not None:
                     client.transport.write(out[0] if len(out) == 1 else b"".join(out))
                 out.clear()
+
+    def _switch(self, client: ClientConn) -> None:
+        """The replica switched protocols: from here on both connections are a tunnel."""
+        self.reusable = False
+        self.tunnel = client
+        client.tunnel = self
+        if client.upgrade_rest and self.transport is not None:
+            self.transport.write(client.upgrade_rest)
+            client.upgrade_rest = b""
+        self._finish(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -363,7 +404,7 @@ class UpstreamConn(_Reading, asyncio.Protocol):
         self.client = client
         self.request = request
         self._reset_head()
-        self.chunked_out = self.close_delimited = self.no_body = False
+        self.chunked_out = self.close_delimited = self.no_body = self.switching = False
         self.activity = time.monotonic()
         self.done = fut = asyncio.get_running_loop().create_future()
         if not request.has_body:
@@ -447,6 +488,16 @@ class UpstreamConn(_Reading, asyncio.Protocol):
         if client is None or request is None or client.transport is None:
             return
         status = self.parser.get_status_code()
+        if status == 101 and request.upgrade:  # relayed whole: Upgrade and Connection too
+            parts = [b"HTTP/1.1 101 %s\r\n" % (self.reason or b"Switching Protocols")]
+            for name, lname, value in self.headers:
+                if lname not in OWN_RESPONSE:
+                    parts.append(name + b": " + value + b"\r\n")
+            parts.append(b"X-Request-Id: " + request.request_id + b"\r\n\r\n")
+            self.out.append(b"".join(parts))
+            self.switching = self.responded = True
+            client.status = 101
+            return
         if 100 <= status < 200:  # 100 Continue and friends: pass on, a final one follows
             self.out.append(b"HTTP/1.1 %d %s\r\n\r\n" % (status, self.reason))
             self._reset_head()
@@ -493,7 +544,7 @@ class UpstreamConn(_Reading, asyncio.Protocol):
             self.out.append(body)
 
     def on_message_complete(self) -> None:
-        if self.client is None:
+        if self.client is None or self.switching:
             return
         if self.interim:  # the end of a 1xx: the final response follows
             self.interim = False
@@ -522,14 +573,24 @@ class ClientConn(_Reading, asyncio.Protocol):
         self.linger: asyncio.Future[None] | None = None
         self.idle_since = time.monotonic()
         self.closed = False
+        self.in_head = False  # between the first byte of a request and its last header
+        self.head_since = 0.0
+        self.head_bytes = 0  # bytes received while in a head (an upper bound of its size)
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        tcp: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = tcp
+        engine = self.engine
+        if len(engine.clients) >= engine.options.max_connections:
+            self.closed = True
+            tcp.write(error_response(503, "too many connections", b"", False))
+            tcp.close()
+            return
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
-        self.engine.clients.add(self)
+        engine.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -550,8 +611,14 @@ class ClientConn(_Reading, asyncio.Protocol):
             if self.tunnel.transport is not None:
                 self.tunnel.transport.write(data)
             return
+        if self.closed:
+            return
         try:
             self.parser.feed_data(data)
+            if self.in_head:
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD:
+                    self._refuse_now(431, f"request head larger than {MAX_HEAD} bytes")
         except httptools.HttpParserUpgrade as err:
             offset = err.args[0] if err.args else len(data)
             self.upgrade_rest = data[offset:]
@@ -559,7 +626,18 @@ class ClientConn(_Reading, asyncio.Protocol):
                 self.current.complete = True
             self.pause()  # until the tunnel is up
         except httptools.HttpParserError as err:
-            self._bad_request(str(err))
+            if isinstance(err.__context__, _HeadTooLarge):
+                self._refuse_now(431, f"request head larger than {MAX_HEAD} bytes")
+            else:
+                self._bad_request(str(err))
+
+    def _refuse_now(self, status: int, why: str) -> None:
+        """Answer ``status`` (unless a response is under way) and close the connection."""
+        self.closed = True
+        if self.transport is not None and not self.transport.is_closing():
+            if not self.queue:
+                self.transport.write(error_response(status, why, b"", False))
+            self.transport.close()
 
     def pause_writing(self) -> None:  # the response outruns the client
         up = self.tunnel or self._bound_upstream()
@@ -584,29 +662,39 @@ class ClientConn(_Reading, asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.current = Request(self)
+        self.in_head = True
+        self.head_since = time.monotonic()
+        self.head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
-        assert self.current is not None
-        self.current.url += url
+        req = self.current
+        assert req is not None
+        req.url += url
+        req.head_size += len(url)
+        if req.head_size > MAX_HEAD:
+            req.url = b"/"
+            raise _HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.current
         assert req is not None
+        req.head_size += len(name) + len(value) + 4
+        if req.head_size > MAX_HEAD:
+            raise _HeadTooLarge
         req.headers.append((name, value))
         lname = name.lower()
         if lname == b"host":
             req.host = value
+            req.hosts += 1
         elif lname == b"x-request-id":
             req.request_id = value
-        elif lname == b"x-forwarded-for":
-            req.xff = value
         elif lname == b"content-length":
             with contextlib.suppress(ValueError):
                 req.content_length = int(value)
         elif lname == b"transfer-encoding":
             req.chunked = b"chunked" in value.lower()
-        elif lname == b"connection":
-            req.connection = value
+        elif lname == b"connection":  # every Connection header counts
+            req.connection = req.connection + b"," + value if req.connection else value
 
     def on_headers_complete(self) -> None:
         req = self.current
@@ -616,7 +704,13 @@ class ClientConn(_Reading, asyncio.Protocol):
         req.version = p.get_http_version()
         req.keep_alive = p.should_keep_alive()
         req.upgrade = p.should_upgrade()
+        self.in_head = False
+        refusal = refuse_head(req.hosts, req.connection.decode("latin-1") or None)
+        if refusal is not None:
+            req.refused = (400, refusal)
         self.queue.append(req)
+        if len(self.queue) >= MAX_PIPELINED:
+            self.pause()  # resumed as the queue is served
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._serve_queue())
         elif self.wakeup is not None and not self.wakeup.done():
@@ -672,8 +766,18 @@ class ClientConn(_Reading, asyncio.Protocol):
                 req = self.queue[0]
                 if not req.request_id:
                     req.request_id = policy.next_request_id().encode()
-                host = normalize_host(req.host.decode("latin-1"))
-                await policy.serve(req, host, req.url.decode("latin-1").split("?", 1)[0])
+                url = req.url.decode("latin-1")
+                path, sep, query = url.partition("?")
+                route_path = normalize_path(path)
+                if route_path is None:
+                    req.refused = (400, "malformed path")
+                if req.refused is not None:
+                    req.reply(*req.refused, close=True)
+                else:
+                    if route_path != path:
+                        req.url = (f"{route_path}{sep}{query}").encode("latin-1")
+                    host = normalize_host(req.host.decode("latin-1"))
+                    await policy.serve(req, host, route_path or path)
                 self.queue.popleft()
                 self.resume()  # whatever paused it belonged to the exchange just done
                 self.idle_since = time.monotonic()
@@ -703,6 +807,10 @@ class ClientConn(_Reading, asyncio.Protocol):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.linger, LINGER_SECONDS)
         self.linger = None
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback: the head went over ``MAX_HEAD``."""
 
 
 class FastEngine:
@@ -816,6 +924,12 @@ class FastEngine:
             for up in [u for u in self.busy if now - u.activity > timeout]:
                 up.timeout(timeout)
             ticks += 1
+            if ticks % 5 == 0:
+                head_timeout = self.options.header_timeout
+                for c in [
+                    c for c in self.clients if c.in_head and now - c.head_since > head_timeout
+                ]:
+                    c._refuse_now(408, f"request head not received within {head_timeout:g}s")
             if ticks % 20 == 0:
                 for c in [
                     c

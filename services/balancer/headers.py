@@ -20,6 +20,28 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# What the client says about where it came from is never passed on: the balancer sets
+# X-Forwarded-For/Proto/Host and X-Real-IP itself (it is the edge), and drops Forwarded.
+CLIENT_FORWARDED = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded"}
+)
+
+#: The largest request head (request line and headers) read: 64 KiB, beyond it 431.
+MAX_HEAD = 64 * 1024
+#: Requests parsed ahead on one connection (pipelining) before reading stops.
+MAX_PIPELINED = 64
+
+
+def refuse_head(hosts: int, connection: str | None) -> str | None:
+    """Why a request head is refused (400), or None: a request names one Host, and a
+    ``Connection`` header naming Host would strip it on the way up."""
+    if hosts > 1:
+        return "more than one Host header"
+    if "host" in connection_tokens(connection):
+        return "the Connection header names Host"
+    return None
+
+
 # Set by aiohttp's websocket client itself; the client's own values must not be forwarded.
 WEBSOCKET_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
@@ -40,9 +62,9 @@ def strip_hop_by_hop(
     return [(k, v) for k, v in items if k.lower() not in drop]
 
 
-def forwarded_for(existing: str | None, client_ip: str | None) -> str:
-    ip = client_ip or "unknown"
-    return f"{existing}, {ip}" if existing else ip
+def forwarded_for(client_ip: str | None) -> str:
+    """X-Forwarded-For as the balancer sets it: the address it was connected from."""
+    return client_ip or "unknown"
 
 
 def client_key(hash_header: str | None, header_value: str | None, client_ip: str | None) -> str:

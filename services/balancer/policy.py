@@ -60,6 +60,8 @@ class ProxyOptions:
     hold_max: int = 1000
     pool_size: int = 0  # aiohttp engine: 0 is unlimited keep-alive connections
     expose_replica: bool = True  # X-Shoal-Replica response header
+    max_connections: int = 10_000  # client connections per worker; beyond: 503 and closed
+    header_timeout: float = 10.0  # seconds for a whole request head once begun (then 408)
 
 
 # -- how an attempt fails -----------------------------------------------------------------

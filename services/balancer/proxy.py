@@ -20,11 +20,14 @@ from multidict import CIMultiDict, istr
 from yarl import URL
 
 from core.logs import get_logger
+from services.balancer.aiohttp_guard import GuardedServer
 from services.balancer.headers import (
+    CLIENT_FORWARDED,
     IDEMPOTENT,
     WEBSOCKET_HANDSHAKE,
     client_key,
     forwarded_for,
+    refuse_head,
     strip_hop_by_hop,
 )
 from services.balancer.policy import (
@@ -37,13 +40,14 @@ from services.balancer.policy import (
     ReadTimeout,
     Refused,
 )
-from services.balancer.routes import Backend, normalize_host
+from services.balancer.routes import Backend, normalize_host, normalize_path
 
 log = get_logger("shoal.balancer.proxy")
 
 X_FORWARDED_FOR = istr("X-Forwarded-For")
 X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
 X_FORWARDED_HOST = istr("X-Forwarded-Host")
+X_REAL_IP = istr("X-Real-IP")
 X_REQUEST_ID = istr("X-Request-Id")
 X_SHOAL_REPLICA = istr("X-Shoal-Replica")
 BUFFER_LIMIT = 256 * 1024
@@ -81,11 +85,19 @@ def failure(err: Exception, options: ProxyOptions) -> Failure:
 class AiohttpExchange:
     """One request (a ``policy.Exchange``); ``response`` is what the handler returns."""
 
-    __slots__ = ("engine", "request", "request_id", "response", "too_large")
+    __slots__ = ("engine", "request", "request_id", "response", "target", "too_large")
 
-    def __init__(self, engine: AiohttpEngine, request: web.BaseRequest, request_id: str) -> None:
+    def __init__(
+        self,
+        engine: AiohttpEngine,
+        request: web.BaseRequest,
+        request_id: str,
+        target: str | None = None,
+    ) -> None:
         self.engine = engine
         self.request = request
+        #: the path and query forwarded (normalised, see ``routes.normalize_path``)
+        self.target = request.raw_path if target is None else target
         self.request_id = request_id
         self.response: web.StreamResponse | None = None
         self.too_large = False
@@ -117,7 +129,7 @@ class AiohttpExchange:
         try:
             async with engine.session.request(
                 request.method,
-                URL(backend.base + request.raw_path, encoded=True),
+                URL(backend.base + self.target, encoded=True),
                 headers=self._headers(),
                 data=data,
                 allow_redirects=False,
@@ -131,10 +143,10 @@ class AiohttpExchange:
         """The request's headers as the replica gets them."""
         request = self.request
         src = request.headers
-        out = CIMultiDict(strip_hop_by_hop(src.items(), src.get("Connection")))
-        out[X_FORWARDED_FOR] = forwarded_for(src.get(X_FORWARDED_FOR), request.remote)
-        out[X_FORWARDED_PROTO] = src.get(X_FORWARDED_PROTO) or request.scheme
-        out[X_FORWARDED_HOST] = src.get(X_FORWARDED_HOST) or request.host
+        out = CIMultiDict(strip_hop_by_hop(src.items(), src.get("Connection"), CLIENT_FORWARDED))
+        out[X_FORWARDED_FOR] = out[X_REAL_IP] = forwarded_for(request.remote)
+        out[X_FORWARDED_PROTO] = request.scheme
+        out[X_FORWARDED_HOST] = request.host
         out[X_REQUEST_ID] = self.request_id
         if "Host" not in out and request.host:
             out["Host"] = request.host
@@ -197,7 +209,7 @@ class AiohttpExchange:
         )
         try:
             upstream = await engine.session.ws_connect(
-                URL(backend.base + request.raw_path, encoded=True),
+                URL(backend.base + self.target, encoded=True),
                 headers=fwd,
                 protocols=protocols,
                 autoping=True,
@@ -287,7 +299,12 @@ class AiohttpEngine:
             ),
             raise_for_status=False,
         )
-        server = web.Server(self.handle, access_log=None)
+        server = GuardedServer(
+            self.handle,
+            max_connections=self.options.max_connections,
+            header_timeout=self.options.header_timeout,
+            access_log=None,
+        )
         self.runner = web.ServerRunner(server, access_log=None, handle_signals=False)
         await self.runner.setup()
         site: web.BaseSite
@@ -306,7 +323,19 @@ class AiohttpEngine:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rid = request.headers.get(X_REQUEST_ID) or self.policy.next_request_id()
-        ex = AiohttpExchange(self, request, rid)
-        await self.policy.serve(ex, normalize_host(request.host), request.path)
+        headers = request.headers
+        refusal = refuse_head(
+            len(headers.getall("Host", ())), ",".join(headers.getall("Connection", ()))
+        )
+        path, sep, query = request.raw_path.partition("?")
+        route_path = normalize_path(path)
+        if refusal is None and route_path is None:
+            refusal = "malformed path"
+        if refusal is not None or route_path is None:
+            response = text(400, refusal or "malformed path", rid)
+            response.force_close()
+            return response
+        ex = AiohttpExchange(self, request, rid, f"{route_path}{sep}{query}")
+        await self.policy.serve(ex, normalize_host(request.host), route_path)
         assert ex.response is not None
         return ex.response

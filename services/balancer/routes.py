@@ -184,3 +184,53 @@ class RouteTable:
             if prefix_matches(r.path, path):
                 return r
         return None
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def normalize_path(path: str) -> str | None:
+    """The path a request is routed by and forwarded with, the same in both engines; None
+    when it is malformed (the balancer answers 400).
+
+    Percent-escapes of unreserved characters are decoded (``/%70ublic`` is ``/public``),
+    other escapes kept with upper-case hex (``%2F`` stays an escaped byte, never a ``/``),
+    and dot segments removed (RFC 3986 5.2.4: ``/public/../admin`` is ``/admin``). A path
+    that is not origin-form (``*``, ``http://...``) is left as it is.
+    """
+    if not path.startswith("/") or ("%" not in path and "/." not in path):
+        return path
+    if "%" in path:
+        out: list[str] = []
+        i, n = 0, len(path)
+        while i < n:
+            ch = path[i]
+            if ch != "%":
+                out.append(ch)
+                i += 1
+                continue
+            pair = path[i + 1 : i + 3]
+            if len(pair) != 2 or pair[0] not in _HEX or pair[1] not in _HEX:
+                return None
+            decoded = chr(int(pair, 16))
+            out.append(decoded if decoded in _UNRESERVED else "%" + pair.upper())
+            i += 3
+        path = "".join(out)
+    if "/." not in path:
+        return path
+    segments: list[str] = []
+    parts = path.split("/")[1:]
+    for index, segment in enumerate(parts):
+        last = index == len(parts) - 1
+        if segment == ".":
+            if last:
+                segments.append("")
+        elif segment == "..":
+            if segments:
+                segments.pop()
+            if last:
+                segments.append("")
+        else:
+            segments.append(segment)
+    return "/" + "/".join(segments)

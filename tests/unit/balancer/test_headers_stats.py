@@ -6,9 +6,11 @@ import pytest
 
 from core.keys import AppKey
 from services.balancer.headers import (
+    CLIENT_FORWARDED,
     client_key,
     connection_tokens,
     forwarded_for,
+    refuse_head,
     strip_hop_by_hop,
 )
 from services.balancer.stats import AppStats, Stats, percentile
@@ -30,10 +32,28 @@ def test_hop_by_hop_and_connection_listed_headers_are_stripped() -> None:
     assert connection_tokens("Close , X-A") == {"close", "x-a"}
 
 
+def test_client_sent_forwarding_headers_are_dropped() -> None:
+    items = [
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Proto", "https"),
+        ("x-forwarded-host", "admin.test"),
+        ("Forwarded", "for=6.6.6.6"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("X-Kept", "yes"),
+    ]
+    assert strip_hop_by_hop(items, None, CLIENT_FORWARDED) == [("X-Kept", "yes")]
+
+
+def test_two_hosts_or_a_connection_header_naming_host_are_refused() -> None:
+    assert refuse_head(1, "keep-alive, X-Private") is None
+    assert refuse_head(0, None) is None
+    assert refuse_head(2, None) == "more than one Host header"
+    assert refuse_head(1, "close, HOST") == "the Connection header names Host"
+
+
 def test_forwarded_for_and_hash_key() -> None:
-    assert forwarded_for(None, "1.2.3.4") == "1.2.3.4"
-    assert forwarded_for("9.9.9.9", "1.2.3.4") == "9.9.9.9, 1.2.3.4"
-    assert forwarded_for(None, None) == "unknown"
+    assert forwarded_for("1.2.3.4") == "1.2.3.4"  # what the client claimed is not kept
+    assert forwarded_for(None) == "unknown"
     assert client_key("X-User", "alice", "1.2.3.4") == "alice"
     assert client_key("X-User", None, "1.2.3.4") == "1.2.3.4"
     assert client_key(None, None, "1.2.3.4") == "1.2.3.4"

@@ -15,6 +15,7 @@ from services.balancer.routes import (
     RouteTable,
     app_route,
     normalize_host,
+    normalize_path,
     prefix_matches,
     version_weights,
 )
@@ -198,3 +199,26 @@ def test_route_spec_validation(route: dict[str, Any], error: str) -> None:
     )
     assert ok.route is not None
     assert ok.route.hash_on == "header:X-User"
+
+
+@pytest.mark.parametrize(
+    ("raw", "routed"),
+    [
+        ("/public", "/public"),
+        ("/public/../admin", "/admin"),
+        ("/public/./x/../../admin/", "/admin/"),
+        ("/%70ublic", "/public"),
+        ("/public/%2e%2E/admin", "/admin"),
+        ("/a%2fb", "/a%2Fb"),  # an escaped slash stays escaped: never a segment boundary
+        ("/a/b/..", "/a/"),
+        ("/..", "/"),
+        ("/../../etc", "/etc"),
+        ("/a/.hidden/..x", "/a/.hidden/..x"),
+        ("/%7euser", "/~user"),
+        ("*", "*"),
+        ("/%zz", None),
+        ("/a%2", None),
+    ],
+)
+def test_paths_are_normalised_before_routing(raw: str, routed: str | None) -> None:
+    assert normalize_path(raw) == routed

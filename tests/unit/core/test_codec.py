@@ -117,3 +117,51 @@ def test_arbitrary_bytes_never_crash_the_decoder(payload: bytes) -> None:
 def test_values_msgpack_cannot_carry_are_a_codec_error() -> None:
     with pytest.raises(CodecError, match="cannot be encoded"):
         codec.encode(codec.make("event", {"n": 2**64}))
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return {"v": value}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"kind":"x","body":{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+        b'{"kind":"x","body":' + b'{"a":' * 65 + b"1" + b"}" * 65 + b"}",
+        msgpack.packb({"kind": "x", "body": _nested(70)}),
+        b"\x81\xa4body" + b"\x91" * 100_000 + b"\xc0",
+    ],
+    ids=["json-100k", "json-66", "msgpack-70", "msgpack-100k"],
+)
+def test_deep_payloads_are_refused_before_they_are_built(payload: bytes) -> None:
+    with pytest.raises(CodecError, match=r"nested deeper than 64|neither msgpack nor JSON"):
+        codec.decode(payload)
+
+
+def test_nesting_up_to_the_limit_and_brackets_in_strings_decode() -> None:
+    env = codec.decode(msgpack.packb({"kind": "x", "body": _nested(60)}))
+    assert env is not None
+    assert env.kind == "x"
+    text = b'{"kind":"x","body":{"s":"' + b"[" * 1000 + b'\\"{"}}'
+    decoded = codec.decode(text)
+    assert decoded is not None
+    assert decoded.body["s"] == "[" * 1000 + '"{'
+
+
+def test_payloads_larger_than_the_limit_are_refused() -> None:
+    big = msgpack.packb({"kind": "x", "body": {"s": "y" * codec.MAX_PAYLOAD}})
+    with pytest.raises(CodecError, match="larger than"):
+        codec.decode(big)
+
+
+def test_the_largest_legitimate_messages_fit() -> None:
+    """An app of the largest spec (1 MiB as JSON) and a 200-app apply decode."""
+    spec = AppSpec(name="big", image="x:1", env={f"K{i}": "v" * 1000 for i in range(1000)})
+    state = codec.encode(codec.make("apps", {"spec": spec.model_dump(mode="json")}))
+    assert 1_000_000 < len(state) < codec.MAX_PAYLOAD
+    assert codec.decode(state) is not None
+    many = [AppSpec(name=f"a{i}", image="x:1").model_dump(mode="json") for i in range(200)]
+    assert codec.decode(codec.encode(codec.make("apply", {"apps": many}))) is not None

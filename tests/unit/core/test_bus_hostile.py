@@ -1,0 +1,68 @@
+"""Hostile payloads on the bus: refused by the codec, never the end of a receive loop."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from core import codec
+from core.bus import Bus
+from core.channels import APPLY, HEALTH, reply_topic
+from core.codec import Envelope
+from core.commands import ApplyCommand, Reply
+from core.keys import AppKey
+from core.memory import MemoryBroker
+from core.state import AppHealth
+from tests.support.memory import connected
+
+PREFIX = "t"
+
+DEEP_JSON = b'{"kind":"reply","body":{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+DEEP_MSGPACK = b"\x81\xa4body" + b"\x91" * 100_000 + b"\xc0"
+HOSTILE = [
+    DEEP_JSON,
+    DEEP_MSGPACK,
+    b"{" * 200_000,
+    b"\x91" * 200_000,
+    b"\x00" * (codec.MAX_PAYLOAD + 1),
+    msgpack.packb({"kind": "reply", "body": {"x": "y" * codec.MAX_PAYLOAD}}),
+]
+
+
+async def _answering(server: Bus) -> None:
+    async def apply(body: ApplyCommand, env: Envelope) -> Reply:
+        return Reply(ok=True, revision=len(body.apps))
+
+    await server.answer(APPLY, apply)
+
+
+@pytest.mark.parametrize("payload", HOSTILE, ids=lambda p: f"{len(p)}B-{p[:2]!r}")
+async def test_a_hostile_reply_leaves_the_client_working(payload: bytes) -> None:
+    broker = MemoryBroker()
+    async with (
+        connected(broker, PREFIX, "server") as server,
+        connected(broker, PREFIX, "victim") as victim,
+        connected(broker, PREFIX, "attacker") as attacker,
+    ):
+        await _answering(server)
+        await attacker.publish_raw(reply_topic(PREFIX, "victim"), payload)
+        assert await victim.request(APPLY, ApplyCommand(apps=[{}])) == Reply(ok=True, revision=1)
+
+
+@pytest.mark.parametrize("payload", HOSTILE, ids=lambda p: f"{len(p)}B-{p[:2]!r}")
+async def test_a_hostile_state_message_leaves_views_and_commands_working(payload: bytes) -> None:
+    broker = MemoryBroker()
+    async with (
+        connected(broker, PREFIX, "server") as server,
+        connected(broker, PREFIX, "reader") as reader,
+        connected(broker, PREFIX, "attacker") as attacker,
+    ):
+        await _answering(server)
+        view = await reader.view(HEALTH)
+        await attacker.publish_raw(HEALTH.topic(PREFIX, AppKey("default", "web")), payload)
+        await attacker.publish_raw(APPLY.topic(PREFIX), payload)
+        good = AppHealth(namespace="default", name="api")
+        await attacker.publish(HEALTH, good)
+        await reader.sync()
+        assert dict(view) == {AppKey("default", "api"): good}
+        assert await reader.request(APPLY, ApplyCommand(apps=[{}])) == Reply(ok=True, revision=1)
