@@ -1,3 +1,4 @@
 from services.cli.main import cli
 
-cli()
+# the same completion variable as the installed ``shoal`` command
+cli(complete_var="_SHOAL_COMPLETE")

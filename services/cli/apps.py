@@ -28,6 +28,7 @@ from services.cli.client import (
     err_console,
     run_async,
 )
+from services.cli.completion import complete_object
 from services.cli.output import FORMATS, age, name_lines, parse_selector, render_document
 from services.cli.views import (
     APP_COLUMNS,
@@ -227,7 +228,7 @@ def output_option(func: Any) -> Any:
 
 @click.command()
 @click.argument("what", type=click.Choice(sorted(KINDS)))
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_object)
 @click.option("-n", "--namespace", default=None, help="only this namespace")
 @click.option("-l", "--selector", default=None, help="key=value[,key=value]: labels to match")
 @output_option

@@ -21,6 +21,7 @@ from core.config import DEFAULT_BROKER, BrokerURL, ConfigError
 from core.errors import BusError, ShoalError
 from core.logs import setup_logging
 from core.topics import Topics
+from services.cli.contexts import load_config, select_context, with_credentials
 from services.cli.output import with_rfc3339
 
 T = TypeVar("T")
@@ -35,6 +36,24 @@ class ClientOptions:
     broker: str
     prefix: str
     timeout: float
+    credentials: str | None = None  # a file of USERNAME:PASSWORD, from the context
+
+
+def resolve_options(
+    broker: str | None, prefix: str | None, timeout: float, context: str | None
+) -> ClientOptions:
+    """Explicit ``--broker``/``--prefix`` (or their environment variables) first, then the
+    selected context's settings, then the defaults."""
+    try:
+        _, ctx = select_context(load_config(), context)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), param_hint="--context") from err
+    return ClientOptions(
+        broker=broker or ctx.broker or DEFAULT_BROKER,
+        prefix=prefix or ctx.prefix or "shoal",
+        timeout=timeout,
+        credentials=ctx.credentials,
+    )
 
 
 def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,18 +62,25 @@ def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--broker",
         envvar="SHOAL_BROKER",
-        default=DEFAULT_BROKER,
-        show_default=True,
-        help="mqtt://[user:pass@]host[:port] or mqtts://...",
+        default=None,
+        help=f"mqtt://[user:pass@]host[:port] or mqtts://...  [default: the context's, "
+        f"else {DEFAULT_BROKER}]",
         show_envvar=True,
     )
     @click.option(
         "--prefix",
         envvar="SHOAL_PREFIX",
-        default="shoal",
-        show_default=True,
-        help="topic prefix of the cluster",
+        default=None,
+        help="topic prefix of the cluster  [default: the context's, else shoal]",
         show_envvar=True,
+    )
+    @click.option(
+        "--context",
+        envvar="SHOAL_CONTEXT",
+        default=None,
+        show_envvar=True,
+        help="named context of the shoal config (shoal config get-contexts)  "
+        "[default: its current-context]",
     )
     @click.option(
         "--timeout",
@@ -66,8 +92,10 @@ def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="seconds to wait for the broker and for replies",
     )
     @functools.wraps(func)
-    def wrapper(broker: str, prefix: str, timeout: float, **kwargs: Any) -> Any:
-        return func(opts=ClientOptions(broker, prefix, timeout), **kwargs)
+    def wrapper(
+        broker: str | None, prefix: str | None, timeout: float, context: str | None, **kwargs: Any
+    ) -> Any:
+        return func(opts=resolve_options(broker, prefix, timeout, context), **kwargs)
 
     return wrapper
 
@@ -127,6 +155,10 @@ async def connect(opts: ClientOptions, *, persistent: bool = False) -> AsyncIter
         url = BrokerURL.parse(opts.broker)
     except ConfigError as err:
         raise click.BadParameter(str(err), param_hint="--broker") from err
+    try:
+        url = with_credentials(url, opts.credentials)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), param_hint="--context") from err
     setup_logging("error")
     client_id = f"cli-{uuid.uuid4().hex[:10]}"
     bus = CliBus(url, Topics(opts.prefix), client_id=client_id, src="cli")

@@ -18,6 +18,7 @@ from core.keys import AppKey
 from core.state import AppState, ReplicaStatus
 from services.cli.apps import fetch_snapshot
 from services.cli.client import ClientOptions, client_options, err_console, run_async
+from services.cli.completion import complete_object
 from services.cli.output import age, format_labels, human_duration, human_memory, rfc3339
 from services.cli.views import Snapshot, app_phase, node_rows, replica_phase, rollout_progress
 
@@ -284,7 +285,7 @@ def describe_text(snap: Snapshot, kind: str, name: str, namespace: str, now: flo
 
 @click.command()
 @click.argument("kind", type=click.Choice([*KINDS, "apps", "nodes", "replicas"]))
-@click.argument("name")
+@click.argument("name", shell_complete=complete_object)
 @click.option("-n", "--namespace", default="default", show_default=True, help="of an app")
 @client_options
 def describe(opts: ClientOptions, kind: str, name: str, namespace: str) -> None:

@@ -22,6 +22,7 @@ from core.keys import AppKey
 from core.logs import setup_logging
 from core.state import LogChunk, LogsRequest, NodeReplicas
 from services.cli.client import ClientOptions, client_options, connect, err_console, run_async
+from services.cli.completion import complete_app
 
 LEASE = 10.0
 
@@ -105,7 +106,7 @@ async def _logs(
 
 @click.command("logs")
 @client_options
-@click.argument("app")
+@click.argument("app", shell_complete=complete_app)
 @click.option("-n", "--namespace", default="default", show_default=True)
 @click.option("-f", "--follow", is_flag=True, help="keep streaming new lines")
 @click.option("--replica", default=None, help="only this replica (id or its last characters)")

@@ -45,7 +45,17 @@ def run() -> None:
 
 
 def _register() -> None:
-    for module_name in ("apps", "describe", "up", "rollout", "nodes", "logs", "scale"):
+    for module_name in (
+        "apps",
+        "describe",
+        "up",
+        "rollout",
+        "nodes",
+        "logs",
+        "scale",
+        "contexts",
+        "completion",
+    ):
         try:
             module = importlib.import_module(f"services.cli.{module_name}")
         except ModuleNotFoundError as err:

@@ -20,6 +20,7 @@ from services.cli.client import (
     err_console,
     run_async,
 )
+from services.cli.completion import complete_node
 from services.cli.output import parse_selector
 
 
@@ -76,7 +77,7 @@ def _run(opts: ClientOptions, command: NodeCommand, wait: float | None = None) -
 
 
 @node.command()
-@click.argument("node_id", metavar="ID")
+@click.argument("node_id", metavar="ID", shell_complete=complete_node)
 @click.option("--reason", default="", help="shown in events and on the node")
 @client_options
 def cordon(opts: ClientOptions, node_id: str, reason: str) -> None:
@@ -85,7 +86,7 @@ def cordon(opts: ClientOptions, node_id: str, reason: str) -> None:
 
 
 @node.command()
-@click.argument("node_id", metavar="ID")
+@click.argument("node_id", metavar="ID", shell_complete=complete_node)
 @client_options
 def uncordon(opts: ClientOptions, node_id: str) -> None:
     """Make node ID schedulable again (also stops a drain)."""
@@ -93,7 +94,7 @@ def uncordon(opts: ClientOptions, node_id: str) -> None:
 
 
 @node.command()
-@click.argument("node_id", metavar="ID")
+@click.argument("node_id", metavar="ID", shell_complete=complete_node)
 @click.option("--reason", default="", help="shown in events and on the node")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="until the node is empty")
 @click.option("--drain-timeout", default=300.0, show_default=True, help="seconds, with --wait")
@@ -108,7 +109,7 @@ def drain(opts: ClientOptions, node_id: str, reason: str, wait: bool, drain_time
 
 
 @node.command("list")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_node)
 @click.option("-l", "--selector", default=None, help="key=value[,key=value]: labels to match")
 @output_option
 @client_options

@@ -37,6 +37,7 @@ from services.cli.client import (
     print_json,
     run_async,
 )
+from services.cli.completion import complete_app
 
 #: Phases in which a rollout has stopped moving by itself.
 SETTLED = ("stable", "rolled_back", "failed", "paused")
@@ -81,7 +82,7 @@ namespace_option = click.option("-n", "--namespace", default="default", show_def
 
 
 @rollout.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_app)
 @namespace_option
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @client_options
@@ -125,7 +126,7 @@ async def _history(opts: ClientOptions, namespace: str, name: str, output: str) 
 
 
 @rollout.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_app)
 @namespace_option
 @click.option("--to-revision", type=int, default=None, help="default: the previous revision")
 @client_options
@@ -158,7 +159,7 @@ async def _undo(opts: ClientOptions, namespace: str, name: str, to_revision: int
 
 
 def _action_command(action: str, doc: str) -> click.Command:
-    @click.argument("name")
+    @click.argument("name", shell_complete=complete_app)
     @namespace_option
     @client_options
     def command(opts: ClientOptions, name: str, namespace: str) -> None:
@@ -204,7 +205,7 @@ def describe(app: AppState, health: AppHealth | None) -> list[str]:
 
 
 @rollout.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_app)
 @namespace_option
 @click.option("-w", "--watch", is_flag=True, help="follow until the rollout settles")
 @click.option("--watch-timeout", default=600.0, show_default=True, help="seconds, with --watch")

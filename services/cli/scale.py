@@ -16,10 +16,11 @@ from core.commands import ScaleCommand
 from core.keys import AppKey
 from core.spec import format_validation_error
 from services.cli.client import ClientOptions, client_options, connect, err_console, run_async
+from services.cli.completion import complete_app
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_app)
 @click.argument("replicas", type=int)
 @click.option("-n", "--namespace", default="default", show_default=True)
 @client_options

@@ -14,8 +14,9 @@ from typing import cast
 import pytest
 import yaml
 
-from core.channels import APPS, SCHEDULER_STATUS
-from core.state import AppState, SchedulerStatus
+from core.channels import APPS, NODE_INFO, SCHEDULER_STATUS
+from core.spec import Resources
+from core.state import AppState, NodeInfo, SchedulerStatus
 from tests.integration.test_controller import publish_health, start_controller, wait_online
 from tests.integration.test_controller_cli import WEB, shoal, write
 from tests.support.observer import Observer
@@ -125,3 +126,38 @@ async def test_a_refused_connection_is_one_error_line(procs: ProcGroup, prefix: 
         lines = run.err.strip().splitlines()
         assert len(lines) == 1, run.err
         assert lines[0].startswith("error: no connection to the broker at mqtt://127.0.0.1:1")
+
+
+async def test_a_named_context_picks_broker_and_prefix(
+    mosquitto: Broker, procs: ProcGroup, prefix: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    env["SHOAL_CONFIG"] = str(tmp_path / "config.yaml")
+
+    async def run(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.cli",
+            *args,
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        return proc.returncode or 0, out.decode() + err.decode()
+
+    async with Observer(mosquitto.url, prefix) as obs:
+        await obs.bus.publish(
+            NODE_INFO,
+            NodeInfo(node="n1", address="127.0.0.1", capacity=Resources(cpu=1, memory=2**30)),
+        )
+        await obs.bus.sync()
+        assert (await run("config", "set-context", "it", "--broker", mosquitto.url))[0] == 0
+        assert (await run("config", "set-context", "it", "--prefix", prefix))[0] == 0
+        assert (await run("config", "set-context", "other", "--prefix", "elsewhere"))[0] == 0
+        assert (await run("config", "use-context", "it"))[0] == 0
+        assert await run("get", "nodes", "-o", "name") == (0, "node/n1\n")
+        env["SHOAL_CONTEXT"] = "other"  # no broker of its own: the default one, nothing there
+        assert (await run("get", "nodes", "-o", "name", "--context", "it")) == (0, "node/n1\n")
