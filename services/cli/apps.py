@@ -336,7 +336,7 @@ def render(query: Query, snap: Snapshot, now: float) -> str | None:
         ]
         columns = NODE_WIDE_COLUMNS if wide else NODE_COLUMNS
         rows = [node_row(n, ago(n.heartbeat), wide) for n in nodes]
-        docs = [node_json(n) for n in nodes]
+        docs = [node_json(n, snap.nodes[n.node]) for n in nodes]
         names = [n.node for n in nodes]
     else:
         replicas = replica_views(snap, query.namespace, query.name)

@@ -2,8 +2,8 @@
 
 The text is built by pure functions over a ``Snapshot`` of the retained state (spec,
 controller phase, scheduler placement, scaler decision, health verdicts, agent reports).
-Events are not retained on the bus, so describe shows none: ``shoal logs`` and the
-dashboard follow them live.
+Events are not retained on the bus (nothing keeps them for later readers), so describe
+shows none.
 """
 
 from __future__ import annotations

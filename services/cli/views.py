@@ -294,19 +294,13 @@ def node_row(row: NodeRow, heartbeat_age: str, wide: bool = False) -> list[str]:
     return cells
 
 
-def node_json(row: NodeRow) -> dict[str, Any]:
+def node_json(row: NodeRow, info: NodeInfo) -> dict[str, Any]:
+    """The node's own record, with its cordon, assigned replicas and their requests."""
     return {
-        "node": row.node,
-        "address": row.address,
-        "status": row.status,
-        "reason": row.reason,
+        **info.model_dump(mode="json"),
         "schedule": row.schedule,
-        "labels": row.labels,
         "replicas": row.replicas,
         "allocated": {"cpu": row.cpu, "memory": row.memory},
-        "capacity": {"cpu": row.cpu_capacity, "memory": row.memory_capacity},
-        "version": row.version,
-        "heartbeat": row.heartbeat,
     }
 
 

@@ -147,3 +147,12 @@ def test_why_an_app_is_not_ready() -> None:
         "0/2 replicas of revision 1 ready; 2 unplaceable: 0/1 nodes fit: 1 insufficient memory"
     )
     assert not_ready_reasons(None, None, None, []) == "not known to the controller yet"
+
+
+def test_node_json_keeps_the_node_record_and_adds_what_is_assigned() -> None:
+    doc = json.loads(render(Query("nodes", "n1", None, {}, "json"), running_snapshot(), NOW) or "")
+    assert doc["capacity"]["memory"] == 24683584 * 1024
+    assert doc["heartbeat"] == "2026-05-28T20:26:40.000000Z"
+    assert doc["heartbeat_interval"] == 2.0
+    assert (doc["status"], doc["schedule"], doc["replicas"]) == ("ready", "", 2)
+    assert doc["allocated"] == {"cpu": 1.0, "memory": 2**30}
