@@ -131,7 +131,8 @@ class Bus:
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
         except TimeoutError as err:
             raise BusError(f"no connection to the broker at {self.describe()}") from err
 
@@ -373,7 +374,8 @@ class Bus:
     ) -> None:
         await self.wait_connected(timeout)
         try:
-            await asyncio.wait_for(self._send(topic, payload, qos=qos, retain=retain), timeout)
+            async with asyncio.timeout(timeout):
+                await self._send(topic, payload, qos=qos, retain=retain)
         except TimeoutError as err:
             raise BusError(f"publish to {topic} failed: timeout") from err
 
@@ -400,7 +402,8 @@ class Bus:
         self._pending[env.id] = fut
         try:
             await self.publish_raw(topic, codec.encode(env), timeout=timeout)
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         except TimeoutError as err:
             raise RequestTimeout(
                 f"no reply to {kind} on {topic} within {timeout:g}s: is the controller running?"
@@ -489,7 +492,8 @@ class Bus:
                 codec.encode(self.envelope("sync", {}, re=marker)),
                 timeout=timeout,
             )
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                await fut
         except TimeoutError as err:
             raise RequestTimeout("bus sync timed out") from err
         finally:

@@ -160,7 +160,8 @@ class Service:
 
     async def _goodbye(self) -> None:
         try:
-            await asyncio.wait_for(self.on_shutdown(), 10)
+            async with asyncio.timeout(10):
+                await self.on_shutdown()
         except Exception:
             self.log.exception("shutdown hook failed")
         if self.bus.connected:

@@ -805,7 +805,8 @@ class ClientConn(_Reading, asyncio.Protocol):
         self.resume()
         self.linger = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.linger, LINGER_SECONDS)
+            async with asyncio.timeout(LINGER_SECONDS):
+                await self.linger
         self.linger = None
 
 
@@ -873,12 +874,10 @@ class FastEngine:
         loop = asyncio.get_running_loop()
         timeout = self.options.connect_timeout
         try:
-            _, up = await asyncio.wait_for(
-                loop.create_connection(
+            async with asyncio.timeout(timeout):
+                _, up = await loop.create_connection(
                     lambda: UpstreamConn(self, backend), backend.host, backend.port
-                ),
-                timeout,
-            )
+                )
         except TimeoutError as err:  # (an OSError too: first)
             raise ConnectTimeout(timeout) from err
         except OSError as err:

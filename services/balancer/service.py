@@ -221,7 +221,8 @@ class BalancerService(Service):
         # Serve with the retained state already in the table when the broker answers.
         runner_task = asyncio.create_task(self.runner.run(), name="balancer-routes")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._synced.wait(), 5)
+            async with asyncio.timeout(5):
+                await self._synced.wait()
         host, port = self.options.listen
         fast = self.options.engine == "fast"
         engine = FastEngine(self.policy) if fast else AiohttpEngine(self.policy)

@@ -38,7 +38,8 @@ async def serve(host: str, port: int, stop: asyncio.Event | None = None) -> None
         await (stop.wait() if stop else asyncio.Event().wait())
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(broker.shutdown(), 5)
+            async with asyncio.timeout(5):
+                await broker.shutdown()
         log.info("embedded broker stopped")
 
 

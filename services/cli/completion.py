@@ -41,7 +41,8 @@ def _snapshot_for(ctx: click.Context) -> Snapshot | None:
         )
 
         async def read() -> Snapshot:
-            return await asyncio.wait_for(fetch_snapshot(opts), COMPLETION_TIMEOUT)
+            async with asyncio.timeout(COMPLETION_TIMEOUT):
+                return await fetch_snapshot(opts)
 
         return asyncio.run(read())
     except Exception:  # completion must never fail the shell: no names instead

@@ -86,7 +86,8 @@ async def _logs(
                 await bus.publish(LOGS_REQUEST, request)
                 renewed = time.monotonic()
             try:
-                chunk = await asyncio.wait_for(chunks.get(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    chunk = await chunks.get()
             except TimeoutError:
                 if not follow and time.monotonic() - last_chunk > opts.timeout:
                     missing = ", ".join(sorted(r for _, r in pending))

@@ -71,7 +71,8 @@ class Checker:
     async def tcp(self, endpoint: str, timeout: float) -> tuple[bool, str]:
         host, port = split_endpoint(endpoint)
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            async with asyncio.timeout(timeout):
+                _, writer = await asyncio.open_connection(host, port)
         except TimeoutError:
             return False, f"TCP connect to {endpoint}: no answer within {timeout:g}s"
         except OSError as err:

@@ -28,7 +28,9 @@ async def connected(
     finally:
         bus.close()
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        done, _ = await asyncio.wait({task}, timeout=5)
+        if not done:
+            raise AssertionError(f"bus {client_id} did not stop within 5s of cancel()")
 
 
 @asynccontextmanager
@@ -39,4 +41,8 @@ async def serving(service: S, timeout: float = 5.0) -> AsyncIterator[S]:
         yield service
     finally:
         service.stop()
-        await asyncio.wait_for(task, timeout)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            task.cancel()
+            raise AssertionError(f"{service.name} did not stop within {timeout}s of stop()")
+        task.result()
