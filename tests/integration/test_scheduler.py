@@ -352,7 +352,7 @@ async def test_cli_cordon_and_uncordon(mosquitto: Broker, prefix: str, procs: Pr
         rows = {row["node"]: row for row in json.loads(out)}
         assert (rows["n1"]["schedule"], rows["n1"]["replicas"]) == ("cordoned", 0)
         assert (rows["n2"]["schedule"], rows["n2"]["replicas"]) == ("", 3)
-        assert rows["n2"]["cpu"] == 0.75
+        assert rows["n2"]["allocated"]["cpu"] == 0.75  # requested CPU placed on n2
         proc = await asyncio.create_subprocess_exec(*cli, "uncordon", "n1", *opts)
         assert await proc.wait() == 0
         await obs.wait_for(lambda: obs.value(NODE_CORDON, "n1") is None, 5, "uncordoned")
