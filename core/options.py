@@ -10,10 +10,12 @@ from typing import Any
 import click
 
 from core.config import DEFAULT_BROKER, BrokerURL, ConfigError, ServiceConfig, default_instance
+from core.metrics import parse_listen
 
 
 def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``--broker --prefix --instance --log-level --log-format``; pass ``config``."""
+    """Add ``--broker --prefix --instance --metrics --log-level --log-format``; pass
+    ``config``."""
 
     @click.option(
         "--broker",
@@ -36,6 +38,15 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="instance name (default: host-pid-random)",
     )
     @click.option(
+        "--metrics",
+        "metrics_listen",
+        envvar="SHOAL_METRICS",
+        default="127.0.0.1:0",
+        show_default=True,
+        help="HOST:PORT for this service's Prometheus /metrics (port 0: any free one, "
+        "announced in its presence); 'off' for none",
+    )
+    @click.option(
         "--log-level",
         envvar="SHOAL_LOG_LEVEL",
         default="info",
@@ -56,8 +67,13 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
         instance: str | None,
         log_level: str,
         log_format: str,
+        metrics_listen: str,
         **kwargs: Any,
     ) -> Any:
+        try:
+            metrics = parse_listen(metrics_listen)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--metrics") from err
         try:
             config = ServiceConfig(
                 broker=BrokerURL.parse(broker),
@@ -65,6 +81,7 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 instance=instance or default_instance(),
                 log_level=log_level,
                 log_format=log_format,  # type: ignore[arg-type]
+                metrics=metrics,
             )
         except ConfigError as err:
             raise click.BadParameter(str(err), param_hint="--broker") from err
