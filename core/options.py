@@ -20,6 +20,7 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--broker",
         envvar="SHOAL_BROKER",
+        show_envvar=True,
         default=DEFAULT_BROKER,
         show_default=True,
         help="mqtt://[user:pass@]host[:port] or mqtts://...[?ca=FILE]",
@@ -27,6 +28,7 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--prefix",
         envvar="SHOAL_PREFIX",
+        show_envvar=True,
         default="shoal",
         show_default=True,
         help="topic prefix; two clusters can share a broker under two prefixes",
@@ -34,6 +36,7 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--instance",
         envvar="SHOAL_INSTANCE",
+        show_envvar=True,
         default=None,
         help="instance name (default: host-pid-random)",
     )
@@ -41,6 +44,7 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--metrics",
         "metrics_listen",
         envvar="SHOAL_METRICS",
+        show_envvar=True,
         default="127.0.0.1:0",
         show_default=True,
         help="HOST:PORT for this service's Prometheus /metrics (port 0: any free one, "
@@ -49,6 +53,7 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--log-level",
         envvar="SHOAL_LOG_LEVEL",
+        show_envvar=True,
         default="info",
         show_default=True,
         type=click.Choice(["debug", "info", "warning", "error"]),
@@ -56,6 +61,7 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--log-format",
         envvar="SHOAL_LOG_FORMAT",
+        show_envvar=True,
         default="console",
         show_default=True,
         type=click.Choice(["console", "json"]),
