@@ -577,6 +577,7 @@ class MqttBus(Bus):
         super().__init__(topics, **kwargs)
         self.broker = broker
         self._client: aiomqtt.Client | None = None
+        self._tls = broker.tls_context()  # a missing or bad CA/cert file fails here, at once
 
     def describe(self) -> str:
         return str(self.broker)
@@ -594,11 +595,17 @@ class MqttBus(Bus):
             will=will,
             keepalive=self.keepalive,
             clean_session=True,
-            tls_context=self.broker.tls_context(),
+            tls_context=self._tls,
             timeout=10,
         ) as client:
             self._client = client
             _no_delay(client)
+            if self.broker.insecure:
+                log.warning(
+                    "TLS without verifying the broker (insecure=1): anyone on the path can "
+                    "read and forge every message",
+                    broker=self.describe(),
+                )
             try:
                 for pattern, qos in self.patterns():
                     await client.subscribe(pattern, qos=qos)

@@ -21,7 +21,13 @@ class ConfigError(ShoalError):
 
 @dataclass(frozen=True, slots=True)
 class BrokerURL:
-    """``mqtt://[user:password@]host[:port]`` or ``mqtts://...[?ca=FILE&insecure=1]``."""
+    """``mqtt://[user:password@]host[:port]`` or
+    ``mqtts://...[?ca=FILE][&cert=FILE&key=FILE][&insecure=1]``.
+
+    ``ca``: the CA bundle that signed the broker's certificate (default: the system's);
+    ``cert``/``key``: this client's certificate (PEM; ``key`` defaults to ``cert``) for a
+    broker that requires one; ``insecure=1`` skips verifying the broker (tests only: the
+    bus logs a warning at every connect)."""
 
     host: str
     port: int
@@ -29,6 +35,8 @@ class BrokerURL:
     username: str | None = None
     password: str | None = None
     ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
     insecure: bool = False
 
     @classmethod
@@ -44,6 +52,15 @@ class BrokerURL:
         except ValueError as err:
             raise ConfigError(f"broker URL {url!r}: {err}") from err
         query = parse_qs(parts.query)
+        unknown = set(query) - {"ca", "cert", "key", "insecure"}
+        if unknown:
+            raise ConfigError(
+                f"broker URL {url!r}: unknown option {', '.join(sorted(unknown))} "
+                "(known: ca, cert, key, insecure)"
+            )
+        if not tls and set(query) & {"ca", "cert", "key", "insecure"}:
+            raise ConfigError(f"broker URL {url!r}: ca/cert/key/insecure need mqtts://")
+        cert = query.get("cert", [None])[0]
         return cls(
             host=parts.hostname,
             port=port,
@@ -51,13 +68,20 @@ class BrokerURL:
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
             ca_file=query.get("ca", [None])[0],
+            cert_file=cert,
+            key_file=query.get("key", [cert])[0],
             insecure=query.get("insecure", ["0"])[0] in ("1", "true", "yes"),
         )
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.tls:
             return None
-        context = ssl.create_default_context(cafile=self.ca_file)
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            if self.cert_file:
+                context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"broker TLS files: {err}") from err
         if self.insecure:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE

@@ -143,6 +143,21 @@ async def wait_first_connection(bus: CliBus, timeout: float, persistent: bool) -
     raise BusError(f"no connection to the broker at {bus.describe()}: {error}")
 
 
+def connect_hint(error: str, url: BrokerURL) -> str:
+    """What to check, from how the connection failed."""
+    lowered = error.lower()
+    if "certificate" in lowered or "ssl" in lowered or "tls" in lowered:
+        return (
+            "a TLS failure: check the broker's certificate against ?ca=FILE, and "
+            "?cert=/&key= if the broker asks for a client certificate"
+        )
+    if "not authori" in lowered or "bad user" in lowered or "credentials" in lowered:
+        return "the broker refused these credentials"
+    if url.tls:
+        return "is the broker's TLS listener up at that address?"
+    return "is `shoal up` running? pass --broker"
+
+
 @asynccontextmanager
 async def connect(opts: ClientOptions, *, persistent: bool = False) -> AsyncIterator[Bus]:
     """A connected bus for one CLI invocation.
@@ -167,7 +182,7 @@ async def connect(opts: ClientOptions, *, persistent: bool = False) -> AsyncIter
         try:
             await wait_first_connection(bus, opts.timeout, persistent)
         except ShoalError as err:
-            raise type(err)(f"{err} (is `shoal up` running? pass --broker)") from err
+            raise type(err)(f"{err} ({connect_hint(str(err), url)})") from err
         yield bus
     finally:
         bus.close()

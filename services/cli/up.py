@@ -39,11 +39,15 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 @dataclass
 class Child:
     name: str
     module: str
     args: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # added to ours (secrets go here)
     proc: asyncio.subprocess.Process | None = None
     backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.5, cap=10.0))
     started: float = 0.0
@@ -59,7 +63,10 @@ class Child:
         # thread that forked. Its own session: a terminal's Ctrl-C reaches us alone, and
         # we stop the services in order. stdin is the lifeline pipe (we never write to it).
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, stdin=asyncio.subprocess.PIPE, start_new_session=True
+            *self.argv,
+            stdin=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
         err_console.print(f"shoal: {self.name} started (pid {self.proc.pid})", highlight=False)
 
@@ -205,9 +212,10 @@ def up(
         url = BrokerURL.parse(broker)
     except ConfigError as err:
         raise click.BadParameter(str(err), param_hint="--broker") from err
+    # The broker URL (it may hold a password) reaches the services through their
+    # environment, never their command line, where ``ps`` shows it to every user.
+    secret_env = {"SHOAL_BROKER": broker}
     common = [
-        "--broker",
-        broker,
         "--prefix",
         prefix,
         "--log-level",
@@ -217,10 +225,12 @@ def up(
     ]
     children: list[Child] = []
     if not _listening(url.host, url.port):
-        if url.host not in ("127.0.0.1", "localhost", "0.0.0.0", "::1") or url.tls:
+        if url.host not in LOOPBACK or url.tls:
             raise click.ClickException(
-                f"no broker answers at {url} (the embedded broker "
-                "only starts on a local plain mqtt:// address)"
+                f"no broker answers at {url}; the embedded broker starts only on a loopback "
+                "mqtt:// address (127.0.0.1, ::1, localhost): it has no authentication or "
+                "TLS, so nothing beyond this machine may reach it. For other machines run "
+                "mosquitto with TLS and the generated ACL (README: running securely)."
             )
         children.append(
             Child(
@@ -244,7 +254,7 @@ def up(
         plan.insert(2, ("agent", agent_args))
     for name, args in plan:
         if _has_service(name):
-            children.append(Child(name, f"services.{name}", [*common, *args]))
+            children.append(Child(name, f"services.{name}", [*common, *args], env=secret_env))
     names = ", ".join(c.name for c in children)
     err_console.print(
         f"[bold]shoal up[/bold]: broker {url} · balancer http://{listen} · data {data_dir}\n"

@@ -87,3 +87,28 @@ def test_broker_urls() -> None:
     assert BrokerURL.parse("mqtt://h").port == 1883
     with pytest.raises(ConfigError):
         BrokerURL.parse("http://h")
+
+
+def test_broker_url_tls_options() -> None:
+    url = BrokerURL.parse("mqtts://u:p@b.example:8883?ca=/c.pem&cert=/me.pem&key=/me.key")
+    assert (url.tls, url.ca_file, url.cert_file, url.key_file) == (
+        True,
+        "/c.pem",
+        "/me.pem",
+        "/me.key",
+    )
+    assert BrokerURL.parse("mqtts://b?cert=/both.pem").key_file == "/both.pem"
+    assert str(url) == "mqtts://u:***@b.example:8883"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("mqtts://b?cafile=/c.pem", "unknown option cafile"),
+        ("mqtt://b?ca=/c.pem", "need mqtts://"),
+        ("mqtt://b?insecure=1", "need mqtts://"),
+    ],
+)
+def test_broker_url_refuses_options_it_would_ignore(url: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        BrokerURL.parse(url)
