@@ -341,7 +341,10 @@ class DashboardService(Service):
         refused = authz.refusal(self.settings.role, act.name, act.namespace)
         if refused is not None:
             self.log.info("action refused", action=act.name, target=act.target, why=refused)
-            return web.json_response({"ok": False, "message": refused, "errors": []}, status=403)
+            # 200: the page asked and got an answer (a refusal is not a failed request).
+            return web.json_response(
+                {"ok": False, "refused": True, "message": refused, "errors": []}
+            )
         try:
             reply = await self.bus.request(act.command, act.body, timeout=10)
         except ShoalError as err:

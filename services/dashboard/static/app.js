@@ -212,7 +212,7 @@ function replicaRows(reps, withNode) {
     <td>${esc(r.id)}</td>${withNode ? "" : `<td><a href="${appHref(r.namespace, r.app)}">${esc(r.key)}</a></td>`}
     <td class="num">${r.revision}</td>
     <td>${phase(r.phase)}${r.reason ? ` <span class="muted">${esc(r.reason)}</span>` : ""}</td>
-    <td data-testid="health">${phase(r.ready ? "ready" : "not_ready")} <span class="muted">${esc(r.health)}</span></td>
+    <td data-testid="health">${phase(r.ready ? "ready" : "not_ready")}${r.health === "ready" ? "" : ` <span class="muted">${esc(r.health)}</span>`}</td>
     <td class="num" data-testid="restarts">${r.restarts}</td>
     <td class="muted">${esc(Object.values(r.endpoints).join(", "))}</td>
     <td>${r.started_at ? ago(r.started_at) : "-"}</td></tr>`).join("");
