@@ -326,7 +326,7 @@ PRESENCE: Channel[Presence, ServiceKey] = Channel(
     Presence,
     "presence",
     "every service instance (for itself)",
-    "online/offline, version, leadership; the last will says offline",
+    "online/offline, version, leadership, metrics address; the last will says offline",
     SERVICE_KEY,
     lambda body: ServiceKey(body.service, body.instance),
     retained=True,
