@@ -62,6 +62,7 @@ def _register() -> None:
         "nodes",
         "logs",
         "scale",
+        "events",
         "contexts",
         "completion",
     ):

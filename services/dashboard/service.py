@@ -25,6 +25,7 @@ from core import __version__
 from core.channels import (
     APPS,
     EVENTS,
+    EVENTS_QUERY,
     HEALTH,
     HISTORY,
     LB_METRICS,
@@ -39,7 +40,8 @@ from core.channels import (
     SCALER_STATUS,
     SCHEDULER_STATUS,
 )
-from core.commands import History, HistoryQuery, Reply
+from core.codec import Envelope
+from core.commands import EventList, EventsQuery, History, HistoryQuery, Reply
 from core.config import ServiceConfig
 from core.errors import ShoalError
 from core.keys import AppKey
@@ -107,6 +109,7 @@ class DashboardService(Service):
         await bus.subscribe(LB_METRICS, self._on_lb_metrics)
         await bus.subscribe(NODE_METRICS, self._on_node_metrics)
         await bus.subscribe(EVENTS, self._on_event)
+        await bus.answer(EVENTS_QUERY, self._on_events_query)
         # One subscription for every log request (the bus has no unsubscribe); chunks of
         # requests that are not this dashboard's are dropped.
         await bus.subscribe(LOGS_STREAM, self._on_log_chunk)
@@ -122,7 +125,15 @@ class DashboardService(Service):
 
     def _on_event(self, _kind: str, event: Event | None) -> None:
         if event is not None:
-            self.broadcast(sse("event", self.events.add(event, time.time())))
+            kept = self.events.add(event, time.time())
+            self.broadcast(sse("event", kept.model_dump(mode="json")))
+
+    async def _on_events_query(self, query: EventsQuery, _env: Envelope) -> EventList:
+        events = self.events.recent(query.namespace, query.app, query.limit)
+        return EventList(events=events, kept=self.events.size)
+
+    def events_json(self, *args: Any) -> list[dict[str, Any]]:
+        return [e.model_dump(mode="json") for e in self.events.recent(*args)]
 
     def _on_log_chunk(self, request: str, chunk: LogChunk | None) -> None:
         queue = self._logs.get(request)
@@ -232,7 +243,7 @@ class DashboardService(Service):
         await response.write(sse("hello", self.hello()))
         await response.write(self.state_message())
         await response.write(self.series_message())
-        await response.write(sse("events", self.events.recent()))
+        await response.write(sse("events", self.events_json()))
         self.clients.add(queue)
         try:
             while True:
@@ -262,7 +273,7 @@ class DashboardService(Service):
         except ValueError:
             return web.json_response({"error": "limit must be a number"}, status=400)
         return web.json_response(
-            self.events.recent(q.get("namespace") or None, q.get("app") or None, limit)
+            self.events_json(q.get("namespace") or None, q.get("app") or None, limit)
         )
 
     async def prometheus_sd(self, _: web.Request) -> web.Response:

@@ -203,6 +203,11 @@ def test_dashboard_in_a_browser(cluster: Cluster, browser: Any) -> None:
     assert restarts is not None
     assert int(restarts) >= 1
 
+    # shoal events prints the recent events the dashboard kept (the kill's among them).
+    kept = cluster.shoal("events", "--app", "web").stdout
+    assert "default/web" in kept
+    assert replica in kept
+
     # Scaling from the page changes the replicas.
     page.click('button[data-action="scale"]')
     page.fill("#confirm-input", "3")

@@ -43,11 +43,13 @@ def test_event_log_is_bounded_and_filters_by_app() -> None:
     log = EventLog(size=3)
     for i in range(5):
         log.add(Event(kind="k", message=f"m{i}", namespace="default", app=f"a{i % 2}"), 10.0 + i)
-    assert [e["message"] for e in log.recent()] == ["m2", "m3", "m4"]
-    assert [e["message"] for e in log.recent("default", "a0")] == ["m2", "m4"]
-    assert [e["message"] for e in log.recent(limit=1)] == ["m4"]
+    assert [e.message for e in log.recent()] == ["m2", "m3", "m4"]
+    assert [e.message for e in log.recent("default", "a0")] == ["m2", "m4"]
+    assert [e.message for e in log.recent(limit=1)] == ["m4"]
     assert log.recent("other") == []
-    assert [e["seq"] for e in log.recent()] == [3, 4, 5]
+    assert [(e.seq, e.ts) for e in log.recent()] == [(3, 12.0), (4, 13.0), (5, 14.0)]
+    log.add(Event(kind="k", message="no namespace", app="a0"), 20.0)
+    assert log.recent("default", "a0")[-1].message == "no namespace"
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ from typing import Any
 
 import aiohttp
 
-from core.channels import APPS, EVENTS, PRESENCE, SCALE
+from core.channels import APPS, EVENTS, EVENTS_QUERY, PRESENCE, SCALE
 from core.codec import Envelope
-from core.commands import Reply, ScaleCommand
+from core.commands import EventList, EventsQuery, Reply, ScaleCommand
 from core.config import ServiceConfig
 from core.memory import MemoryBroker
 from core.spec import AppSpec
@@ -86,6 +86,13 @@ async def test_events_are_kept_for_pages_that_open_later() -> None:
         assert [e["message"] for e in history] == ["hello"]
         async with aiohttp.ClientSession() as http, http.get(url + "/api/events?app=web") as r:
             assert [e["kind"] for e in await r.json()] == ["replica_started"]
+        answer = await bus.request(EVENTS_QUERY, EventsQuery(app="web"))
+        assert isinstance(answer, EventList)
+        assert [e.message for e in answer.events] == ["hello"]
+        assert answer.kept == 500
+        other = await bus.request(EVENTS_QUERY, EventsQuery(app="db"))
+        assert isinstance(other, EventList)
+        assert other.events == []
 
 
 async def test_scale_is_the_cli_command_and_its_answer_is_shown() -> None:
