@@ -232,8 +232,11 @@ def test_dashboard_in_a_browser(cluster: Cluster, browser: Any) -> None:
     assert [a["name"] for a in cluster.get_json("apps")] == ["web"]
     assert len(cluster.containers(app="web")) == 3
 
-    # The Prometheus SD endpoint answers in the HTTP SD format.
+    # The Prometheus SD endpoint lists every service of the cluster, each with its address.
     groups = json.loads(http_get(admin + "/sd/prometheus").body)
-    assert isinstance(groups, list)
-    assert all(set(g) == {"targets", "labels"} for g in groups)
+    assert all(set(g) == {"targets", "labels"} and len(g["targets"]) == 1 for g in groups)
+    listed = {g["labels"]["service"] for g in groups}
+    assert {"controller", "scheduler", "health", "balancer", "agent", "dashboard"} <= listed
+    target = next(g["targets"][0] for g in groups if g["labels"]["service"] == "dashboard")
+    assert "shoal_build_info" in http_get(f"http://{target}/metrics").body
     assert errors == []
