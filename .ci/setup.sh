@@ -31,6 +31,8 @@ if [ "${SHOAL_TEST_DEPS:-0}" = 1 ]; then
   command -v openssl >/dev/null || need+=(openssl)  # certificates for the TLS tests
   # every service's /metrics is linted by Prometheus' own promtool
   command -v promtool >/dev/null || need+=(prometheus)
+  # the dashboard's browser test drives Debian's chromium (Playwright never downloads one)
+  [ -x /usr/bin/chromium ] || need+=(chromium)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then

@@ -26,6 +26,8 @@ from pydantic import BaseModel
 from core.commands import (
     ApplyCommand,
     DeleteCommand,
+    EventList,
+    EventsQuery,
     History,
     HistoryQuery,
     NodeCommand,
@@ -326,7 +328,7 @@ PRESENCE: Channel[Presence, ServiceKey] = Channel(
     Presence,
     "presence",
     "every service instance (for itself)",
-    "online/offline, version, leadership; the last will says offline",
+    "online/offline, version, leadership, metrics address; the last will says offline",
     SERVICE_KEY,
     lambda body: ServiceKey(body.service, body.instance),
     retained=True,
@@ -399,10 +401,33 @@ NODE: Command[NodeCommand, Reply] = Command(
     "cordon, uncordon or drain a node",
 )
 
-COMMANDS: tuple[Command[Any, Any], ...] = (APPLY, DELETE, SCALE, ROLLBACK, HISTORY, ROLLOUT, NODE)
+EVENTS_QUERY: Command[EventsQuery, EventList] = Command(
+    "events",
+    EventsQuery,
+    "events_query",
+    EventList,
+    "events",
+    "dashboard (any instance)",
+    "the recent events kept for later readers",
+)
+
+COMMANDS: tuple[Command[Any, Any], ...] = (
+    APPLY,
+    DELETE,
+    SCALE,
+    ROLLBACK,
+    HISTORY,
+    ROLLOUT,
+    NODE,
+    EVENTS_QUERY,
+)
 
 #: The envelope kinds that travel on ``reply/<client>``.
-REPLY_KINDS: dict[str, type[BaseModel]] = {"reply": Reply, "revisions": History}
+REPLY_KINDS: dict[str, type[BaseModel]] = {
+    "reply": Reply,
+    "revisions": History,
+    "events": EventList,
+}
 
 
 def reply_topic(prefix: str, client: str) -> str:

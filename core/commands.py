@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from core.bounds import MAX_COUNT, Count, Serial
 from core.spec import Model, check_dns_label
+from core.state import Event
 
 
 class ApplyCommand(Model):
@@ -114,3 +115,25 @@ class Reply(Model):
     revision: Count | None = None
     errors: list[str] = Field(default_factory=list)
     results: list[AppResult] = Field(default_factory=list)
+
+
+class EventsQuery(Model):
+    """``cmd/events``: the recent events a dashboard kept, oldest first (``shoal events``)."""
+
+    namespace: str | None = None
+    app: str | None = None
+    limit: int = Field(default=100, ge=1, le=10_000)
+
+
+class RecentEvent(Event):
+    """An event as kept for later readers: when it arrived, and its number there."""
+
+    ts: float = 0.0
+    seq: Count = 0
+
+
+class EventList(Model):
+    """The answer to ``events``."""
+
+    events: list[RecentEvent] = Field(default_factory=list)
+    kept: Count = Field(default=0, description="how many events the answerer keeps at most")

@@ -13,6 +13,22 @@ from core.logs import get_logger, setup_logging
 log = get_logger("shoal.broker")
 
 
+class _Snapshots(dict[str, Any]):
+    """amqtt's table of subscriptions, iterated over a copy.
+
+    amqtt 0.12 walks the whole table with an ``await`` inside the loop when a client
+    connects (retained messages for a pre-existing session); a subscription from any other
+    client in that window raised "dictionary changed size during iteration" and killed the
+    connecting client's session (seen with ``shoal up`` starting eight clients at once).
+    """
+
+    def __iter__(self) -> Any:
+        return iter(list(super().keys()))
+
+    def items(self) -> Any:
+        return list(super().items())
+
+
 def broker_config(host: str, port: int, *, allow_anonymous: bool = True) -> dict[str, Any]:
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
@@ -32,6 +48,8 @@ async def serve(host: str, port: int, stop: asyncio.Event | None = None) -> None
     logging.getLogger("amqtt").setLevel(logging.WARNING)
     logging.getLogger("transitions").setLevel(logging.WARNING)
     broker = Broker(broker_config(host, port))
+    if isinstance(getattr(broker, "_subscriptions", None), dict):
+        broker._subscriptions = _Snapshots(broker._subscriptions)
     await broker.start()
     log.info("embedded broker listening", address=f"{host}:{port}")
     try:

@@ -10,7 +10,16 @@ import click
 from core import __version__
 from core.logs import setup_logging
 
-SERVICES = ("controller", "scheduler", "agent", "health", "balancer", "scaler", "broker")
+SERVICES = (
+    "controller",
+    "scheduler",
+    "agent",
+    "health",
+    "balancer",
+    "scaler",
+    "dashboard",
+    "broker",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,6 +62,7 @@ def _register() -> None:
         "nodes",
         "logs",
         "scale",
+        "events",
         "contexts",
         "completion",
     ):

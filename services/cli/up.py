@@ -158,6 +158,12 @@ def _has_service(name: str) -> bool:
     "--admin", default="127.0.0.1:9090", show_default=True, help="balancer admin address (/metrics)"
 )
 @click.option(
+    "--dashboard",
+    default="127.0.0.1:8081",
+    show_default=True,
+    help="web dashboard address (HOST:PORT)",
+)
+@click.option(
     "--data-dir",
     default=data_dir_default,
     show_default="$SHOAL_DATA_DIR, else /var/lib/shoal as root, else $XDG_STATE_HOME/shoal",
@@ -198,6 +204,7 @@ def up(
     prefix: str,
     listen: str,
     admin: str,
+    dashboard: str,
     data_dir: str,
     node_id: str,
     address: str,
@@ -246,6 +253,7 @@ def up(
         ("health", []),
         ("balancer", ["--listen", listen, "--admin", admin]),
         ("scaler", []),
+        ("dashboard", ["--listen", dashboard]),
     ]
     if not no_agent:
         agent_args = ["--node-id", node_id, "--address", address]
@@ -258,6 +266,7 @@ def up(
     names = ", ".join(c.name for c in children)
     err_console.print(
         f"[bold]shoal up[/bold]: broker {url} · balancer http://{listen} · data {data_dir}\n"
+        f"  dashboard: http://{dashboard}/\n"
         f"  services: {names}\n  try: shoal apply -f configs/demo.yaml --wait",
         highlight=False,
     )

@@ -38,6 +38,7 @@ def test_shoal_up_with_embedded_broker_serves_traffic_and_stops_cleanly(
     prefix = f"up{uuid.uuid4().hex[:8]}"
     broker = f"mqtt://127.0.0.1:{free_port()}"
     listen = f"127.0.0.1:{free_port()}"
+    dashboard = f"127.0.0.1:{free_port()}"
     env = {"SHOAL_BROKER": broker, "SHOAL_PREFIX": prefix}
     up = procs.spawn(
         "up",
@@ -50,6 +51,8 @@ def test_shoal_up_with_embedded_broker_serves_traffic_and_stops_cleanly(
             listen,
             "--admin",
             f"127.0.0.1:{free_port()}",
+            "--dashboard",
+            dashboard,
             "--data-dir",
             str(procs.workdir / "data"),
             "--node-id",
@@ -82,6 +85,9 @@ def test_shoal_up_with_embedded_broker_serves_traffic_and_stops_cleanly(
         names = {http_get(f"http://{listen}/").body for _ in range(12)}
         assert len(names) == 2
         assert all(n.startswith("v2 ") for n in names)
+        assert f"dashboard: http://{dashboard}/" in up.output()
+        state = json.loads(http_get(f"http://{dashboard}/api/state").body)
+        assert [a["key"] for a in state["apps"]] == ["default/hello"]
         assert shoal("delete", "-f", str(spec)).returncode == 0
         wait_for(lambda: http_get(f"http://{listen}/").status == 404, 30)
     finally:
@@ -105,6 +111,7 @@ SERVICES = {
     "services.balancer",  # the master, which owns the sockets
     "services.balancer.worker",
     "services.scaler",
+    "services.dashboard",
 }
 
 
@@ -127,6 +134,8 @@ def test_shoal_up_killed_with_sigkill_leaves_no_service_process(
             f"127.0.0.1:{free_port()}",
             "--admin",
             admin,
+            "--dashboard",
+            f"127.0.0.1:{free_port()}",
             "--data-dir",
             str(procs.workdir / "data"),
             "--node-id",

@@ -55,7 +55,7 @@ def test_keys_are_typed_and_read_from_bodies() -> None:
 
 def test_commands_are_strict_and_state_is_lenient() -> None:
     assert all(c.lenient for c in CHANNELS)
-    assert {c.served_by.split()[0] for c in COMMANDS} == {"controller", "scheduler"}
+    assert {c.served_by.split()[0] for c in COMMANDS} == {"controller", "scheduler", "dashboard"}
 
 
 def test_core_readme_lists_the_whole_contract() -> None:

@@ -1,0 +1,3 @@
+from services.dashboard.command import command
+
+command()
