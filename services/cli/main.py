@@ -55,6 +55,7 @@ def _register() -> None:
         "scale",
         "contexts",
         "completion",
+        "secrets",
     ):
         try:
             module = importlib.import_module(f"services.cli.{module_name}")
