@@ -15,6 +15,7 @@ instead (Docker keeps that in its own state on disk, as for any env value).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ from core.channels import SECRET_VALUES
 from core.commands import Reply
 from core.errors import BusError, RuntimeFailure
 from core.sealing import Opener, SealError, label
-from core.secrets import SecretValuesRequest, SecretWant
+from core.secrets import SecretValues, SecretValuesRequest, SecretWant
 from core.spec import AppSpec
 
 #: File systems that never write to a disk.
@@ -172,8 +173,28 @@ class SecretFiles:
         return gone
 
 
+#: Asked again after these delays while the controller has not yet seen the assignment
+#: that pins the versions (it reads the same retained topic, a moment later or earlier).
+NOT_YET = (0.1, 0.3, 0.6)
+
+
 class SecretFetcher:
     """Asks the controller for the secret versions a spec pins."""
+
+    async def _ask(self, spec: AppSpec, request: SecretValuesRequest) -> SecretValues | Reply:
+        delays = iter(NOT_YET)
+        while True:
+            try:
+                answer = await self.bus.request(SECRET_VALUES, request, timeout=self.timeout)
+            except BusError as err:
+                raise SecretFailure(f"secrets of {spec.key}: {err}") from err
+            not_yet = isinstance(answer, Reply) and all(
+                "runs no replica using" in line for line in answer.errors
+            )
+            delay = next(delays, None) if not_yet else None
+            if delay is None:
+                return answer
+            await asyncio.sleep(delay)
 
     def __init__(self, bus: Bus, node: str, timeout: float = 10.0) -> None:
         self.bus = bus
@@ -192,10 +213,7 @@ class SecretFetcher:
         request = SecretValuesRequest(
             node=self.node, public_key=self.opener.public_key, wants=wants
         )
-        try:
-            answer = await self.bus.request(SECRET_VALUES, request, timeout=self.timeout)
-        except BusError as err:
-            raise SecretFailure(f"secrets of {spec.key}: {err}") from err
+        answer = await self._ask(spec, request)
         if isinstance(answer, Reply):
             raise SecretFailure(
                 f"secrets of {spec.key} refused: {'; '.join(answer.errors) or 'no reason'}"
