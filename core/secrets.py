@@ -113,6 +113,9 @@ class SecretValuesRequest(Model):
     node: str
     public_key: str
     wants: list[SecretWant] = Field(max_length=1000)
+    #: ``agent``: ``node`` is a node, given what its assignment pins; ``balancer``: ``node``
+    #: is a balancer instance, given only the route certificates and keys apps pin
+    role: Literal["agent", "balancer"] = "agent"
 
     _node = field_validator("node")(classmethod(lambda cls, v: check_node_id(v)))
 
@@ -136,8 +139,17 @@ class SecretValues(Model):
 # -- pure rules over specs ----------------------------------------------------------------
 
 
+def names_used(spec: AppSpec) -> list[str]:
+    """Every secret a spec names: its ``secrets`` and its route's certificate and key."""
+    names = [use.name for use in spec.secrets]
+    tls = spec.route.tls if spec.route is not None else None
+    if tls is not None:
+        names += [n for n in (tls.cert, tls.key) if n not in names]
+    return names
+
+
 def uses(spec: AppSpec, name: str) -> bool:
-    return any(use.name == name for use in spec.secrets)
+    return name in names_used(spec)
 
 
 def apps_using(specs: Iterable[AppSpec], namespace: str, name: str) -> list[AppKey]:
@@ -148,29 +160,54 @@ def apps_using(specs: Iterable[AppSpec], namespace: str, name: str) -> list[AppK
 def missing_secrets(spec: AppSpec, versions: Mapping[str, int]) -> list[str]:
     """One line per secret the spec uses that its namespace does not hold."""
     return [
-        f"app {spec.key}: secret {use.name!r} does not exist in namespace {spec.namespace} "
-        f"(create it first: shoal secret create {use.name} -n {spec.namespace} ...)"
-        for use in spec.secrets
-        if use.name not in versions
+        f"app {spec.key}: secret {use!r} does not exist in namespace {spec.namespace} "
+        f"(create it first: shoal secret create {use} -n {spec.namespace} ...)"
+        for use in names_used(spec)
+        if use not in versions
     ]
 
 
 def pin_secrets(spec: AppSpec, versions: Mapping[str, int]) -> AppSpec:
     """The spec with every secret pinned to its version in ``versions`` (name -> current
     version); a secret missing from ``versions`` keeps its pin (``missing_secrets`` says)."""
-    if not spec.secrets:
-        return spec
+    update: dict[str, object] = {}
     pinned = [
         use.model_copy(update={"version": versions.get(use.name, use.version)})
         for use in spec.secrets
     ]
-    if pinned == spec.secrets:
-        return spec
-    return spec.model_copy(update={"secrets": pinned})
+    if pinned != spec.secrets:
+        update["secrets"] = pinned
+    route = spec.route
+    if route is not None and route.tls is not None:
+        tls = route.tls
+        new_tls = tls.model_copy(
+            update={
+                "cert_version": versions.get(tls.cert, tls.cert_version),
+                "key_version": versions.get(tls.key, tls.key_version),
+            }
+        )
+        if new_tls != tls:
+            update["route"] = route.model_copy(update={"tls": new_tls})
+    return spec.model_copy(update=update) if update else spec
+
+
+def route_wanted(specs: Iterable[AppSpec]) -> set[tuple[str, str, int]]:
+    """Every (namespace, name, version) the specs' routes pin for TLS: what a balancer
+    may get (never an app's ``secrets``)."""
+    out: set[tuple[str, str, int]] = set()
+    for spec in specs:
+        tls = spec.route.tls if spec.route is not None else None
+        if tls is None:
+            continue
+        for name, version in ((tls.cert, tls.cert_version), (tls.key, tls.key_version)):
+            if version is not None:
+                out.add((spec.namespace, name, version))
+    return out
 
 
 def wanted(specs: Iterable[AppSpec]) -> set[tuple[str, str, int]]:
-    """Every (namespace, name, version) the specs pin: what a node running them may get."""
+    """Every (namespace, name, version) the specs pin in ``secrets``: what a node running
+    them may get (a route's certificate key is the balancers', never a node's)."""
     return {
         (spec.namespace, use.name, use.version)
         for spec in specs

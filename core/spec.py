@@ -187,6 +187,21 @@ class Health(Model):
     liveness: Probe | None = None
 
 
+class RouteTls(Model):
+    """HTTPS for a route: its certificate chain and private key, each a secret (PEM) of
+    the app's namespace, served by the balancer's TLS listener to clients asking (SNI)
+    for the route's host. The versions are pinned by the controller, as for
+    ``AppSpec.secrets``: a new certificate reaches the balancers without a new revision."""
+
+    cert: str
+    key: str
+    cert_version: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    key_version: int | None = Field(default=None, ge=1, le=2**63 - 1)
+
+    _cert = field_validator("cert")(classmethod(lambda cls, v: check_secret_name(v)))
+    _key = field_validator("key")(classmethod(lambda cls, v: check_secret_name(v)))
+
+
 class Route(Model):
     """How the balancer reaches the app: by Host header and path prefix."""
 
@@ -198,6 +213,13 @@ class Route(Model):
         default="client_ip",
         description="for algorithm hash: 'client_ip' or 'header:<Name>' (falls back to client IP)",
     )
+    tls: RouteTls | None = None
+
+    @model_validator(mode="after")
+    def _tls_host(self) -> Route:
+        if self.tls is not None and self.host is None:
+            raise ValueError("route tls needs a host: the certificate is chosen by it (SNI)")
+        return self
 
     @field_validator("hash_on")
     @classmethod

@@ -136,7 +136,10 @@ async def _create(opts: ClientOptions, namespace: str, name: str, value: bytes) 
     assert isinstance(answer, SecretPutResult)
     click.echo(f"secret {label} {answer.change} (version {answer.version})")
     for app in answer.rolled:
-        click.echo(f"  app {app.namespace}/{app.name}: rolling to revision {app.revision}")
+        if any(line.startswith("secrets") for line in app.changes):
+            click.echo(f"  app {app.namespace}/{app.name}: rolling to revision {app.revision}")
+        else:  # only its route's certificate: the balancers reload it, nothing restarts
+            click.echo(f"  app {app.namespace}/{app.name}: route certificate updated")
 
 
 @secret.command("ls")

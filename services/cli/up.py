@@ -151,6 +151,12 @@ def _has_service(name: str) -> bool:
     "--admin", default="127.0.0.1:9090", show_default=True, help="balancer admin address (/metrics)"
 )
 @click.option(
+    "--tls-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="balancer HTTPS address for routes with tls (certificates from secrets, by SNI)",
+)
+@click.option(
     "--data-dir",
     default=data_dir_default,
     show_default="$SHOAL_DATA_DIR, else /var/lib/shoal as root, else $XDG_STATE_HOME/shoal",
@@ -191,6 +197,7 @@ def up(
     prefix: str,
     listen: str,
     admin: str,
+    tls_listen: str | None,
     data_dir: str,
     node_id: str,
     address: str,
@@ -234,7 +241,16 @@ def up(
         ("controller", ["--data-dir", data_dir, *(["--policy", policy] if policy else [])]),
         ("scheduler", []),
         ("health", []),
-        ("balancer", ["--listen", listen, "--admin", admin]),
+        (
+            "balancer",
+            [
+                "--listen",
+                listen,
+                "--admin",
+                admin,
+                *(["--tls-listen", tls_listen] if tls_listen else []),
+            ],
+        ),
         ("scaler", []),
     ]
     if not no_agent:

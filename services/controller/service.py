@@ -70,8 +70,10 @@ from core.secrets import (
     SecretValuesRequest,
     apps_using,
     missing_secrets,
+    names_used,
     pin_secrets,
     put_label,
+    route_wanted,
     wanted,
 )
 from core.service import Service
@@ -556,7 +558,7 @@ class ControllerService(Service):
         out: list[AppSpec] = []
         versions: dict[str, dict[str, int]] = {}
         for spec in specs:
-            if spec.secrets:
+            if names_used(spec):
                 if spec.namespace not in versions:
                     versions[spec.namespace] = self.db.secret_versions(spec.namespace)
                 errors += missing_secrets(spec, versions[spec.namespace])
@@ -664,12 +666,17 @@ class ControllerService(Service):
         )
 
     async def _cmd_secret_values(self, cmd: SecretValuesRequest, env: Envelope) -> SecretValues:
-        """Only the versions the node's retained assignment pins, sealed to its key."""
-        assignment = self.assignments.get(cmd.node)
-        allowed = wanted(assignment.specs.values()) if assignment is not None else set()
+        """Only the versions the node's retained assignment pins (a balancer: the route
+        certificates and keys the apps pin), sealed to the requester's key."""
+        if cmd.role == "balancer":
+            allowed = route_wanted(r.state.spec for r in self.apps.values())
+            who = f"no route of balancer {cmd.node}'s apps uses"
+        else:
+            assignment = self.assignments.get(cmd.node)
+            allowed = wanted(assignment.specs.values()) if assignment is not None else set()
+            who = f"node {cmd.node} runs no replica using"
         refused = [
-            f"node {cmd.node} runs no replica using secret {w.namespace}/{w.name} "
-            f"version {w.version}"
+            f"{who} secret {w.namespace}/{w.name} version {w.version}"
             for w in cmd.wants
             if (w.namespace, w.name, w.version) not in allowed
         ]

@@ -170,3 +170,44 @@ async def test_only_a_node_assigned_a_replica_gets_the_value_sealed_to_its_key(
         assert isinstance(await bus.request(SECRET_VALUES, other, timeout=5), Reply)
         await bus.sync()
     no_trace(seen, VALUE)
+
+
+async def test_a_balancer_gets_route_certificates_and_never_an_app_secret(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+    async with running(tmp_path, seen) as (bus, _):
+        apps = await bus.view(APPS)
+        for name, value in (("db", VALUE), ("crt", b"CERT"), ("key", b"KEY")):
+            await put(bus, value, name)
+        route = {"host": "web.test", "port": "http", "tls": {"cert": "crt", "key": "key"}}
+        assert (await apply(bus, ports={"http": 80}, route=route, secrets=["db"])).ok
+        await eventually(lambda: apps.get(WEB))
+        balancer = Opener()
+
+        def asking(*wants: tuple[str, int]) -> SecretValuesRequest:
+            return SecretValuesRequest(
+                node="lb-1",
+                public_key=balancer.public_key,
+                role="balancer",
+                wants=[SecretWant(namespace="default", name=n, version=v) for n, v in wants],
+            )
+
+        answer = await bus.request(SECRET_VALUES, asking(("crt", 1), ("key", 1)), timeout=5)
+        assert isinstance(answer, SecretValues)
+        assert [
+            balancer.open(answer.public_key, v.sealed, label("default", v.name, 1))
+            for v in answer.values
+        ] == [b"CERT", b"KEY"]
+        refused = await bus.request(SECRET_VALUES, asking(("db", 1)), timeout=5)
+        assert isinstance(refused, Reply)
+        assert refused.errors == [
+            "no route of balancer lb-1's apps uses secret default/db version 1"
+        ]
+        # a new certificate updates the route in place: no new revision
+        changed = await put(bus, b"CERT2", "crt")
+        assert [(r.name, r.revision, r.change) for r in changed.rolled] == [("web", 1, "updated")]
+        state = await eventually(
+            lambda: (s := apps.get(WEB)) and s.spec.route.tls.cert_version == 2 and s
+        )
+        assert state.revision == 1
+        await bus.sync()
+    no_trace(seen, VALUE, b"CERT2")

@@ -15,8 +15,10 @@ from core.secrets import (
     SecretPut,
     apps_using,
     missing_secrets,
+    names_used,
     pin_secrets,
     put_label,
+    route_wanted,
     wanted,
 )
 from core.spec import AppSpec, validate_apps
@@ -144,3 +146,25 @@ def test_a_sealed_value_opens_only_with_the_agent_key_and_its_label() -> None:
         Opener().open(sealer.public_key, sealed, label("default", "db", 2))  # another agent
     with pytest.raises(SealError, match=r"X25519|base64"):
         Sealer("bm90IGEga2V5")
+
+
+def test_a_route_certificate_is_pinned_and_given_to_balancers_only() -> None:
+    s = spec(
+        ports={"http": 80},
+        route={"host": "web.test", "port": "http", "tls": {"cert": "crt", "key": "key"}},
+        secrets=["db"],
+    )
+    assert names_used(s) == ["db", "crt", "key"]
+    assert missing_secrets(s, {"db": 1, "crt": 1}) == [
+        "app default/web: secret 'key' does not exist in namespace default "
+        "(create it first: shoal secret create key -n default ...)"
+    ]
+    pinned = pin_secrets(s, {"db": 1, "crt": 4, "key": 5})
+    assert pinned.route is not None
+    assert pinned.route.tls is not None
+    assert (pinned.route.tls.cert_version, pinned.route.tls.key_version) == (4, 5)
+    # the certificate is not part of the template: a new one restarts nothing
+    assert pinned.template_hash() == pin_secrets(s, {"db": 1, "crt": 9, "key": 9}).template_hash()
+    assert route_wanted([pinned]) == {("default", "crt", 4), ("default", "key", 5)}
+    assert wanted([pinned]) == {("default", "db", 1)}  # a node never gets the route's key
+    assert apps_using([pinned], "default", "key") == [AppKey("default", "web")]
