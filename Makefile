@@ -1,5 +1,5 @@
 # The two commands of the README, plus a few for development.
-.PHONY: demo test lint unit integration e2e bench clean
+.PHONY: demo test lint unit integration e2e bench clean image dev-stack
 
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
@@ -27,6 +27,12 @@ e2e:
 
 bench:  ## print performance figures (see tests/benchmarks)
 	for b in tests/benchmarks/bench_*.py; do m=$$(echo $${b%.py} | tr / .); echo "== $$m"; $(PY) -m $$m || exit 1; done
+
+image:  ## the Shoal image shoal:dev, built once from wheels (no registry needed)
+	SHOAL_DEV_BUILD_ONLY=1 bash .ci/dev-stack.sh
+
+dev-stack:  ## compose.dev.yml: build, bring up, deploy the demo on it, check it serves
+	bash .ci/dev-stack.sh
 
 clean:  ## remove containers of every Shoal cluster on this engine
 	docker ps -aq --filter label=shoal.managed=true | xargs -r docker rm -f

@@ -28,6 +28,8 @@ if [ "${SHOAL_TEST_DEPS:-0}" = 1 ]; then
   # the controller's PostgreSQL store is tested on a real server (binaries in
   # /usr/lib/postgresql/<version>/bin; tests/support/postgres.py starts a throwaway cluster)
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
+  # every service's /metrics is linted by Prometheus' own promtool
+  command -v promtool >/dev/null || need+=(prometheus)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then

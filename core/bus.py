@@ -30,8 +30,9 @@ import inspect
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiomqtt
@@ -43,6 +44,7 @@ from core.channels import REPLY_KINDS, Channel, Command, reply_topic
 from core.codec import Envelope
 from core.commands import Reply
 from core.config import BrokerURL, InProcessBroker
+from core.durations import Durations
 from core.errors import BusError, CodecError, RequestTimeout, ShoalError, SpecError, TopicError
 from core.logs import get_logger
 from core.topics import Topics, matches
@@ -75,6 +77,22 @@ class LastWill:
     qos: int = 1
 
 
+@dataclass(slots=True)
+class BusCounters:
+    """Plain counters the bus bumps (read by ``core.metrics`` at scrape time)."""
+
+    received: int = 0
+    received_bytes: int = 0
+    published: int = 0
+    published_bytes: int = 0
+    dropped: int = 0  # malformed, undecodable, or a handler failed on it
+    publish_failures: int = 0
+    #: commands answered, by (command, result): result is ok, refused, failed or crashed
+    answered: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: seconds spent answering, by command
+    answer_seconds: dict[str, Durations] = field(default_factory=dict)
+
+
 class Bus:
     """A broker connection that survives the broker going away (transport: a subclass)."""
 
@@ -105,6 +123,7 @@ class Bus:
         self._closing = False
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self.connects = 0
+        self.counters = BusCounters()
 
     # -- transport (subclasses) ---------------------------------------------------------
 
@@ -201,9 +220,12 @@ class Bus:
 
     def _receive(self, topic: str, payload: bytes) -> None:
         """Take one message off the connection; nothing a payload holds may end the session."""
+        self.counters.received += 1
+        self.counters.received_bytes += len(payload)
         try:
             self._take(topic, payload)
         except Exception:  # the receive loop must outlive any one message
+            self.counters.dropped += 1
             log.exception("message dropped on receipt", topic=topic, size=len(payload))
 
     def _take(self, topic: str, payload: bytes) -> None:
@@ -239,15 +261,18 @@ class Bus:
                     try:
                         await self._deliver(sub, topic, payload)
                     except Exception:  # the dispatcher must outlive any one message
+                        self.counters.dropped += 1
                         log.exception("message dropped", topic=topic, size=len(payload))
 
     async def _deliver(self, sub: Subscription, topic: str, payload: bytes) -> None:
         try:
             env = codec.decode(payload, allow_json=sub.allow_json)
         except CodecError as err:
+            self.counters.dropped += 1
             log.warning("malformed message dropped", topic=topic, error=str(err), size=len(payload))
             return
         except Exception:  # a decoder bug: drop the message, keep the dispatcher
+            self.counters.dropped += 1
             log.exception("undecodable message dropped", topic=topic, size=len(payload))
             return
         try:
@@ -255,6 +280,7 @@ class Bus:
             if inspect.isawaitable(result):
                 await result
         except Exception as err:
+            self.counters.dropped += 1
             log.exception(
                 "handler failed; message dropped",
                 topic=topic,
@@ -372,12 +398,18 @@ class Bus:
         qos: int = 1,
         timeout: float | None = 10.0,
     ) -> None:
-        await self.wait_connected(timeout)
         try:
+            await self.wait_connected(timeout)
             async with asyncio.timeout(timeout):
                 await self._send(topic, payload, qos=qos, retain=retain)
         except TimeoutError as err:
+            self.counters.publish_failures += 1
             raise BusError(f"publish to {topic} failed: timeout") from err
+        except BaseException:
+            self.counters.publish_failures += 1
+            raise
+        self.counters.published += 1
+        self.counters.published_bytes += len(payload)
 
     # -- commands -----------------------------------------------------------------------
 
@@ -427,6 +459,8 @@ class Bus:
             if env is None or (when is not None and not when()):
                 return
             result: BaseModel | None
+            started = time.monotonic()
+            outcome = "ok"
             try:
                 if env.kind != command.kind:
                     raise SpecError(
@@ -439,13 +473,19 @@ class Bus:
                     raise SpecError(errors) from err
                 result = await handler(body, env)
             except SpecError as err:
+                outcome = "refused"
                 result = Reply(ok=False, errors=err.errors)
             except ShoalError as err:
+                outcome = "failed"
                 log.warning("command failed", command=command.name, error=str(err))
                 result = Reply(ok=False, errors=[f"{command.name} failed: {err}"])
             except Exception as err:  # a bug must not cost the client its answer
+                outcome = "crashed"
                 log.exception("command crashed", command=command.name)
                 result = Reply(ok=False, errors=[f"{command.name} failed: internal error: {err}"])
+            if isinstance(result, Reply) and not result.ok and outcome == "ok":
+                outcome = "refused"
+            self._count_answer(command.name, outcome, time.monotonic() - started)
             if result is None:
                 return
             if isinstance(result, Reply) and not result.ok:
@@ -457,6 +497,13 @@ class Bus:
                 log.warning("reply not sent", command=command.name, to=env.reply_to, error=str(err))
 
         await self.watch(command.topic(self.prefix), on_request, allow_json=True)
+
+    def _count_answer(self, command: str, outcome: str, seconds: float) -> None:
+        self.counters.answered[command, outcome] += 1
+        durations = self.counters.answer_seconds.get(command)
+        if durations is None:
+            durations = self.counters.answer_seconds[command] = Durations()
+        durations.observe(seconds)
 
     async def reply(self, request: Envelope, kind: str, body: BaseModel | dict[str, Any]) -> None:
         """Answer ``request`` on its ``reply_to`` topic, if it has one."""

@@ -89,3 +89,5 @@ class ServiceConfig:
     instance: str = field(default_factory=default_instance)
     log_level: str = "info"
     log_format: Literal["console", "json"] = "console"
+    #: where ``/metrics`` listens: (host, port), port 0 for any free one; None: nowhere
+    metrics: tuple[str, int] | None = None

@@ -10,14 +10,17 @@ from typing import Any
 import click
 
 from core.config import DEFAULT_BROKER, BrokerURL, ConfigError, ServiceConfig, default_instance
+from core.metrics import parse_listen
 
 
 def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``--broker --prefix --instance --log-level --log-format``; pass ``config``."""
+    """Add ``--broker --prefix --instance --metrics --log-level --log-format``; pass
+    ``config``."""
 
     @click.option(
         "--broker",
         envvar="SHOAL_BROKER",
+        show_envvar=True,
         default=DEFAULT_BROKER,
         show_default=True,
         help="mqtt://[user:pass@]host[:port] or mqtts://...[?ca=FILE]",
@@ -25,6 +28,7 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--prefix",
         envvar="SHOAL_PREFIX",
+        show_envvar=True,
         default="shoal",
         show_default=True,
         help="topic prefix; two clusters can share a broker under two prefixes",
@@ -32,12 +36,24 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--instance",
         envvar="SHOAL_INSTANCE",
+        show_envvar=True,
         default=None,
         help="instance name (default: host-pid-random)",
     )
     @click.option(
+        "--metrics",
+        "metrics_listen",
+        envvar="SHOAL_METRICS",
+        show_envvar=True,
+        default="127.0.0.1:0",
+        show_default=True,
+        help="HOST:PORT for this service's Prometheus /metrics (port 0: any free one, "
+        "announced in its presence); 'off' for none",
+    )
+    @click.option(
         "--log-level",
         envvar="SHOAL_LOG_LEVEL",
+        show_envvar=True,
         default="info",
         show_default=True,
         type=click.Choice(["debug", "info", "warning", "error"]),
@@ -45,6 +61,7 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--log-format",
         envvar="SHOAL_LOG_FORMAT",
+        show_envvar=True,
         default="console",
         show_default=True,
         type=click.Choice(["console", "json"]),
@@ -56,8 +73,13 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
         instance: str | None,
         log_level: str,
         log_format: str,
+        metrics_listen: str,
         **kwargs: Any,
     ) -> Any:
+        try:
+            metrics = parse_listen(metrics_listen)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--metrics") from err
         try:
             config = ServiceConfig(
                 broker=BrokerURL.parse(broker),
@@ -65,6 +87,7 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 instance=instance or default_instance(),
                 log_level=log_level,
                 log_format=log_format,  # type: ignore[arg-type]
+                metrics=metrics,
             )
         except ConfigError as err:
             raise click.BadParameter(str(err), param_hint="--broker") from err

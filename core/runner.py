@@ -17,16 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from core.backoff import Backoff
+from core.durations import Durations
 from core.errors import ShoalError
 from core.logs import get_logger
 
 K = TypeVar("K", bound=Hashable)
 
 log = get_logger("shoal.runner")
+
+#: every live runner of this process (read by ``core.metrics`` at scrape time)
+RUNNERS: weakref.WeakSet[Reconciler[Any]] = weakref.WeakSet()
 
 
 class Reconciler(Generic[K]):
@@ -51,6 +56,14 @@ class Reconciler(Generic[K]):
         self._initial = backoff_initial
         self._cap = backoff_cap
         self.runs = 0
+        self.failures = 0  # reconciles that raised (retried or dropped)
+        self.durations = Durations()
+        RUNNERS.add(self)
+
+    @property
+    def queued(self) -> int:
+        """Keys waiting for a reconcile now (not those waiting for a timer)."""
+        return len(self._queue)
 
     def mark(self, key: K) -> None:
         """Queue ``key`` for reconciliation (a no-op if it is queued already)."""
@@ -97,11 +110,24 @@ class Reconciler(Generic[K]):
             for timer in self._timers.values():
                 timer.cancel()
 
-    async def _run_one(self, key: K) -> None:
+    async def _timed(self, key: K) -> float | None:
         started = time.perf_counter()
         self.runs += 1
         try:
-            again = await self._reconcile(key)
+            return await self._reconcile(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.failures += 1
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            self.durations.observe(seconds)
+            log.debug("reconciled", runner=self.name, key=str(key), ms=round(seconds * 1000, 2))
+
+    async def _run_one(self, key: K) -> None:
+        try:
+            again = await self._timed(key)
         except asyncio.CancelledError:
             raise
         except ShoalError as err:
@@ -122,12 +148,6 @@ class Reconciler(Generic[K]):
         self._backoffs.pop(key, None)
         if again is not None:
             self.mark_later(key, again)
-        log.debug(
-            "reconciled",
-            runner=self.name,
-            key=str(key),
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
 
     def _retry(self, key: K, err: Exception) -> None:
         backoff = self._backoffs.setdefault(key, Backoff(self._initial, self._cap))

@@ -23,6 +23,7 @@ from core.config import ServiceConfig
 from core.keys import ServiceKey
 from core.leadership import Callback, Leadership
 from core.logs import get_logger, setup_logging
+from core.metrics import MetricsServer, ServiceMetrics
 from core.state import Event, Presence
 from core.topics import Topics
 
@@ -31,6 +32,8 @@ class Service:
     name: ClassVar[str] = "service"
 
     def __init__(self, config: ServiceConfig) -> None:
+        self._metrics_server: MetricsServer | None = None
+        self._leadership: Leadership | None = None
         self.config = config
         self.topics = Topics(config.prefix)
         self.instance = config.instance
@@ -45,7 +48,7 @@ class Service:
         )
         self.bus.on_connect(self.announce)
         self._stop = asyncio.Event()
-        self._leadership: Leadership | None = None
+        self.metrics = ServiceMetrics(self.name, self.bus, self.is_leader)
 
     # -- overridable -----------------------------------------------------------------
 
@@ -85,6 +88,7 @@ class Service:
             pid=os.getpid(),
             started=self.started,
             leader=self.is_leader() if status == "online" else False,
+            metrics=self._metrics_server.address if self._metrics_server else None,
         )
 
     def is_leader(self) -> bool:
@@ -129,6 +133,7 @@ class Service:
         self.log.info(
             "starting", service=self.name, broker=str(self.config.broker), prefix=self.config.prefix
         )
+        await self._serve_metrics()
         bus_task = asyncio.create_task(self.bus.run(), name=f"{self.name}-bus")
         try:
             await self.setup()
@@ -156,7 +161,23 @@ class Service:
             bus_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await bus_task
+            if self._metrics_server is not None:
+                await self._metrics_server.stop()
             self.log.info("stopped", service=self.name)
+
+    async def _serve_metrics(self) -> None:
+        """Listen for ``/metrics`` where configured; a busy port is logged, not fatal."""
+        if self.config.metrics is None:
+            return
+        host, port = self.config.metrics
+        server = MetricsServer(self.metrics, host, port)
+        try:
+            address = await server.start()
+        except OSError as err:
+            self.log.error("metrics cannot listen", listen=f"{host}:{port}", error=str(err))
+            return
+        self._metrics_server = server
+        self.log.info("metrics", url=f"http://{address}/metrics")
 
     async def _goodbye(self) -> None:
         try:

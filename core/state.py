@@ -242,6 +242,7 @@ class Presence(Model):
     pid: Count = 0
     started: float = 0.0
     leader: bool = False
+    metrics: str | None = Field(default=None, description="host:port of its /metrics")
 
 
 # -- events (anyone; not retained) -----------------------------------------------------

@@ -163,7 +163,7 @@ class Actions:
                 namespace=replica.namespace,
                 app=replica.app,
                 replica=replica.id,
-                data={"restarts": record.restarts},
+                data={"restarts": record.restarts, "backoff": record.delay},
             )
         await self.watch.refresh(container.id)
         self.node.succeeded(replica.id)

@@ -28,11 +28,14 @@ def parse_labels(text: str) -> dict[str, str]:
 
 @click.command("agent")
 @service_options
-@click.option("--node-id", required=True, envvar="SHOAL_NODE_ID", help="this node's id")
+@click.option(
+    "--node-id", required=True, envvar="SHOAL_NODE_ID", show_envvar=True, help="this node's id"
+)
 @click.option(
     "--address",
     required=True,
     envvar="SHOAL_NODE_ADDRESS",
+    show_envvar=True,
     help="advertise address: container ports are published on it",
 )
 @click.option("--labels", default="", help="node labels, k=v,k2=v2 (placement constraints)")
@@ -42,6 +45,7 @@ def parse_labels(text: str) -> dict[str, str]:
     "--docker",
     default="unix:///var/run/docker.sock",
     envvar="SHOAL_DOCKER",
+    show_envvar=True,
     show_default=True,
     help="Docker engine URL (unix:// or tcp://)",
 )

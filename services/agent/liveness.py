@@ -40,12 +40,31 @@ class Liveness:
         self.done: set[Incarnation] = set()  # container starts restarted for a verdict
 
     def on_health(self, key: AppKey, health: AppHealth | None) -> None:
-        """A new health verdict: reconcile if it says one of this node's replicas is not
-        live (whether to restart is decided there, level-triggered)."""
-        if health is not None and any(
-            not r.live for r in health.replicas if r.node == self.node.id
-        ):
+        """A new health verdict: remember which container starts were found ready (an exit
+        after serving is not a crash loop), and reconcile if it says one of this node's
+        replicas is not live (whether to restart is decided there, level-triggered)."""
+        if health is None:
+            return
+        mine = [r for r in health.replicas if r.node == self.node.id]
+        probed = self._probed_for_readiness(key)
+        for r in mine:
+            record = self.node.records.get(r.id)
+            if probed and r.ready and r.started_at is not None and record is not None:
+                record.served = r.started_at
+        if any(not r.live for r in mine):
             self.node.look()
+
+    def _probed_for_readiness(self, key: AppKey) -> bool:
+        """Whether this node runs ``key`` with a readiness probe: only a probe's verdict
+        says a start served (a probe-less replica is "ready" as soon as it runs)."""
+        assignment = self.node.assignment
+        if assignment is None:
+            return False
+        return any(
+            spec.health.readiness is not None
+            for spec in assignment.specs.values()
+            if (spec.namespace, spec.name) == key
+        )
 
     def exec_failed(self, verdict: NotLive) -> None:
         self.exec_failures[verdict.replica] = verdict

@@ -25,8 +25,12 @@ class RestartPolicy:
 
     The first restart comes after ``initial``; each further exit that follows a run
     shorter than ``reset_after`` doubles the delay, up to ``cap``. A run of at least
-    ``reset_after`` seconds resets the delay. From the second quick exit in a row the
-    replica is in a crash loop and reported as ``backoff``.
+    ``reset_after`` seconds resets the delay, and so does a run in which the health
+    monitor's readiness probe found the replica ready: back-off protects the node from a
+    container that cannot come up, not from one that served and was killed (``docker
+    kill``, a chaos tool, the kernel), which comes back after ``initial`` however often
+    that happens. From the second quick exit in a row the replica is in a crash loop and
+    reported as ``backoff``.
     """
 
     initial: float = 0.25
@@ -55,6 +59,8 @@ class ReplicaRecord:
     failures: int = 0  # consecutive failed pulls/creates/starts
     since: float = 0.0
     exec_ready: tuple[float, bool] | None = None  # (container start, exec readiness verdict)
+    served: float | None = None  # the container start a readiness probe once found ready
+    delay: float = 0.0  # the back-off before the restart after the last exit
 
 
 def remembered(previous: NodeReplicas | None, node: str, now: float) -> dict[str, ReplicaRecord]:
@@ -83,11 +89,13 @@ def on_exit(record: ReplicaRecord, container: Container, now: float, policy: Res
         if container.finished_at is not None and container.started_at is not None
         else 0.0
     )
-    if ran_for >= policy.reset_after:
+    served = container.started_at is not None and record.served == container.started_at
+    if ran_for >= policy.reset_after or served:
         record.attempts = 0
     record.exit_code = container.exit_code
     record.reason = container.exit_reason
-    record.restart_at = now + policy.delay(record.attempts)
+    record.delay = policy.delay(record.attempts)
+    record.restart_at = now + record.delay
     record.attempts += 1
     record.since = now
     return True

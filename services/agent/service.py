@@ -30,6 +30,7 @@ from services.agent.liveness import Liveness
 from services.agent.logs import Logs
 from services.agent.metrics import Metrics
 from services.agent.node import AgentOptions, Node
+from services.agent.prom import AgentCollector
 from services.agent.pulls import Pulls
 from services.agent.reconcile import NODE_KEY, Reconcile
 from services.agent.report import Report, offline_info
@@ -67,7 +68,8 @@ class AgentService(Service):
         self.reconciler: Reconciler[str] = Reconciler(
             "agent", self.reconcile.once, keys=lambda: [NODE_KEY], resync=options.resync
         )
-        self.metrics = Metrics(self.node, self.engine, self.bus)
+        self.usage = Metrics(self.node, self.engine, self.bus)
+        self.metrics.register(AgentCollector(self.node))
         self.logs = Logs(self.node, self.engine, self.bus)
         self.bus.on_connect(self.report.on_connect)
 
@@ -100,7 +102,7 @@ class AgentService(Service):
                 tg.create_task(self.report.heartbeat_loop(), name="agent-heartbeat")
                 tg.create_task(self.report.replicas_loop(), name="agent-report")
                 tg.create_task(self.watch.resync_loop(), name="agent-resync")
-                tg.create_task(self.metrics.run(), name="agent-stats")
+                tg.create_task(self.usage.run(), name="agent-stats")
                 tg.create_task(self._publish_events(), name="agent-events")
         finally:
             tasks = [

@@ -66,6 +66,15 @@ def restart_delay(uptime: float, backoff: Backoff, steady: float = STEADY_SECOND
     return 0.0 if first else delay
 
 
+def worker_metrics(listen: tuple[str, int] | None, slot: int) -> tuple[str, int] | None:
+    """Where worker ``slot`` serves its own ``/metrics``: a fixed ``--metrics`` port is the
+    first worker's, the next ones take the ports after it (each worker is its own scrape
+    target); port 0 stays 0 (any free port, announced in presence)."""
+    if listen is None or listen[1] == 0:
+        return listen
+    return (listen[0], listen[1] + slot)
+
+
 def worker_instance(instance: str, slot: int, workers: int) -> str:
     """The bus instance of worker ``slot``: the balancer's own when it is alone."""
     return instance if workers == 1 else f"{instance}-w{slot}"
@@ -151,7 +160,9 @@ class Master:
 
         assert self.listen is not None
         config = dataclasses.replace(
-            self.config, instance=worker_instance(self.config.instance, slot.index, self.workers)
+            self.config,
+            instance=worker_instance(self.config.instance, slot.index, self.workers),
+            metrics=worker_metrics(self.config.metrics, slot.index),
         )
         spec = WorkerSpec(
             config=config,

@@ -16,58 +16,68 @@ from prometheus_client.core import (
     Metric,
 )
 
-from services.balancer.stats import BUCKETS, CODE_CLASSES
+from services.balancer.stats import BUCKETS, CODE_CLASSES, AppStats
 
 if TYPE_CHECKING:
     from services.balancer.policy import Policy
 
 
+LABELS = ["namespace", "app"]
+
+
 class LbCollector:
+    """Per app (``namespace`` and ``app`` as separate labels, Prometheus style); requests
+    that matched no route are counted under ``namespace=""``, ``app=""``."""
+
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
-            "shoal_lb_requests", "Requests served, by app and status class", labels=["app", "code"]
+            "shoal_lb_requests",
+            "Requests served, by app and status class",
+            labels=[*LABELS, "code"],
         )
         duration = HistogramMetricFamily(
-            "shoal_lb_request_duration_seconds", "Request latency at the balancer", labels=["app"]
+            "shoal_lb_request_duration_seconds", "Request latency at the balancer", labels=LABELS
         )
-        inflight = GaugeMetricFamily("shoal_lb_inflight", "Requests in flight", labels=["app"])
+        inflight = GaugeMetricFamily("shoal_lb_inflight", "Requests in flight", labels=LABELS)
         held = GaugeMetricFamily(
-            "shoal_lb_held", "Requests held for an app scaled to zero", labels=["app"]
+            "shoal_lb_held", "Requests held for an app scaled to zero", labels=LABELS
         )
         errors = CounterMetricFamily(
-            "shoal_lb_upstream_errors", "Upstream connection failures", labels=["app"]
+            "shoal_lb_upstream_errors", "Upstream connection failures", labels=LABELS
         )
         retries = CounterMetricFamily(
-            "shoal_lb_retries", "Requests retried on another replica", labels=["app"]
+            "shoal_lb_retries", "Requests retried on another replica", labels=LABELS
         )
         ejections = CounterMetricFamily(
-            "shoal_lb_ejections", "Replicas ejected after a connection failure", labels=["app"]
+            "shoal_lb_ejections", "Replicas ejected after a connection failure", labels=LABELS
         )
         ready = GaugeMetricFamily(
-            "shoal_lb_ready_replicas", "Ready replicas in the route table", labels=["app"]
+            "shoal_lb_ready_replicas", "Ready replicas in the route table", labels=LABELS
         )
         stats = self.policy.stats
-        apps = [(str(key), s) for key, s in list(stats.apps.items())]
-        if stats.unrouted.total:  # requests that matched no route, as app "-"
-            apps.append(("-", stats.unrouted))
-        for key, s in apps:
+        apps: list[tuple[list[str], AppStats]] = [
+            ([key.namespace, key.name], s) for key, s in list(stats.apps.items())
+        ]
+        if stats.unrouted.total:
+            apps.append((["", ""], stats.unrouted))
+        for labels, s in apps:
             for cls, n in zip(CODE_CLASSES, s.by_class, strict=True):
                 if n:
-                    requests.add_metric([key, cls], n)
+                    requests.add_metric([*labels, cls], n)
             cumulative = 0
             buckets: list[tuple[str, float]] = []
             for bound, n in zip((*BUCKETS, float("inf")), s.buckets, strict=True):
                 cumulative += n
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            duration.add_metric([key], buckets, s.latency_sum)
-            inflight.add_metric([key], s.inflight)
-            held.add_metric([key], s.held)
-            errors.add_metric([key], s.upstream_errors)
-            retries.add_metric([key], s.retries)
-            ejections.add_metric([key], s.ejections)
+            duration.add_metric(labels, buckets, s.latency_sum)
+            inflight.add_metric(labels, s.inflight)
+            held.add_metric(labels, s.held)
+            errors.add_metric(labels, s.upstream_errors)
+            retries.add_metric(labels, s.retries)
+            ejections.add_metric(labels, s.ejections)
         for app, route in self.policy.table.routes.items():
-            ready.add_metric([str(app)], len(route.backends))
+            ready.add_metric([app.namespace, app.name], len(route.backends))
         yield from (requests, duration, inflight, held, errors, retries, ejections, ready)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from core.channels import APPS, HEALTH, LB_METRICS, WAKE
 from core.config import ServiceConfig
@@ -89,8 +89,7 @@ class BalancerService(Service):
         self.tls_runner: Reconciler[str] = Reconciler(
             "certificates", self._load_certificates, keys=lambda: ["certs"], resync=30.0
         )
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(LbCollector(self.policy))
+        self.metrics.register(LbCollector(self.policy))
         self.bus.on_connect(self._after_connect)
 
     # -- inputs ------------------------------------------------------------------------
@@ -211,8 +210,8 @@ class BalancerService(Service):
         app = web.Application()
 
         async def metrics(_: web.Request) -> web.Response:
-            body = generate_latest(self.registry)
-            return web.Response(body=body, content_type="text/plain", charset="utf-8")
+            body = self.metrics.exposition()
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         async def healthz(_: web.Request) -> web.Response:
             return web.json_response(

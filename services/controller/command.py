@@ -17,6 +17,7 @@ from services.controller.service import ControllerService
 @click.option(
     "--data-dir",
     envvar="SHOAL_DATA_DIR",
+    show_envvar=True,
     default=data_dir_default,
     show_default="/var/lib/shoal as root, else $XDG_STATE_HOME/shoal (~/.local/state/shoal)",
     type=click.Path(file_okay=False),
@@ -25,6 +26,7 @@ from services.controller.service import ControllerService
 @click.option(
     "--store",
     envvar="SHOAL_STORE",
+    show_envvar=True,
     default=None,
     metavar="URL",
     help="an external store instead of the data dir: postgresql://user:pass@host:port/db "
@@ -34,6 +36,7 @@ from services.controller.service import ControllerService
     "--policy",
     "policy_file",
     envvar="SHOAL_POLICY",
+    show_envvar=True,
     default=None,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="admission policy (YAML): what specs may ask of a node, per namespace; without "

@@ -95,6 +95,7 @@ from services.controller.apps import (
     decide_scale,
     decide_undo,
 )
+from services.controller.prom import ControllerCollector
 from services.controller.rollout import Note, failing_replicas, plan_rollout
 from services.controller.secret_box import SecretBox, SecretKeyError, load_key, row_label
 from services.controller.store import Fenced, SecretRow, Store, Transaction
@@ -164,6 +165,8 @@ class ControllerService(Service):
             "rollouts", self._step, keys=self._active, resync=RESYNC
         )
         self.leadership = self.elect_leader(on_elected=self._take_over, on_deposed=self._step_down)
+        self.prom = ControllerCollector(self)
+        self.metrics.register(self.prom)
         self._republishing: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -725,6 +728,7 @@ class ControllerService(Service):
                 check_encodable(decision.record.state)
         changed: dict[AppKey, AppRecord | None] = {}
         notes: list[tuple[AppKey, Note]] = []
+        started = time.perf_counter()
         try:
             with self.db.transaction() as tx:
                 if before is not None:
@@ -733,6 +737,8 @@ class ControllerService(Service):
         except Fenced as err:
             await self._fenced(err)
             raise
+        finally:
+            self.prom.commits.observe(time.perf_counter() - started)
         for key, maybe in changed.items():
             if maybe is None:
                 self.apps.pop(key, None)

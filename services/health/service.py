@@ -40,6 +40,7 @@ from services.health.logic import (
     targets_for,
     transitions,
 )
+from services.health.prom import HealthCollector
 
 
 class HealthService(Service):
@@ -66,6 +67,8 @@ class HealthService(Service):
             "health", self.reconcile, keys=self.keys, resync=resync
         )
         self.bus.on_connect(self._after_connect)
+        self.prom = HealthCollector(self)
+        self.metrics.register(self.prom)
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -231,6 +234,7 @@ class HealthService(Service):
                 return
             started = time.monotonic()
             success, reason = await self.checker.check(probe, endpoint)
+            self.prom.probed(role, probe.kind, success, time.monotonic() - started)
             old = self.states.get(skey)
             if old is None:  # stopped meanwhile
                 return

@@ -26,6 +26,7 @@ from core.state import AppHealth, AppState, LbMetrics, NodeMetrics, ScalerStatus
 from core.view import View
 from services.scaler.decide import Decision, History, Policy, decide, observe_app, record
 from services.scaler.metrics import MetricsBook
+from services.scaler.prom import ScalerCollector
 
 WAKE_TTL = 30.0
 
@@ -55,6 +56,7 @@ class _AppBook:
     retry_at: float = 0.0
     last_scaled: float | None = None
     status_sig: tuple[object, ...] = ()
+    desired: int | None = None  # what the last decision wanted
     status_at: float = 0.0
 
 
@@ -79,6 +81,12 @@ class ScalerService(Service):
         self.leadership = self.elect_leader(
             on_elected=self._on_elected,
         )
+        self.prom = ScalerCollector(self)
+        self.metrics.register(self.prom)
+
+    def wanted(self) -> dict[AppKey, int]:
+        """What the last decision wanted for each app scaled now (for ``/metrics``)."""
+        return {key: e.desired for key, e in self.state.items() if e.desired is not None}
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -230,7 +238,10 @@ class ScalerService(Service):
                     **d.metrics,
                 },
             )
+            self.prom.failed[d.namespace, d.name] += 1
             return error
+        direction = "up" if d.desired > d.current else "down"
+        self.prom.scaled[d.namespace, d.name, direction] += 1
         self.log.info("scaled", app=str(d.key), frm=d.current, to=d.desired, reason=d.reason)
         await self.emit(
             "scale",
@@ -245,6 +256,7 @@ class ScalerService(Service):
         code = "error" if error else d.code
         reason = f"{d.reason}; controller: {error}" if error else d.reason
         sig = (code, d.current, d.desired, error)
+        entry.desired = d.desired
         now = time.monotonic()
         if sig == entry.status_sig and now - entry.status_at < self.settings.status_interval:
             return

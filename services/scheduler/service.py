@@ -41,6 +41,7 @@ from core.state import (
     SchedulerStatus,
 )
 from services.scheduler.cluster import LOST_GRACE, Cluster, Outcome
+from services.scheduler.prom import SchedulerCollector
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ class SchedulerService(Service):
         )
         self.assign: Reconciler[str] = Reconciler("scheduler-assign", self._publish_node)
         self.status: Reconciler[AppKey] = Reconciler("scheduler-status", self._publish_status)
+        self.metrics.register(SchedulerCollector(self))
 
     # -- wiring -------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ sending GETs through the balancer for the whole run. Then, in turn:
   ``shoal up`` does), of the balancer's worker (its master starts a new one), of each agent
   (started again at once);
 - a broker restart (mosquitto without persistence: every retained message is lost);
-- a dockerd restart: not run here, the engine is shared (it kills every container on it;
-  tests/e2e/test_agent_engine_restart.py is the test that does it, marked to run alone);
+- a dockerd restart (SIGTERM, started again the same way; every container on the engine
+  dies, all three nodes' at once since they share it): only with ``--faults dockerd``, as
+  it disturbs anything else using the engine;
 - a node lost with its containers (n3's agent ``kill -9`` and its containers removed; its
   agent comes back empty afterwards);
 - a node partitioned and returning (n2's agent SIGSTOPped past the scheduler's lost grace,
@@ -57,6 +58,7 @@ from typing import Any, TypeVar
 from core.channels import APPS, HEALTH, NODE_INFO, PRESENCE
 from core.keys import AppKey
 from tests.support.cluster import Cluster, wait_for
+from tests.support.dockerd import Dockerd
 from tests.support.images import ensure_echo_image
 from tests.support.load import LoadLoop, LoadResult
 from tests.support.observer import Observer
@@ -334,6 +336,13 @@ class Chaos:
         self.watch.forget()  # only what is published again (or retained) counts from here
         return set()
 
+    def restart_dockerd(self) -> set[str]:
+        hit = set(containers(self.cluster.prefix))
+        engine = Dockerd()
+        engine.stop()
+        engine.start()
+        return hit
+
     def lose_node(self, node: str) -> set[str]:
         self.cluster.agents[node].kill()
         gone = containers(self.cluster.prefix, node)
@@ -398,6 +407,10 @@ HEADER = (
 )
 
 
+#: faults run only when named in ``--faults`` (they disturb everything else on the machine)
+OPT_IN = {"dockerd restart"}
+
+
 def faults(
     chaos: Chaos, soak: float, soak_interval: float, lost_grace: float
 ) -> list[tuple[str, Callable[[], object]]]:
@@ -448,6 +461,14 @@ def faults(
     done.append(("node lost", lose))
     done.append(
         (
+            "dockerd restart",
+            lambda: chaos.fault(
+                "dockerd restart (every container on the engine dies)", chaos.restart_dockerd
+            ),
+        )
+    )
+    done.append(
+        (
             "soak",
             lambda: chaos.fault(
                 f"soak: docker kill every {soak_interval:g} s for {soak:g} s",
@@ -496,7 +517,8 @@ def run(
                 wait_for(lambda: load.snapshot().ok > 200, 30, message="traffic")
                 print(HEADER, flush=True)
                 for name, fault in faults(chaos, soak, soak_interval, lost_grace):
-                    if not only or any(word in name for word in only):
+                    asked = bool(only) and any(word in name for word in only or ())
+                    if asked or (not only and name not in OPT_IN):
                         fault()
             return chaos.rows
         finally:
@@ -523,7 +545,8 @@ def main() -> None:
     print(f"\n{HEADER}")
     for row in rows:
         print(format_row(row))
-    print("| dockerd restart | not run: the engine is shared (it kills every container) |")
+    if not args.faults:
+        print("| dockerd restart | not run: only with --faults dockerd (it stops the engine) |")
     print(f"\nwhole run: {time.monotonic() - started:.0f} s")
 
 

@@ -194,8 +194,8 @@ async def test_refused_replica_is_ejected_and_requests_retried(
             assert (await r.json())["default/web"]["ejected"] == [bs[1].id]
         async with s.get(f"{admin}/metrics") as r:
             text = await r.text()
-        assert 'shoal_lb_ejections_total{app="default/web"} 1.0' in text
-        assert 'shoal_lb_retries_total{app="default/web"} 1.0' in text
+        assert 'shoal_lb_ejections_total{app="web",namespace="default"} 1.0' in text
+        assert 'shoal_lb_retries_total{app="web",namespace="default"} 1.0' in text
 
 
 async def test_502_504_and_413(mosquitto: Broker, lb: StartLb, prefix: str) -> None:
@@ -429,8 +429,8 @@ async def test_two_balancers_and_metrics(mosquitto: Broker, lb: StartLb, prefix:
         assert all(r.p99_ms > 0 for r in m.per_replica.values())
         async with s.get(f"{admin1}/metrics") as r:
             text = await r.text()
-        assert 'shoal_lb_requests_total{app="default/web",code="2xx"} 6.0' in text
-        assert 'shoal_lb_ready_replicas{app="default/web"} 3.0' in text
+        assert 'shoal_lb_requests_total{app="web",code="2xx",namespace="default"} 6.0' in text
+        assert 'shoal_lb_ready_replicas{app="web",namespace="default"} 3.0' in text
 
 
 async def test_scale_from_zero_holds_requests_and_wakes_the_app(

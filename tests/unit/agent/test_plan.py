@@ -143,6 +143,24 @@ def test_backoff_doubles_caps_and_resets_after_a_long_run() -> None:
     assert replica_phase(long_run, record) == "exited"
 
 
+def test_a_replica_that_served_before_it_exited_is_not_in_a_crash_loop() -> None:
+    """Killed again and again after being found ready, it comes back after the initial
+    delay every time; a start that was never ready still backs off."""
+    policy = RestartPolicy(initial=0.25, cap=30.0, reset_after=10)
+    record = ReplicaRecord()
+    for i in range(6):
+        started = NOW + 3 * i
+        record.served = started  # the health monitor found this start ready
+        c = box(rep(1), "exited", cid=f"c{i}", started_at=started, finished_at=started + 3)
+        on_exit(record, c, started + 3, policy)
+        assert record.restart_at == started + 3 + 0.25
+        assert replica_phase(c, record) == "exited"
+    never_ready = box(rep(1), "exited", cid="x", started_at=NOW + 30, finished_at=NOW + 31)
+    on_exit(record, never_ready, NOW + 31, policy)  # served names an older start
+    assert record.restart_at == NOW + 31 + 0.5
+    assert replica_phase(never_ready, record) == "backoff"
+
+
 def test_failed_action_waits_for_retry() -> None:
     a = rep(1)
     record = ReplicaRecord(hint="image_pull_failed", hint_reason="denied", retry_at=NOW + 2)

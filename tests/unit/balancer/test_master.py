@@ -15,6 +15,7 @@ from services.balancer.master import (
     read_spec,
     restart_delay,
     worker_instance,
+    worker_metrics,
 )
 from services.balancer.policy import ProxyOptions
 from services.balancer.service import BalancerOptions
@@ -33,6 +34,13 @@ def test_a_first_quick_death_is_replaced_at_once() -> None:
     backoff = Backoff(initial=0.5, cap=10.0, jitter=0.0)
     assert restart_delay(0.2, backoff) == 0.0
     assert restart_delay(0.2, backoff) == 1.0
+
+
+def test_each_worker_has_its_own_metrics_port() -> None:
+    assert worker_metrics(("0.0.0.0", 9468), 0) == ("0.0.0.0", 9468)
+    assert worker_metrics(("0.0.0.0", 9468), 2) == ("0.0.0.0", 9470)
+    assert worker_metrics(("127.0.0.1", 0), 3) == ("127.0.0.1", 0)  # any free port each
+    assert worker_metrics(None, 1) is None
 
 
 def test_worker_instance_names() -> None:
