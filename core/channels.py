@@ -38,6 +38,17 @@ from core.commands import (
 )
 from core.errors import TopicError
 from core.keys import AppKey, ServiceKey
+from core.secrets import (
+    SecretDelete,
+    SecretKeyInfo,
+    SecretKeyQuery,
+    SecretList,
+    SecretPut,
+    SecretPutResult,
+    SecretQuery,
+    SecretValues,
+    SecretValuesRequest,
+)
 from core.state import (
     AppHealth,
     AppState,
@@ -410,6 +421,52 @@ EVENTS_QUERY: Command[EventsQuery, EventList] = Command(
     "dashboard (any instance)",
     "the recent events kept for later readers",
 )
+SECRET_KEY: Command[SecretKeyQuery, SecretKeyInfo] = Command(
+    "secret_key",
+    SecretKeyQuery,
+    "secret_key",
+    SecretKeyInfo,
+    "secret_key_info",
+    "controller",
+    "the controller's public key, which secret_put values are sealed to",
+)
+SECRET_PUT: Command[SecretPut, SecretPutResult] = Command(
+    "secret_put",
+    SecretPut,
+    "secret_put",
+    SecretPutResult,
+    "secret_put_result",
+    "controller",
+    "create a secret or give it a new value (the apps using it roll)",
+)
+SECRET_RM: Command[SecretDelete, Reply] = Command(
+    "secret_rm",
+    SecretDelete,
+    "secret_rm",
+    Reply,
+    "reply",
+    "controller",
+    "delete a secret no app uses",
+)
+SECRET_LS: Command[SecretQuery, SecretList] = Command(
+    "secret_ls",
+    SecretQuery,
+    "secret_ls",
+    SecretList,
+    "secrets",
+    "controller",
+    "the secrets of a namespace: names, versions, sizes, users (never values)",
+)
+SECRET_VALUES: Command[SecretValuesRequest, SecretValues] = Command(
+    "secret_values",
+    SecretValuesRequest,
+    "secret_values",
+    SecretValues,
+    "secret_values_sealed",
+    "controller",
+    "an agent's pinned secret versions, only those its node's assignment uses, "
+    "sealed to the agent's key",
+)
 
 COMMANDS: tuple[Command[Any, Any], ...] = (
     APPLY,
@@ -420,6 +477,11 @@ COMMANDS: tuple[Command[Any, Any], ...] = (
     ROLLOUT,
     NODE,
     EVENTS_QUERY,
+    SECRET_KEY,
+    SECRET_PUT,
+    SECRET_RM,
+    SECRET_LS,
+    SECRET_VALUES,
 )
 
 #: The envelope kinds that travel on ``reply/<client>``.
@@ -427,6 +489,10 @@ REPLY_KINDS: dict[str, type[BaseModel]] = {
     "reply": Reply,
     "revisions": History,
     "events": EventList,
+    "secrets": SecretList,
+    "secret_key_info": SecretKeyInfo,
+    "secret_put_result": SecretPutResult,
+    "secret_values_sealed": SecretValues,
 }
 
 

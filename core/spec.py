@@ -187,6 +187,21 @@ class Health(Model):
     liveness: Probe | None = None
 
 
+class RouteTls(Model):
+    """HTTPS for a route: its certificate chain and private key, each a secret (PEM) of
+    the app's namespace, served by the balancer's TLS listener to clients asking (SNI)
+    for the route's host. The versions are pinned by the controller, as for
+    ``AppSpec.secrets``: a new certificate reaches the balancers without a new revision."""
+
+    cert: str
+    key: str
+    cert_version: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    key_version: int | None = Field(default=None, ge=1, le=2**63 - 1)
+
+    _cert = field_validator("cert")(classmethod(lambda cls, v: check_secret_name(v)))
+    _key = field_validator("key")(classmethod(lambda cls, v: check_secret_name(v)))
+
+
 class Route(Model):
     """How the balancer reaches the app: by Host header and path prefix."""
 
@@ -198,6 +213,13 @@ class Route(Model):
         default="client_ip",
         description="for algorithm hash: 'client_ip' or 'header:<Name>' (falls back to client IP)",
     )
+    tls: RouteTls | None = None
+
+    @model_validator(mode="after")
+    def _tls_host(self) -> Route:
+        if self.tls is not None and self.host is None:
+            raise ValueError("route tls needs a host: the certificate is chosen by it (SNI)")
+        return self
 
     @field_validator("hash_on")
     @classmethod
@@ -353,6 +375,70 @@ class Security(Model):
     cap_drop: list[str] = Field(default_factory=list)
 
 
+SECRET_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-]{0,61}[A-Za-z0-9])?$")
+#: Where a secret is mounted unless its ``target`` says otherwise.
+SECRETS_DIR = "/run/secrets"
+
+
+def check_secret_name(value: str) -> str:
+    if not SECRET_NAME.match(value):
+        raise ValueError(
+            f"secret name {value!r} must be 1-63 letters, digits, '_', '.' or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _secret_use(value: object) -> object:
+    """``secrets: [db]`` is short for ``secrets: [{name: db}]``."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+class SecretUse(Model):
+    """One secret an app uses (``core/secrets.py``; the value lives in the controller).
+
+    Mounted read-only, in memory, at ``/run/secrets/<name>`` unless ``target`` names
+    another path (absolute, or relative to ``/run/secrets``) or only ``env`` is given (the
+    value in that environment variable). ``version`` is pinned by the controller: the
+    secret's version this revision runs with (a new value makes a new revision).
+    """
+
+    name: str
+    target: str | None = None
+    env: str | None = None
+    version: int | None = Field(default=None, ge=1, le=2**63 - 1)
+
+    _name = field_validator("name")(classmethod(lambda cls, v: check_secret_name(v)))
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        path = v if v.startswith("/") else f"{SECRETS_DIR}/{v}"
+        parts = path.split("/")[1:]
+        if not v or any(p in ("", ".", "..") for p in parts) or "\0" in v:
+            raise ValueError(f"secret target {v!r} must be a file path without '.', '..' or '//'")
+        return path
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
+            raise ValueError(f"secret env name {v!r} must match [A-Za-z_][A-Za-z0-9_]*")
+        return v
+
+    @property
+    def path(self) -> str | None:
+        """Where the file is mounted in the container (None: env only)."""
+        if self.target is not None:
+            return self.target
+        return None if self.env is not None else f"{SECRETS_DIR}/{self.name}"
+
+
+SecretUseField = Annotated[SecretUse, BeforeValidator(_secret_use)]
+
+
 #: What containers are made from: changing one of these makes a new revision.
 TEMPLATE_FIELDS = (
     "image",
@@ -368,6 +454,7 @@ TEMPLATE_FIELDS = (
     "working_dir",
     "user",
     "security",
+    "secrets",
 )
 
 
@@ -394,6 +481,7 @@ class AppSpec(Model):
     working_dir: str | None = None
     user: str | None = None
     security: Security = Field(default_factory=Security)
+    secrets: list[SecretUseField] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -451,7 +539,29 @@ class AppSpec(Model):
             probe: Probe | None = getattr(self.health, which)
             if probe is not None and probe.kind != "exec":
                 check_port(probe.target_port, f"{which} probe")
+        self._check_secrets()
         return self
+
+    def _check_secrets(self) -> None:
+        names: set[str] = set()
+        paths: set[str] = set()
+        envs: set[str] = set()
+        mounts = {m.target for m in self.volumes}
+        for use in self.secrets:
+            if use.name in names:
+                raise ValueError(f"secret {use.name!r} is listed more than once")
+            names.add(use.name)
+            path = use.path
+            if path is not None:
+                if path in paths or path in mounts:
+                    raise ValueError(f"secret {use.name!r}: target {path} is used twice")
+                paths.add(path)
+            if use.env is not None:
+                if use.env in envs or use.env in self.env:
+                    raise ValueError(
+                        f"secret {use.name!r}: env {use.env} is also set elsewhere in the spec"
+                    )
+                envs.add(use.env)
 
     @model_validator(mode="after")
     def _fits_the_wire(self) -> AppSpec:
@@ -499,6 +609,8 @@ class AppSpec(Model):
         changing them does not replace a running container.
         """
         fields = self.model_dump(mode="json", include=set(TEMPLATE_FIELDS))
+        if not fields.get("secrets"):
+            fields.pop("secrets", None)  # the hash of a spec without secrets is as before
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -21,17 +21,27 @@ from services.agent.engine import Engine, EngineError
 from services.agent.node import Node
 from services.agent.plan import Removal, ReplicaRecord, retry_delay
 from services.agent.pulls import PullFailed, Pulls
+from services.agent.secrets import SecretFetcher, SecretFiles, SecretMounts
 from services.agent.watch import EngineWatch
 
 Step = Callable[[], Awaitable[None]]
 
 
 class Actions:
-    def __init__(self, node: Node, engine: Engine, watch: EngineWatch, pulls: Pulls) -> None:
+    def __init__(
+        self,
+        node: Node,
+        engine: Engine,
+        watch: EngineWatch,
+        pulls: Pulls,
+        secrets: tuple[SecretFetcher, SecretFiles] | None = None,
+    ) -> None:
         self.node = node
         self.engine = engine
         self.watch = watch
         self.pulls = pulls
+        #: where a replica's secrets come from and where they are kept (None: no bus)
+        self.secrets = secrets
         self.running: dict[str, asyncio.Task[None]] = {}  # replica id -> its steps
 
     def tasks(self) -> list[asyncio.Task[None]]:
@@ -80,9 +90,28 @@ class Actions:
         )
         self.node.event(record.hint, f"replica {rid}: {err}", severity="error", replica=rid)
 
+    async def _secrets(self, replica: AssignedReplica, spec: AppSpec) -> SecretMounts:
+        """The replica's secrets asked for and put in place, before any container exists:
+        a secret that cannot be had fails the replica (retried), nothing half-started."""
+        if not spec.secrets:
+            return SecretMounts()
+        if self.secrets is None:
+            raise RuntimeFailure("this agent cannot fetch secrets (no controller connection)")
+        fetcher, files = self.secrets
+        values = await fetcher.fetch(spec)
+        return files.put(replica.id, spec, values)
+
+    def release(self, rid: str) -> None:
+        """Forget a replica's secret files once none of its containers is left."""
+        if self.secrets is not None and not any(
+            c.replica == rid for c in self.node.containers.values()
+        ):
+            self.secrets[1].remove(rid)
+
     async def create(self, replica: AssignedReplica, spec: AppSpec) -> None:
         node = self.node
         node.set_hint(replica.id, "creating")
+        mounts = await self._secrets(replica, spec)
         config = create_config(
             spec,
             replica,
@@ -90,6 +119,7 @@ class Actions:
             node=node.id,
             address=node.options.address,
             limits=node.options.limits,
+            secrets=mounts,
         )
         name = container_name(node.id, replica.id)
         try:
@@ -114,6 +144,15 @@ class Actions:
     async def start(self, replica: AssignedReplica, container: Container) -> None:
         """Start a created container, or an exited one again (a restart, counted)."""
         restart = container.exited
+        assignment = self.node.assignment
+        spec = assignment.specs.get(replica.spec_key) if assignment is not None else None
+        if (
+            spec is not None
+            and self.secrets is not None
+            and not self.secrets[1].has(replica.id, spec)
+        ):
+            # the files are in memory: gone after a node reboot, written again first
+            await self._secrets(replica, spec)
         await self.engine.start(container.id)
         record = self.node.record(replica.id)
         if restart:
@@ -144,4 +183,5 @@ class Actions:
             record.hint, record.hint_reason = None, ""
         else:
             node.records.pop(c.replica, None)
+            self.release(c.replica)
         node.log.debug("container removed", replica=c.replica, why=removal.why)

@@ -91,6 +91,14 @@ def parse_labels(text: str) -> dict[str, str]:
     type=click.IntRange(min=1),
     help="rotated log files kept per container",
 )
+@click.option(
+    "--secrets-dir",
+    envvar="SHOAL_SECRETS_DIR",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="where replicas' secret files are kept; must be in memory (tmpfs)  "
+    "[default: /run/shoal/secrets if /run is a tmpfs, else /dev/shm/shoal/secrets]",
+)
 def command(
     config: ServiceConfig,
     node_id: str,
@@ -110,6 +118,7 @@ def command(
     pids_limit: int,
     log_max_size: str,
     log_max_files: int,
+    secrets_dir: Path | None,
 ) -> None:
     """Run the node agent: make the Docker engine match this node's assignment."""
     from services.agent.node import AgentOptions
@@ -152,6 +161,7 @@ def command(
         restart=RestartPolicy(initial=restart_initial, cap=restart_cap, reset_after=restart_reset),
         registry_auth=credentials,
         limits=limits,
+        secrets_dir=secrets_dir,
     )
 
     def factory(cfg: ServiceConfig) -> AgentService:

@@ -15,6 +15,7 @@ from typing import Any
 
 from core.spec import AppSpec
 from core.state import AssignedReplica
+from services.agent.secrets import SecretMounts
 
 LABEL_MANAGED = "shoal.managed"
 LABEL_PREFIX = "shoal.prefix"
@@ -100,9 +101,12 @@ def create_config(
     node: str,
     address: str,
     limits: ContainerLimits = DEFAULT_LIMITS,
+    secrets: SecretMounts = SecretMounts(),
 ) -> dict[str, Any]:
-    """The body of ``POST /containers/create`` for one replica."""
+    """The body of ``POST /containers/create`` for one replica; ``secrets``: the files
+    (in memory on the host) bound read-only and the env values of its secrets."""
     env = [f"{k}={v}" for k, v in spec.env.items()]
+    env += [f"{k}={v}" for k, v in secrets.env]
     env += [
         f"SHOAL_REPLICA={replica.id}",
         f"SHOAL_APP={replica.app}",
@@ -140,6 +144,10 @@ def create_config(
                 "ReadOnly": m.read_only,
             }
             for m in spec.volumes
+        ]
+        + [
+            {"Type": "bind", "Source": source, "Target": target, "ReadOnly": True}
+            for source, target in secrets.files
         ],
     }
     config: dict[str, Any] = {

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core.spec import Resources
@@ -42,6 +43,8 @@ class AgentOptions:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     registry_auth: dict[str, Credential] = field(default_factory=dict)
     limits: ContainerLimits = DEFAULT_LIMITS
+    #: where replicas' secret files are kept: in memory (None: /run or /dev/shm)
+    secrets_dir: Path | None = None
 
 
 def host_capacity() -> tuple[float, int]:

@@ -108,6 +108,9 @@ class Reconcile:
         keep.update(self.actions.running)
         for rid in [rid for rid in node.records if rid not in keep]:
             del node.records[rid]
+        if self.actions.secrets is not None:
+            for rid in self.actions.secrets[1].sweep(keep):
+                node.log.debug("secret files of a gone replica removed", replica=rid)
 
     def _account_exits(self, now: float) -> None:
         node = self.node

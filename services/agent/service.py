@@ -34,6 +34,7 @@ from services.agent.prom import AgentCollector
 from services.agent.pulls import Pulls
 from services.agent.reconcile import NODE_KEY, Reconcile
 from services.agent.report import Report, offline_info
+from services.agent.secrets import SecretFetcher, SecretFiles, default_secrets_dir, read_mountinfo
 from services.agent.watch import EngineWatch
 
 
@@ -52,7 +53,17 @@ class AgentService(Service):
         self.liveness = Liveness(self.node, self.engine, self.watch)
         self.probes = ExecProbes(self.node, self.engine, self.liveness)
         self.pulls = Pulls(self.node, self.engine)
-        self.actions = Actions(self.node, self.engine, self.watch, self.pulls)
+        secrets_dir = options.secrets_dir or default_secrets_dir(read_mountinfo())
+        self.actions = Actions(
+            self.node,
+            self.engine,
+            self.watch,
+            self.pulls,
+            (
+                SecretFetcher(self.bus, options.node_id),
+                SecretFiles(secrets_dir, config.prefix, options.node_id),
+            ),
+        )
         self.reconcile = Reconcile(self.node, self.actions, self.liveness, self.probes)
         self.reconciler: Reconciler[str] = Reconciler(
             "agent", self.reconcile.once, keys=lambda: [NODE_KEY], resync=options.resync

@@ -20,6 +20,12 @@ def parse_address(value: str, option: str) -> tuple[str, int]:
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="user traffic")
 @click.option("--admin", default=None, help="host:port for /metrics, /routes, /healthz")
 @click.option(
+    "--tls-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="HTTPS (TLS 1.2 and 1.3) for routes with tls: the certificate chosen by SNI",
+)
+@click.option(
     "--engine",
     default="fast",
     show_default=True,
@@ -59,6 +65,7 @@ def command(
     config: ServiceConfig,
     listen: str,
     admin: str | None,
+    tls_listen: str | None,
     engine: str,
     workers: int,
     reuse_port: bool,
@@ -85,6 +92,7 @@ def command(
     options = BalancerOptions(
         listen=parse_address(listen, "--listen"),
         admin=parse_address(admin, "--admin") if admin else None,
+        tls_listen=parse_address(tls_listen, "--tls-listen") if tls_listen else None,
         reuse_port=reuse_port,
         engine=engine,
         proxy=ProxyOptions(

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -238,7 +239,9 @@ class Request:
                 parts.append(name + b": " + value + b"\r\n")
         ip = self.conn.client_ip.encode() or b"unknown"
         parts.append(b"X-Forwarded-For: " + ip + b"\r\nX-Real-IP: " + ip + b"\r\n")
-        parts.append(b"X-Forwarded-Proto: http\r\n")
+        parts.append(
+            b"X-Forwarded-Proto: https\r\n" if self.conn.tls else b"X-Forwarded-Proto: http\r\n"
+        )
         if self.host:
             parts.append(b"X-Forwarded-Host: " + self.host + b"\r\n")
         parts.append(b"X-Request-Id: " + self.request_id + b"\r\n")
@@ -561,6 +564,7 @@ class ClientConn(_Reading, asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
+        self.tls = False  # accepted on the TLS listener
         self.queue: deque[Request] = deque()
         self.current: Request | None = None
         self.task: asyncio.Task[None] | None = None
@@ -590,6 +594,7 @@ class ClientConn(_Reading, asyncio.Protocol):
             return
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.tls = engine.ssl is not None
         engine.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -826,19 +831,34 @@ class FastEngine:
         self.idle: dict[tuple[str, int], list[UpstreamConn]] = {}
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        #: the TLS listener's context (``tls.py``), None for plain HTTP
+        self.ssl: ssl.SSLContext | None = None
 
     async def start(
-        self, host: str, port: int, *, reuse_port: bool = False, sock: socket.socket | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """Listen on ``host:port``, or accept on ``sock`` (inherited from the master)."""
+        """Listen on ``host:port``, or accept on ``sock`` (inherited from the master);
+        with ``tls``, HTTPS (the handshake before any byte reaches the protocol)."""
         loop = asyncio.get_running_loop()
+        self.ssl = tls
         if sock is not None:
             self.server = await loop.create_server(
-                lambda: ClientConn(self), sock=sock, backlog=2048
+                lambda: ClientConn(self), sock=sock, backlog=2048, ssl=tls
             )
         else:
             self.server = await loop.create_server(
-                lambda: ClientConn(self), host, port, reuse_port=reuse_port or None, backlog=2048
+                lambda: ClientConn(self),
+                host,
+                port,
+                reuse_port=reuse_port or None,
+                backlog=2048,
+                ssl=tls,
             )
         self._sweeper = loop.create_task(self._sweep(), name="balancer-sweeper")
 

@@ -53,6 +53,7 @@ class WorkerSpec:
     slot: int
     listen_fd: int
     admin_fd: int | None
+    tls_fd: int | None = None
 
 
 def restart_delay(uptime: float, backoff: Backoff, steady: float = STEADY_SECONDS) -> float:
@@ -129,6 +130,7 @@ class Master:
         self.workers = workers
         self.log = get_logger("shoal.balancer.master").bind(instance=config.instance)
         self.listen: socket.socket | None = None
+        self.tls: socket.socket | None = None
         self.slots: list[Slot] = []
         self._stop_signal: int | None = None
 
@@ -137,6 +139,8 @@ class Master:
     def bind(self) -> None:
         """Bind every listener before any worker starts (a bad address fails here, once)."""
         self.listen = bind(self.options.listen, reuse_port=self.options.reuse_port)
+        if self.options.tls_listen is not None:
+            self.tls = bind(self.options.tls_listen, reuse_port=self.options.reuse_port)
         for i in range(self.workers):
             admin = None
             if self.options.admin is not None:
@@ -145,7 +149,7 @@ class Master:
             self.slots.append(Slot(i, admin))
 
     def close(self) -> None:
-        for sock in [self.listen, *(s.admin for s in self.slots)]:
+        for sock in [self.listen, self.tls, *(s.admin for s in self.slots)]:
             if sock is not None:
                 sock.close()
 
@@ -166,8 +170,9 @@ class Master:
             slot=slot.index,
             listen_fd=self.listen.fileno(),
             admin_fd=slot.admin.fileno() if slot.admin is not None else None,
+            tls_fd=self.tls.fileno() if self.tls is not None else None,
         )
-        fds = [spec.listen_fd] + ([spec.admin_fd] if spec.admin_fd is not None else [])
+        fds = [spec.listen_fd] + [fd for fd in (spec.admin_fd, spec.tls_fd) if fd is not None]
         # forked from this (main, only) thread: the worker's parent-death signal holds
         proc = subprocess.Popen(
             [

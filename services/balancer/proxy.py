@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -278,9 +279,16 @@ class AiohttpEngine:
         self.runner: web.ServerRunner | None = None
 
     async def start(
-        self, host: str, port: int, *, reuse_port: bool = False, sock: socket.socket | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """Listen on ``host:port``, or accept on ``sock`` (inherited from the master)."""
+        """Listen on ``host:port``, or accept on ``sock`` (inherited from the master);
+        with ``tls``, HTTPS."""
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=self.options.pool_size,
@@ -309,9 +317,16 @@ class AiohttpEngine:
         await self.runner.setup()
         site: web.BaseSite
         if sock is not None:
-            site = web.SockSite(self.runner, sock, backlog=1024)
+            site = web.SockSite(self.runner, sock, backlog=1024, ssl_context=tls)
         else:
-            site = web.TCPSite(self.runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+            site = web.TCPSite(
+                self.runner,
+                host,
+                port,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+                ssl_context=tls,
+            )
         await site.start()
 
     async def close(self) -> None:

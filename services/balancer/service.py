@@ -37,12 +37,15 @@ from services.balancer.policy import Policy, ProxyOptions
 from services.balancer.prom import LbCollector
 from services.balancer.proxy import AiohttpEngine
 from services.balancer.routes import AppRoute, RouteTable, app_route
+from services.balancer.tls import Certificates
 
 
 @dataclass(frozen=True, slots=True)
 class BalancerOptions:
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     admin: tuple[str, int] | None = None
+    #: HTTPS for routes with ``tls`` (``tls.py``); None: no TLS listener
+    tls_listen: tuple[str, int] | None = None
     reuse_port: bool = False
     metrics_interval: float = 1.0
     engine: str = "fast"  # "fast" (httptools protocols) or "aiohttp"
@@ -56,6 +59,7 @@ class Listeners:
     listen: socket.socket
     admin: socket.socket | None = None
     slot: int = 0
+    tls: socket.socket | None = None
 
 
 class BalancerService(Service):
@@ -81,18 +85,31 @@ class BalancerService(Service):
         self.runner: Reconciler[str] = Reconciler(
             "routes", self._rebuild, keys=lambda: ["table"], resync=30.0
         )
+        self.certificates = Certificates(self.bus, self.instance, self.log)
+        self.tls_runner: Reconciler[str] = Reconciler(
+            "certificates", self._load_certificates, keys=lambda: ["certs"], resync=30.0
+        )
         self.metrics.register(LbCollector(self.policy))
         self.bus.on_connect(self._after_connect)
 
     # -- inputs ------------------------------------------------------------------------
 
     async def setup(self) -> None:
-        self.apps = await self.bus.view(APPS, on_change=self._changed)
+        self.apps = await self.bus.view(APPS, on_change=self._app_changed)
         self.health = await self.bus.view(HEALTH, on_change=self._on_health)
 
     def _changed(self, key: AppKey, _: object) -> None:
         self._dirty.add(key)
         self.runner.mark("table")
+
+    def _app_changed(self, key: AppKey, app: object) -> None:
+        self._changed(key, app)
+        if self.options.tls_listen is not None:
+            self.tls_runner.mark("certs")
+
+    async def _load_certificates(self, _: str) -> float | None:
+        """Route certificates in line with the apps; again in 2 s when one failed."""
+        return None if await self.certificates.sync(self.apps.values()) else 2.0
 
     def _on_health(self, key: AppKey, health: AppHealth | None) -> None:
         if health is not None:
@@ -232,6 +249,20 @@ class BalancerService(Service):
             reuse_port=self.options.reuse_port,
             sock=inherited.listen if inherited is not None else None,
         )
+        tls_engine: FastEngine | AiohttpEngine | None = None
+        tls_task: asyncio.Task[None] | None = None
+        if self.options.tls_listen is not None:
+            tls_engine = FastEngine(self.policy) if fast else AiohttpEngine(self.policy)
+            thost, tport = self.options.tls_listen
+            await tls_engine.start(
+                thost,
+                tport,
+                reuse_port=self.options.reuse_port,
+                sock=inherited.tls if inherited is not None else None,
+                tls=self.certificates.listener,
+            )
+            self.tls_runner.mark("certs")
+            tls_task = asyncio.create_task(self.tls_runner.run(), name="balancer-certificates")
         admin_runner: web.AppRunner | None = None
         if self.options.admin is not None:
             admin_runner = web.AppRunner(self.admin_app(), access_log=None, handle_signals=False)
@@ -249,6 +280,11 @@ class BalancerService(Service):
             "balancer listening",
             engine=self.options.engine,
             listen=f"{host}:{port}",
+            tls_listen=(
+                f"{self.options.tls_listen[0]}:{self.options.tls_listen[1]}"
+                if self.options.tls_listen
+                else ""
+            ),
             admin=f"{self.options.admin[0]}:{self.options.admin[1]}" if self.options.admin else "",
         )
         metrics_task = asyncio.create_task(self._metrics_loop(), name="balancer-metrics")
@@ -262,5 +298,11 @@ class BalancerService(Service):
                     await task
             # in-flight requests finish (up to the shutdown timeout), new ones are refused
             await engine.close()
+            if tls_task is not None:
+                tls_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await tls_task
+            if tls_engine is not None:
+                await tls_engine.close()
             if admin_runner is not None:
                 await admin_runner.cleanup()

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         listen=socket.socket(fileno=spec.listen_fd),
         admin=socket.socket(fileno=spec.admin_fd) if spec.admin_fd is not None else None,
         slot=spec.slot,
+        tls=socket.socket(fileno=spec.tls_fd) if spec.tls_fd is not None else None,
     )
 
     class Worker(BalancerService):

@@ -65,6 +65,7 @@ def _register() -> None:
         "events",
         "contexts",
         "completion",
+        "secrets",
     ):
         try:
             module = importlib.import_module(f"services.cli.{module_name}")

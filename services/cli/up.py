@@ -164,6 +164,12 @@ def _has_service(name: str) -> bool:
     help="web dashboard address (HOST:PORT)",
 )
 @click.option(
+    "--tls-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="balancer HTTPS address for routes with tls (certificates from secrets, by SNI)",
+)
+@click.option(
     "--data-dir",
     default=data_dir_default,
     show_default="$SHOAL_DATA_DIR, else /var/lib/shoal as root, else $XDG_STATE_HOME/shoal",
@@ -205,6 +211,7 @@ def up(
     listen: str,
     admin: str,
     dashboard: str,
+    tls_listen: str | None,
     data_dir: str,
     node_id: str,
     address: str,
@@ -251,7 +258,16 @@ def up(
         ("controller", ["--data-dir", data_dir, *(["--policy", policy] if policy else [])]),
         ("scheduler", []),
         ("health", []),
-        ("balancer", ["--listen", listen, "--admin", admin]),
+        (
+            "balancer",
+            [
+                "--listen",
+                listen,
+                "--admin",
+                admin,
+                *(["--tls-listen", tls_listen] if tls_listen else []),
+            ],
+        ),
         ("scaler", []),
         ("dashboard", ["--listen", dashboard]),
     ]

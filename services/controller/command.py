@@ -43,8 +43,21 @@ from services.controller.service import ControllerService
     "it, privileged mode, added capabilities, host bind mounts and the Docker socket are "
     "refused",
 )
+@click.option(
+    "--secrets-key",
+    envvar="SHOAL_SECRETS_KEY",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the key file secrets are encrypted with at rest (32 random bytes, base64; "
+    "mode 0600); without it, <data-dir>/secrets.key is made on first use. Controllers "
+    "sharing a PostgreSQL store need the same file",
+)
 def command(
-    config: ServiceConfig, data_dir: str, store: str | None, policy_file: Path | None
+    config: ServiceConfig,
+    data_dir: str,
+    store: str | None,
+    policy_file: Path | None,
+    secrets_key: Path | None,
 ) -> None:
     """Validate commands, assign revisions, persist apps, publish desired state, roll out."""
     try:
@@ -53,7 +66,9 @@ def command(
         raise click.BadParameter("\n".join(err.errors), param_hint="--policy") from err
 
     def factory(cfg: ServiceConfig) -> ControllerService:
-        return ControllerService(cfg, Path(data_dir), store=store or None, policy=policy)
+        return ControllerService(
+            cfg, Path(data_dir), store=store or None, policy=policy, secrets_key=secrets_key
+        )
 
     factory.name = ControllerService.name  # type: ignore[attr-defined]
     run_service(factory, config)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from core import codec
@@ -26,10 +26,16 @@ from core.channels import (
     DELETE,
     HEALTH,
     HISTORY,
+    NODE_ASSIGN,
     NODE_REPLICAS,
     ROLLBACK,
     ROLLOUT,
     SCALE,
+    SECRET_KEY,
+    SECRET_LS,
+    SECRET_PUT,
+    SECRET_RM,
+    SECRET_VALUES,
 )
 from core.codec import Envelope
 from core.commands import (
@@ -48,9 +54,31 @@ from core.config import ServiceConfig
 from core.errors import BusError, ShoalError, SpecError
 from core.keys import AppKey
 from core.runner import Reconciler
+from core.sealing import Opener, Sealer, SealError, label
+from core.secrets import (
+    MAX_SECRET_BYTES,
+    SealedValue,
+    SecretDelete,
+    SecretInfo,
+    SecretKeyInfo,
+    SecretKeyQuery,
+    SecretList,
+    SecretPut,
+    SecretPutResult,
+    SecretQuery,
+    SecretValues,
+    SecretValuesRequest,
+    apps_using,
+    missing_secrets,
+    names_used,
+    pin_secrets,
+    put_label,
+    route_wanted,
+    wanted,
+)
 from core.service import Service
-from core.spec import validate_apps
-from core.state import AppHealth, AppState, NodeReplicas, ReplicaStatus
+from core.spec import AppSpec, validate_apps
+from core.state import AppHealth, AppState, NodeAssignment, NodeReplicas, ReplicaStatus
 from services.controller.admission import (
     DEFAULT_POLICY,
     Policy,
@@ -69,12 +97,15 @@ from services.controller.apps import (
 )
 from services.controller.prom import ControllerCollector
 from services.controller.rollout import Note, failing_replicas, plan_rollout
-from services.controller.store import Fenced, Store, Transaction
+from services.controller.secret_box import SecretBox, SecretKeyError, load_key, row_label
+from services.controller.store import Fenced, SecretRow, Store, Transaction
 from services.controller.stores import open_store
 from services.controller.strays import follow_keys, may_clear
 
 #: Seconds between full passes over active rollouts (health changes also trigger a step).
 RESYNC = 5.0
+#: The store's meta row holding the secrets key's check value (``secret_box.py``).
+KEY_CHECK = "secrets_key_check"
 
 
 def _source(kind: str, detail: str, env: Envelope) -> str:
@@ -100,8 +131,16 @@ class ControllerService(Service):
         *,
         store: str | None = None,
         policy: Policy = DEFAULT_POLICY,
+        secrets_key: Path | str | None = None,
     ) -> None:
         super().__init__(config)
+        #: the secrets key file: given by the operator, else made in the data dir
+        self.key_path = Path(secrets_key or Path(data_dir or ".") / "secrets.key")
+        self.key_given = secrets_key is not None
+        self._secret_box: SecretBox | None = None
+        self._opener: Opener | None = None
+        #: every node's retained assignment (which secret versions a node may be given)
+        self.assignments: Mapping[str, NodeAssignment] = {}
         #: what specs may ask of a node, per namespace (``admission.py``)
         self.policy = policy
         if store is None and data_dir is None:
@@ -140,6 +179,12 @@ class ControllerService(Service):
         await self.bus.answer(ROLLBACK, self._cmd_rollback, when=leading)
         await self.bus.answer(HISTORY, self._cmd_history, when=leading)
         await self.bus.answer(ROLLOUT, self._cmd_rollout, when=leading)
+        await self.bus.answer(SECRET_KEY, self._cmd_secret_key, when=leading)
+        await self.bus.answer(SECRET_PUT, self._cmd_secret_put, when=leading)
+        await self.bus.answer(SECRET_RM, self._cmd_secret_rm, when=leading)
+        await self.bus.answer(SECRET_LS, self._cmd_secret_ls, when=leading)
+        await self.bus.answer(SECRET_VALUES, self._cmd_secret_values, when=leading)
+        self.assignments = await self.bus.view(NODE_ASSIGN)
         self.health = await self.bus.view(HEALTH, on_change=self._on_health)
         self.retained = await follow_keys(self.bus, APPS, self._on_app)
         await self.bus.subscribe(NODE_REPLICAS, self._on_node_replicas)
@@ -333,6 +378,7 @@ class ControllerService(Service):
         specs = validate_apps(cmd.apps, cmd.source)
         source = _source("apply", cmd.source, env)
         async with self.lock:
+            specs = self._pinned(specs)
             # Refused before anything is decided: nothing stored, nothing published.
             check_admission(specs, {k: r.state.spec for k, r in self.apps.items()}, self.policy)
             now = time.time()
@@ -397,8 +443,15 @@ class ControllerService(Service):
                         [f"app {key} has no revision {cmd.to_revision} (known: {known or 'none'})"]
                     )
                 row = found
-            # An old revision is admitted again: the policy may have changed since.
-            refused = admission_errors(row.spec, self.policy)
+            # An old revision runs with the secrets' current values, and is admitted
+            # again: the policy may have changed since.
+            try:
+                [old_spec] = self._pinned([row.spec])
+            except SpecError as err:
+                raise SpecError(
+                    [f"cannot undo to revision {row.revision}: {line}" for line in err.errors]
+                ) from err
+            refused = admission_errors(old_spec, self.policy)
             if refused:
                 raise SpecError(
                     [f"cannot undo to revision {row.revision}: {line}" for line in refused]
@@ -407,7 +460,7 @@ class ControllerService(Service):
             decision = decide_undo(
                 record,
                 row.revision,
-                row.spec,
+                old_spec,
                 self.db.last_revision(key) + 1,
                 now,
                 env.src,
@@ -476,10 +529,200 @@ class ControllerService(Service):
             results=results,
         )
 
+    # -- secrets ------------------------------------------------------------------------
+
+    def _box(self) -> SecretBox:
+        """The secrets key (made in the data dir on first use unless the operator gave
+        one), checked against the store's check value."""
+        if self._secret_box is None:
+            box = SecretBox(load_key(self.key_path, create=not self.key_given))
+            check = self.db.meta(KEY_CHECK)
+            if check is not None and not box.opens(check):
+                raise SecretKeyError(
+                    f"the secrets key {self.key_path} is not the one this store's secrets were "
+                    "sealed with: give every controller of the store the same --secrets-key"
+                )
+            self._secret_box = box
+            self._opener = Opener(seed=box.seed())
+        return self._secret_box
+
+    def _sealing_key(self) -> Opener:
+        self._box()
+        assert self._opener is not None
+        return self._opener
+
+    async def _cmd_secret_key(self, cmd: SecretKeyQuery, env: Envelope) -> SecretKeyInfo:
+        return SecretKeyInfo(public_key=self._sealing_key().public_key)
+
+    def _pinned(self, specs: list[AppSpec]) -> list[AppSpec]:
+        """Every spec with its secrets pinned to their current versions; a secret that
+        does not exist is an error (nothing is changed)."""
+        errors: list[str] = []
+        out: list[AppSpec] = []
+        versions: dict[str, dict[str, int]] = {}
+        for spec in specs:
+            if names_used(spec):
+                if spec.namespace not in versions:
+                    versions[spec.namespace] = self.db.secret_versions(spec.namespace)
+                errors += missing_secrets(spec, versions[spec.namespace])
+                spec = pin_secrets(spec, versions[spec.namespace])
+            out.append(spec)
+        if errors:
+            raise SpecError(errors)
+        return out
+
+    def _users(self, namespace: str, name: str) -> list[AppKey]:
+        """Apps whose target or still-running revisions use a secret."""
+        specs = [v.spec for r in self.apps.values() for v in r.state.versions]
+        specs += [r.state.spec for r in self.apps.values()]
+        return apps_using(specs, namespace, name)
+
+    async def _cmd_secret_put(self, cmd: SecretPut, env: Envelope) -> SecretPutResult:
+        ns, name = cmd.namespace, cmd.name
+        try:
+            value = self._sealing_key().open(cmd.sender, cmd.sealed, put_label(ns, name))
+        except SealError as err:
+            raise SpecError(
+                [f"secret {ns}/{name}: the value does not open with this controller's key ({err})"]
+            ) from err
+        if len(value) > MAX_SECRET_BYTES:
+            raise SpecError([f"secret {ns}/{name}: a value is at most {MAX_SECRET_BYTES} bytes"])
+        async with self.lock:
+            box = self._box()
+            current = self.db.secret(ns, name)
+            if (
+                current is not None
+                and box.open(current.sealed, row_label(ns, name, current.version)) == value
+            ):
+                return SecretPutResult(
+                    namespace=ns, name=name, version=current.version, change="unchanged"
+                )
+            now = time.time()
+            version = current.version + 1 if current is not None else 1
+            row = SecretRow(
+                ns,
+                name,
+                version,
+                current.created if current is not None else now,
+                now,
+                len(value),
+                box.seal(value, row_label(ns, name, version)),
+            )
+            source = _source("secret", f"{ns}/{name} changed (version {version})", env)
+            decisions = []
+            for key in apps_using((r.state.spec for r in self.apps.values()), ns, name):
+                record = self.apps[key]
+                spec = pin_secrets(record.state.spec, {name: version})
+                next_revision = self.db.last_revision(key) + 1
+                decisions.append(decide_apply(record, spec, next_revision, now, source))
+
+            def write(tx: Transaction) -> None:
+                if self.db.meta(KEY_CHECK) is None:
+                    tx.set_meta(KEY_CHECK, box.check_value())
+                tx.put_secret(row)
+
+            await self._commit(decisions, now, before=write)
+        change = "created" if current is None else "updated"
+        rolled = self._reply(decisions).results if decisions else []
+        names = ", ".join(str(d.key) for d in decisions) or "no app"
+        self.log.info("secret stored", secret=f"{ns}/{name}", version=version, rolls=names)
+        await self.emit(
+            "secret",
+            f"secret {ns}/{name} {change} (version {version}); rolling {names}",
+            namespace=ns,
+        )
+        return SecretPutResult(
+            namespace=ns, name=name, version=version, change=change, rolled=rolled
+        )
+
+    async def _cmd_secret_rm(self, cmd: SecretDelete, env: Envelope) -> Reply:
+        ns, name = cmd.namespace, cmd.name
+        async with self.lock:
+            if self.db.secret(ns, name) is None:
+                raise SpecError([f"secret {ns}/{name} not found"])
+            users = self._users(ns, name)
+            if users:
+                raise SpecError(
+                    [
+                        f"secret {ns}/{name} is used by {', '.join(map(str, users))}: "
+                        "remove it from their specs first"
+                    ]
+                )
+            await self._commit([], time.time(), before=lambda tx: tx.delete_secret(ns, name))
+        await self.emit("secret", f"secret {ns}/{name} deleted", namespace=ns)
+        return Reply(ok=True)
+
+    async def _cmd_secret_ls(self, cmd: SecretQuery, env: Envelope) -> SecretList:
+        return SecretList(
+            secrets=[
+                SecretInfo(
+                    namespace=row.namespace,
+                    name=row.name,
+                    version=row.version,
+                    created=row.created,
+                    updated=row.updated,
+                    size=row.size,
+                    used_by=[str(k) for k in self._users(row.namespace, row.name)],
+                )
+                for row in self.db.secrets(cmd.namespace)
+            ]
+        )
+
+    async def _cmd_secret_values(self, cmd: SecretValuesRequest, env: Envelope) -> SecretValues:
+        """Only the versions the node's retained assignment pins (a balancer: the route
+        certificates and keys the apps pin), sealed to the requester's key."""
+        if cmd.role == "balancer":
+            allowed = route_wanted(r.state.spec for r in self.apps.values())
+            who = f"no route of balancer {cmd.node}'s apps uses"
+        else:
+            assignment = self.assignments.get(cmd.node)
+            allowed = wanted(assignment.specs.values()) if assignment is not None else set()
+            who = f"node {cmd.node} runs no replica using"
+        refused = [
+            f"{who} secret {w.namespace}/{w.name} version {w.version}"
+            for w in cmd.wants
+            if (w.namespace, w.name, w.version) not in allowed
+        ]
+        if refused:
+            raise SpecError(refused)
+        try:
+            sealer = Sealer(cmd.public_key)
+        except SealError as err:
+            raise SpecError([f"secret_values: {err}"]) from err
+        box = self._box()
+        values = []
+        for w in cmd.wants:
+            row = self.db.secret(w.namespace, w.name, w.version)
+            if row is None:
+                raise SpecError(
+                    [f"secret {w.namespace}/{w.name} version {w.version} is no longer kept"]
+                )
+            value = box.open(row.sealed, row_label(w.namespace, w.name, w.version))
+            values.append(
+                SealedValue(
+                    namespace=w.namespace,
+                    name=w.name,
+                    version=w.version,
+                    sealed=sealer.seal(value, label(w.namespace, w.name, w.version)),
+                )
+            )
+        self.log.info(
+            "secret values sealed for a node",
+            node=cmd.node,
+            secrets=sorted(f"{w.namespace}/{w.name}@{w.version}" for w in cmd.wants),
+        )
+        return SecretValues(public_key=sealer.public_key, values=values)
+
     # -- writing ------------------------------------------------------------------------
 
-    async def _commit(self, decisions: list[Decision], now: float) -> None:
-        """Persist every decision in one transaction, then publish. Caller holds the lock."""
+    async def _commit(
+        self,
+        decisions: list[Decision],
+        now: float,
+        before: Callable[[Transaction], None] | None = None,
+    ) -> None:
+        """Persist every decision in one transaction (after ``before``'s writes, such as a
+        secret's new version), then publish. Caller holds the lock."""
         for decision in decisions:
             if decision.record is not None:
                 check_encodable(decision.record.state)
@@ -488,6 +731,8 @@ class ControllerService(Service):
         started = time.perf_counter()
         try:
             with self.db.transaction() as tx:
+                if before is not None:
+                    before(tx)
                 self._write(tx, decisions, now, changed, notes)
         except Fenced as err:
             await self._fenced(err)

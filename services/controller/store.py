@@ -12,7 +12,11 @@ Tables:
 - ``revisions``: the history, one row per (app, revision): spec, source, diff, status;
 - ``counters``: the last revision handed out per app; kept when the app is deleted, so a
   revision number is never reused (agents label containers with it);
-- ``meta``: the schema version and the store's id (a random id chosen when it was created);
+- ``secrets``: one row per (secret, version): sizes, times and the value sealed with
+  AES-GCM by the controller (``secret_box.py``; the store never sees a value in the clear);
+  the last ``SECRET_HISTORY`` versions are kept, for replicas of older revisions;
+- ``meta``: the schema version and the store's id (a random id chosen when it was created),
+  and the secrets key's check value;
 - ``leader``: one row, the leader **term** and who holds it (fencing, below).
 
 **Fencing.** A controller that wins the election calls ``take_over``, which increments the
@@ -47,6 +51,8 @@ from services.controller.rollout import Rollout
 SCHEMA_VERSION = 2
 #: Revisions kept per app (the oldest beyond this are pruned; the current one never is).
 HISTORY_LIMIT = 50
+#: Versions kept per secret (replicas of a revision still rolling out may need an old one).
+SECRET_HISTORY = 10
 
 log = get_logger("shoal.controller.store")
 
@@ -74,6 +80,28 @@ class RevisionRow:
     spec: AppSpec
     changes: list[str]
     status: str
+
+
+@dataclass(frozen=True)
+class SecretRow:
+    """One version of a secret as stored: the value only sealed (``secret_box.py``)."""
+
+    namespace: str
+    name: str
+    version: int
+    created: float
+    updated: float
+    size: int
+    sealed: str
+
+
+_SECRET_COLUMNS = "namespace, name, version, created, updated, size, sealed"
+
+
+def _secret(r: Row) -> SecretRow:
+    return SecretRow(
+        str(r[0]), str(r[1]), int(r[2]), float(r[3]), float(r[4]), int(r[5]), str(r[6])
+    )
 
 
 @dataclass(frozen=True)
@@ -235,6 +263,48 @@ class Store(ABC):
         )
         return _row(rows[0]) if rows else None
 
+    # -- secrets --------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        rows = self._execute("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def secret(self, namespace: str, name: str, version: int | None = None) -> SecretRow | None:
+        """One version of a secret (None: the current one); None when not stored."""
+        if version is None:
+            rows = self._execute(
+                f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE namespace = ? AND name = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (namespace, name),
+            )
+        else:
+            rows = self._execute(
+                f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE namespace = ? AND name = ? "
+                "AND version = ?",
+                (namespace, name, version),
+            )
+        return _secret(rows[0]) if rows else None
+
+    def secrets(self, namespace: str | None = None) -> list[SecretRow]:
+        """The current version of every secret (of one namespace), sorted."""
+        where, params = ("WHERE s.namespace = ? ", (namespace,)) if namespace else ("", ())
+        rows = self._execute(
+            f"SELECT {', '.join('s.' + c for c in _SECRET_COLUMNS.split(', '))} FROM secrets s "
+            "JOIN (SELECT namespace, name, MAX(version) AS version FROM secrets "
+            "GROUP BY namespace, name) m ON s.namespace = m.namespace AND s.name = m.name "
+            f"AND s.version = m.version {where}ORDER BY s.namespace, s.name",
+            params,
+        )
+        return [_secret(r) for r in rows]
+
+    def secret_versions(self, namespace: str) -> dict[str, int]:
+        """Name -> current version of every secret of ``namespace``."""
+        rows = self._execute(
+            "SELECT name, MAX(version) FROM secrets WHERE namespace = ? GROUP BY name",
+            (namespace,),
+        )
+        return {str(name): int(version) for name, version in rows}
+
 
 def _row(r: Row) -> RevisionRow | None:
     try:
@@ -335,3 +405,25 @@ class Transaction:
         """Forget the app and its history; the revision counter stays."""
         self._x("DELETE FROM apps WHERE namespace = ? AND name = ?", tuple(key))
         self._x("DELETE FROM revisions WHERE namespace = ? AND name = ?", tuple(key))
+
+    def put_secret(self, row: SecretRow) -> None:
+        """Store one new version of a secret; versions beyond ``SECRET_HISTORY`` go."""
+        self._x(
+            f"INSERT INTO secrets ({_SECRET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row.namespace, row.name, row.version, row.created, row.updated, row.size, row.sealed),
+        )
+        self._x(
+            "DELETE FROM secrets WHERE namespace = ? AND name = ? AND version <= ?",
+            (row.namespace, row.name, row.version - SECRET_HISTORY),
+        )
+
+    def delete_secret(self, namespace: str, name: str) -> None:
+        """Forget every version of a secret."""
+        self._x("DELETE FROM secrets WHERE namespace = ? AND name = ?", (namespace, name))
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._x(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )

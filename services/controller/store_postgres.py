@@ -46,6 +46,15 @@ SCHEMA = [
         name TEXT NOT NULL,
         last_revision BIGINT NOT NULL,
         PRIMARY KEY (namespace, name))""",
+    """CREATE TABLE IF NOT EXISTS secrets (
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        updated DOUBLE PRECISION NOT NULL,
+        size BIGINT NOT NULL,
+        sealed TEXT NOT NULL,
+        PRIMARY KEY (namespace, name, version))""",
     """CREATE TABLE IF NOT EXISTS leader (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         term BIGINT NOT NULL,

@@ -44,6 +44,16 @@ CREATE TABLE IF NOT EXISTS counters (
     last_revision INTEGER NOT NULL,
     PRIMARY KEY (namespace, name)
 );
+CREATE TABLE IF NOT EXISTS secrets (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    size INTEGER NOT NULL,
+    sealed TEXT NOT NULL,
+    PRIMARY KEY (namespace, name, version)
+);
 CREATE TABLE IF NOT EXISTS leader (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     term INTEGER NOT NULL,

@@ -4,6 +4,7 @@ atomic batches, unreadable rows skipped, stamps, and fencing between two control
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,8 @@ from core.keys import AppKey
 from services.controller import store as store_module
 from services.controller.apps import AppRecord
 from services.controller.rollout import Rollout
-from services.controller.store import Fenced, Store, StoreError
+from services.controller.secret_box import SecretBox, row_label
+from services.controller.store import Fenced, SecretRow, Store, StoreError
 from services.controller.stores import open_store
 from tests.support.net import free_port
 from tests.unit.controller.helpers import created, spec
@@ -221,3 +223,62 @@ def test_a_lost_postgresql_connection_is_reopened(postgres_url: str) -> None:
         assert store.keys() == {KEY}
     finally:
         store.close()
+
+
+def test_secret_versions_are_kept_sealed_pruned_and_deleted(
+    open_at: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "SECRET_HISTORY", 3)
+    box = SecretBox(os.urandom(32))
+    store = leader(open_at)
+
+    def row(name: str, version: int, value: bytes, namespace: str = "default") -> SecretRow:
+        sealed = box.seal(value, row_label(namespace, name, version))
+        return SecretRow(namespace, name, version, 1.0, float(version), len(value), sealed)
+
+    with store.transaction() as tx:
+        tx.set_meta("secrets_key_check", box.check_value())
+        for version in range(1, 6):
+            tx.put_secret(row("db", version, f"value {version}".encode()))
+        tx.put_secret(row("api", 1, b"api value"))
+        tx.put_secret(row("db", 1, b"prod value", "prod"))
+    store.close()
+
+    again: Store = open_at()  # type: ignore[operator]
+    check = again.meta("secrets_key_check")
+    assert check is not None
+    assert box.opens(check)
+    assert again.secret_versions("default") == {"db": 5, "api": 1}
+    assert again.secret_versions("nothing") == {}
+    current = again.secret("default", "db")
+    assert current is not None
+    assert (current.version, current.size, current.updated) == (5, 7, 5.0)
+    assert box.open(current.sealed, row_label("default", "db", 5)) == b"value 5"
+    old = again.secret("default", "db", 3)
+    assert old is not None
+    assert box.open(old.sealed, row_label("default", "db", 3)) == b"value 3"
+    assert again.secret("default", "db", 2) is None  # beyond SECRET_HISTORY: pruned
+    assert [(r.namespace, r.name, r.version) for r in again.secrets()] == [
+        ("default", "api", 1),
+        ("default", "db", 5),
+        ("prod", "db", 1),
+    ]
+    assert [r.name for r in again.secrets("prod")] == ["db"]
+    # the store holds ciphertext only
+    raw = again._execute("SELECT namespace, name, sealed FROM secrets")
+    assert not any(b"value" in str(r).encode() for r in raw)
+
+    again.take_over("c2")
+    with again.transaction() as tx:
+        tx.delete_secret("default", "db")
+    assert again.secret_versions("default") == {"api": 1}
+    assert again.secret("default", "db") is None
+    assert again.secret("prod", "db") is not None
+
+
+def test_a_secret_write_is_fenced_like_any_other(open_at: object) -> None:
+    first = leader(open_at, "c1")
+    leader(open_at, "c2")
+    with pytest.raises(Fenced), first.transaction() as tx:
+        tx.put_secret(SecretRow("default", "db", 1, 1.0, 1.0, 1, "x"))
+    assert first.secret("default", "db") is None
