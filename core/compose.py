@@ -315,6 +315,7 @@ def translate(
             out.builds[names[service]] = build
     _check_routes(out.apps, ctx)
     _check_cycles(out.apps, ctx)
+    _check_healthy_dependencies(out.apps, ctx)
     if ctx.errors:
         raise SpecError([f"{source}: {e}" for e in ctx.errors])
     out.warnings = ctx.warnings
@@ -751,6 +752,26 @@ def _depends_on(
             continue
         out.append({"app": names[dependency], "condition": _CONDITIONS[condition]})
     return out
+
+
+def _check_healthy_dependencies(apps: list[dict[str, Any]], ctx: _Context) -> None:
+    """Shoal's health monitor finds a replica ready at an endpoint (a published port):
+    ``service_healthy`` on a service with no port would wait for ever."""
+    by_name = {doc["name"]: doc for doc in apps}
+    for doc in apps:
+        for dependency in doc.get("depends_on", []):
+            target = by_name.get(dependency["app"])
+            if (
+                dependency["condition"] == "healthy"
+                and target is not None
+                and not target.get("ports")
+            ):
+                ctx.errors.append(
+                    f"service {doc['labels']['com.docker.compose.service']}: depends_on."
+                    f"{target['labels']['com.docker.compose.service']}: service_healthy needs "
+                    "that service to publish a port (ports:): Shoal finds replicas ready at "
+                    "their endpoint"
+                )
 
 
 def _check_cycles(apps: list[dict[str, Any]], ctx: _Context) -> None:

@@ -38,6 +38,7 @@ def service(body: str, **kwargs: Any) -> dict[str, Any]:
     """The app document of one service ``web`` (with a ``db`` beside it), validated."""
     text = "services:\n  web:\n" + textwrap.indent(textwrap.dedent(body), "    ") + "\n"
     text += "  db:\n    image: redis:7\n    healthcheck: {test: [CMD, true]}\n"
+    text += "    ports: ['6379']\n    x-shoal-host: db.local\n"
     text += "volumes:\n  data: {}\n  shared: {external: true}\n  named: {name: the-name}\n"
     result = compose(text, **kwargs)
     docs = result.with_images({app: f"built/{app}:1" for app in result.builds})
@@ -386,6 +387,9 @@ def test_namespace_follows_compose_rules() -> None:
         namespace_of({}, "___", {}, None)
 
 
+DB_AND_WEB = "services:\n  db: {image: redis, ports: ['6379'], x-shoal-host: db.local}\n"
+DB_AND_WEB += "  web:\n    image: i\n"
+
 UNSUPPORTED = [
     ("tty: true", "service web: tty is not supported"),
     ("networks: [front]", "service web: networks is not supported yet (container networking"),
@@ -446,11 +450,7 @@ UNSUPPORTED = [
 
 @pytest.mark.parametrize(("body", "error"), UNSUPPORTED, ids=[u[0] for u in UNSUPPORTED])
 def test_each_unsupported_key_is_an_error_naming_key_and_service(body: str, error: str) -> None:
-    text = (
-        "services:\n  db: {image: redis}\n  web:\n    image: i\n"
-        + textwrap.indent(body, "    ")
-        + "\n"
-    )
+    text = DB_AND_WEB + textwrap.indent(body, "    ") + "\n"
     found = errors(text)
     assert any(error in line for line in found), found
     assert all(line.startswith("compose.yaml: ") for line in found)
@@ -489,11 +489,7 @@ REFUSED = [
 
 @pytest.mark.parametrize(("body", "error"), REFUSED, ids=[r[0] for r in REFUSED])
 def test_what_shoal_refuses_even_with_allow_unsupported(body: str, error: str) -> None:
-    text = (
-        "services:\n  db: {image: redis}\n  web:\n    image: i\n"
-        + textwrap.indent(body, "    ")
-        + "\n"
-    )
+    text = DB_AND_WEB + textwrap.indent(body, "    ") + "\n"
     for allow in (False, True):
         found = errors(text, allow_unsupported=allow)
         assert any(error in line for line in found), found
@@ -518,6 +514,13 @@ def test_file_level_problems() -> None:
     assert any(
         "services a, b publish HTTP ports without a host name" in e
         for e in errors("services: {a: {image: i, ports: ['80']}, b: {image: i, ports: ['81']}}")
+    )
+    assert any(
+        "service web: depends_on.db: service_healthy needs that service to publish a port" in e
+        for e in errors(
+            "services: {db: {image: i}, "
+            "web: {image: i, depends_on: {db: {condition: service_healthy}}}}"
+        )
     )
     assert any(
         "taken by another service" in e

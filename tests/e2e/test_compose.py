@@ -1,0 +1,96 @@
+"""Compose files end to end (issue 12, item 4): ``shoal apply -f compose.yaml`` builds the
+``build:`` image on the local engine, starts ``web`` only once ``db`` is healthy, serves
+``web`` through the balancer, and ``shoal delete -f compose.yaml`` removes everything.
+
+The compose application is ``tests/e2e/compose_app`` (copied to the test's work folder with
+the static busybox binary beside its Dockerfile)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import Cluster, wait_for
+
+pytestmark = pytest.mark.e2e
+
+APP = Path(__file__).parent / "compose_app"
+BUSYBOX = Path("/bin/busybox")
+
+
+def ready(cluster: Cluster, name: str) -> int:
+    for app in cluster.get_json("apps"):
+        if app["name"] == name and app["namespace"] == "composetest":
+            return int(app["ready"])  # type: ignore[call-overload]
+    return 0
+
+
+def built_images(tag_prefix: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", tag_prefix],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()
+
+
+@pytest.mark.skipif(not BUSYBOX.exists(), reason="needs busybox-static (.ci/setup.sh)")
+def test_compose_build_depends_on_healthy_serve_and_delete(cluster: Cluster) -> None:
+    folder = cluster.procs.workdir / "compose_app"
+    shutil.copytree(APP, folder)
+    shutil.copy(BUSYBOX, folder / "web" / "busybox")
+    compose = str(folder / "compose.yaml")
+    cluster.start()
+    try:
+        applied = cluster.shoal("apply", "-f", compose)
+        assert "app composetest/web created (revision 1)" in applied.stdout
+        assert "app composetest/db created (revision 1)" in applied.stdout
+        assert "building composetest-web:" in applied.stderr
+        [image] = built_images("composetest-web")
+        spec = json.loads(
+            cluster.shoal("get", "app", "web", "-n", "composetest", "-o", "json").stdout
+        )
+        assert spec["spec"]["image"] == image
+
+        # depends_on service_healthy: while db runs but is not ready (START_DELAY), web
+        # has no container at all; checked on every poll until db is ready.
+        wait_for(lambda: cluster.containers(app="db"), 30, message="db container running")
+
+        def db_ready_and_web_held() -> bool:
+            db_is_ready = ready(cluster, "db") == 1
+            if not db_is_ready:
+                assert cluster.containers(app="web", all_states=True) == [], "web started early"
+            return db_is_ready
+
+        wait_for(db_ready_and_web_held, 60, message="db ready")
+        wait_for(lambda: ready(cluster, "web") == 2, 60, message="2 web replicas ready")
+
+        # served through the balancer; the page comes from the build argument in .env
+        def served() -> bool:
+            r = cluster.get("/")
+            return r.status == 200 and r.body.strip() == "hello from .env"
+
+        wait_for(served, 20, message="web served through the balancer")
+
+        # the same content is the same tag: nothing is built again, nothing changes
+        again = cluster.shoal("apply", "-f", compose)
+        assert "app composetest/web unchanged (revision 1)" in again.stdout
+        assert "building" not in again.stderr
+        assert cluster.shoal("diff", "-f", compose, check=False).returncode == 0
+
+        deleted = cluster.shoal("delete", "-f", compose).stdout
+        assert "app composetest/web deleted" in deleted
+        assert "app composetest/db deleted" in deleted
+        wait_for(
+            lambda: cluster.containers(all_states=True) == [], 30, message="every container gone"
+        )
+        assert [a for a in cluster.get_json("apps") if a["namespace"] == "composetest"] == []
+    finally:
+        images = built_images("composetest-web")
+        if images:
+            subprocess.run(["docker", "rmi", "-f", *images], capture_output=True)
