@@ -81,6 +81,9 @@ def _load_files(
                 validate_apps(translated, source)
                 docs.extend(translated)
                 continue
+            if compose is not None and compose.namespace is not None:
+                errors.append(f"{source}: -n applies to compose files; a spec names its namespace")
+                continue
             load_specs(text, source)
             docs.extend(parse_documents(text, source))
         except SpecError as err:

@@ -300,6 +300,9 @@ def _diff_files(
                 validate_apps(translated, path)
                 docs.extend(translated)
                 continue
+            if compose is not None and compose.namespace is not None:
+                errors.append(f"{path}: -n applies to compose files; a spec names its namespace")
+                continue
             load_specs(text, path)
             docs.extend(parse_documents(text, path))
         except SpecError as err:

@@ -107,3 +107,11 @@ def test_invalid_compose_file_exits_1_listing_the_problems(project: Path) -> Non
     assert result.exit_code == 1
     assert "the spec is invalid; nothing was changed" in result.output
     assert "service web: restart: no: Shoal keeps every replica running" in result.output
+
+
+def test_n_is_for_compose_files_only(tmp_path: Path) -> None:
+    spec = tmp_path / "web.yaml"
+    spec.write_text("name: web\nimage: i\n")
+    result = CliRunner().invoke(cli, ["apply", "-f", str(spec), "-n", "prod"])
+    assert result.exit_code == 1
+    assert "-n applies to compose files; a spec names its namespace" in result.output
