@@ -58,16 +58,22 @@ def test_compose_build_depends_on_healthy_serve_and_delete(cluster: Cluster) -> 
         assert spec["spec"]["image"] == image
 
         # depends_on service_healthy: while db runs but is not ready (START_DELAY), web
-        # has no container at all; checked on every poll until db is ready.
+        # has no container at all. Web's containers are listed first, db's readiness read
+        # after: web having a container then means db was ready before it.
         wait_for(lambda: cluster.containers(app="db"), 30, message="db container running")
 
+        held_seen = []
+
         def db_ready_and_web_held() -> bool:
+            web = cluster.containers(app="web", all_states=True)
             db_is_ready = ready(cluster, "db") == 1
+            assert db_is_ready or web == [], "web started before db was ready"
             if not db_is_ready:
-                assert cluster.containers(app="web", all_states=True) == [], "web started early"
+                held_seen.append(True)
             return db_is_ready
 
         wait_for(db_ready_and_web_held, 60, message="db ready")
+        assert held_seen, "db was ready at once: START_DELAY did not hold it"
         wait_for(lambda: ready(cluster, "web") == 2, 60, message="2 web replicas ready")
 
         # served through the balancer; the page comes from the build argument in .env
