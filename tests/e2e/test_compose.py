@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster, wait_for
+from tests.support.cluster import Cluster, http_get, wait_for
+from tests.support.net import free_port, wait_port
 
 pytestmark = pytest.mark.e2e
 
@@ -98,5 +99,53 @@ def test_compose_build_depends_on_healthy_serve_and_delete(cluster: Cluster) -> 
         assert [a for a in cluster.get_json("apps") if a["namespace"] == "composetest"] == []
     finally:
         images = built_images("composetest-web")
+        if images:
+            subprocess.run(["docker", "rmi", "-f", *images], capture_output=True)
+
+
+@pytest.mark.skipif(
+    not BUSYBOX.exists() or shutil.which("docker-registry") is None,
+    reason="needs busybox-static and docker-registry (.ci/setup.sh)",
+)
+def test_compose_build_is_pushed_to_the_cluster_registry(cluster: Cluster) -> None:
+    """With ``--registry``, the built image is tagged for the registry and pushed there, so
+    that every node can pull it; the replicas run from that reference."""
+    port = free_port()
+    store = cluster.procs.workdir / "registry"
+    store.mkdir()
+    config = store / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {store}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    cluster.procs.spawn("registry", ["docker-registry", "serve", str(config)])
+    wait_port("127.0.0.1", port, timeout=15)
+    registry = f"127.0.0.1:{port}"
+
+    folder = cluster.procs.workdir / "compose_app"
+    shutil.copytree(APP, folder)
+    shutil.copy(BUSYBOX, folder / "web" / "busybox")
+    compose = folder / "compose.yaml"
+    # web alone (no depends_on): this test is about where its image goes
+    compose.write_text(
+        compose.read_text().replace("    depends_on:\n      db: {condition: service_healthy}\n", "")
+    )
+    cluster.start()
+    try:
+        out = cluster.shoal("apply", "-f", str(compose), "--registry", registry, "--wait")
+        assert f"pushing {registry}/composetest-web:" in out.stderr
+        spec = json.loads(
+            cluster.shoal("get", "app", "web", "-n", "composetest", "-o", "json").stdout
+        )
+        image = spec["spec"]["image"]
+        assert image.startswith(f"{registry}/composetest-web:")
+        tags = json.loads(http_get(f"http://{registry}/v2/composetest-web/tags/list").body)
+        assert tags["tags"] == [image.rsplit(":", 1)[1]]
+        assert ready(cluster, "web") == 2
+        cluster.shoal("delete", "-f", str(compose))
+        wait_for(lambda: cluster.containers(all_states=True) == [], 30, message="removed")
+    finally:
+        images = built_images(f"{registry}/composetest-web")
         if images:
             subprocess.run(["docker", "rmi", "-f", *images], capture_output=True)
