@@ -539,6 +539,7 @@ class Cluster:
             reasons=reasons,
             nodes=dict(sorted(nodes.items())),
             ts=ts,
+            waiting_for=self.held.get(key, ""),
         )
 
     def dependants(self, key: AppKey) -> set[AppKey]:

@@ -62,7 +62,9 @@ def test_the_cluster_holds_the_dependant_until_its_dependency_is_ready() -> None
     cluster.set_app(API, api)
     assert cluster.reconcile(API).placed == []
     assert cluster.held[API] == "waiting for db (no such app in namespace default)"
-    assert cluster.status(API).message == cluster.held[API]  # type: ignore[union-attr]
+    status = cluster.status(API)
+    assert status is not None
+    assert status.message == status.waiting_for == cluster.held[API]
 
     cluster.set_app(DB, app_state("db", 1))
     placed = cluster.reconcile(DB).placed
