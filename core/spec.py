@@ -439,6 +439,26 @@ class SecretUse(Model):
 SecretUseField = Annotated[SecretUse, BeforeValidator(_secret_use)]
 
 
+class Dependency(Model):
+    """Start this app only once ``app`` (same namespace) is ``started`` (every desired
+    replica placed on a node) or ``healthy`` (every desired replica ready, at least one).
+
+    The gate holds an app's first replicas only (compose's ``depends_on``): once some are
+    placed, the app is scaled, healed and rolled out whatever its dependencies do.
+    """
+
+    app: str
+    condition: Literal["started", "healthy"] = "started"
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, v: str) -> str:
+        return check_dns_label(v, "depends_on app")
+
+
+#: Docker's stop signals: a name (``SIGTERM``, ``SIGQUIT``, ``SIGRTMIN+3``) or a number.
+STOP_SIGNAL = re.compile(r"^(SIG[A-Z0-9]+([+-][0-9]+)?|[1-9][0-9]?)$")
+
 #: What containers are made from: changing one of these makes a new revision.
 TEMPLATE_FIELDS = (
     "image",
@@ -455,7 +475,13 @@ TEMPLATE_FIELDS = (
     "user",
     "security",
     "secrets",
+    "hostname",
+    "stop_signal",
 )
+
+#: Template fields added later: left out of the template hash while unset, so that the
+#: revisions of specs written before them keep their hash.
+OPTIONAL_TEMPLATE_FIELDS = ("hostname", "stop_signal")
 
 
 class AppSpec(Model):
@@ -482,6 +508,27 @@ class AppSpec(Model):
     user: str | None = None
     security: Security = Field(default_factory=Security)
     secrets: list[SecretUseField] = Field(default_factory=list)
+    hostname: str | None = Field(default=None, description="the containers' host name")
+    stop_signal: str | None = Field(
+        default=None, description="sent to stop a container (default the image's, SIGTERM)"
+    )
+    depends_on: list[Dependency] = Field(
+        default_factory=list, description="apps of the namespace to wait for before starting"
+    )
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?$", v):
+            raise ValueError(f"hostname {v!r} is not a valid host name")
+        return v
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _stop_signal(cls, v: str | None) -> str | None:
+        if v is not None and not STOP_SIGNAL.match(v):
+            raise ValueError(f"stop_signal {v!r} must be a signal name (SIGTERM) or number")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -535,6 +582,9 @@ class AppSpec(Model):
                 "autoscale min 0 (scale to zero) needs a route: only the balancer can hold "
                 "a request and wake the app"
             )
+        for dependency in self.depends_on:
+            if dependency.app == self.name:
+                raise ValueError(f"app {self.name!r} cannot depend on itself")
         for which in ("readiness", "liveness"):
             probe: Probe | None = getattr(self.health, which)
             if probe is not None and probe.kind != "exec":
@@ -611,6 +661,9 @@ class AppSpec(Model):
         fields = self.model_dump(mode="json", include=set(TEMPLATE_FIELDS))
         if not fields.get("secrets"):
             fields.pop("secrets", None)  # the hash of a spec without secrets is as before
+        for name in OPTIONAL_TEMPLATE_FIELDS:
+            if fields.get(name) is None:
+                fields.pop(name, None)
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

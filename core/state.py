@@ -152,6 +152,10 @@ class SchedulerStatus(Model):
     reasons: dict[str, Count] = Field(default_factory=dict)
     nodes: dict[str, Count] = Field(default_factory=dict, description="node -> replicas")
     ts: float = 0.0
+    waiting_for: str = Field(
+        default="",
+        description="why no replica is placed yet: depends_on conditions not met ('' none)",
+    )
 
 
 # -- observed replicas (writer: each agent for itself) ---------------------------------

@@ -165,6 +165,10 @@ def create_config(
         config["WorkingDir"] = spec.working_dir
     if spec.user:
         config["User"] = spec.user
+    if spec.hostname:
+        config["Hostname"] = spec.hostname
+    if spec.stop_signal:
+        config["StopSignal"] = spec.stop_signal  # Docker's stop sends it, then SIGKILL
     return config
 
 

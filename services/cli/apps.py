@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -19,7 +20,7 @@ from core.channels import APPLY, APPS, DELETE, HEALTH, NODE_REPLICAS, SCHEDULER_
 from core.commands import ApplyCommand, DeleteCommand, Reply
 from core.errors import ShoalError, SpecError
 from core.keys import AppKey
-from core.spec import load_specs, parse_documents
+from core.spec import load_specs, parse_documents, validate_apps
 from services.cli.client import (
     ClientOptions,
     client_options,
@@ -29,6 +30,7 @@ from services.cli.client import (
     run_async,
 )
 from services.cli.completion import complete_object
+from services.cli.compose import ComposeOptions, Mode, compose_documents, compose_options
 from services.cli.output import FORMATS, age, name_lines, parse_selector, render_document
 from services.cli.views import (
     APP_COLUMNS,
@@ -62,17 +64,33 @@ def _read(path: str) -> tuple[str, str]:
         raise click.BadParameter(f"{path}: {err.strerror}", param_hint="-f") from err
 
 
-def _load_files(files: tuple[str, ...]) -> list[Any]:
-    """Raw documents of every file, validated locally first (errors exit 1, nothing sent)."""
+def _load_files(
+    files: tuple[str, ...], compose: ComposeOptions | None = None, mode: Mode = "apply"
+) -> list[Any]:
+    """Raw documents of every file, validated locally first (errors exit 1, nothing sent).
+
+    A compose file (a top-level ``services:``) is translated, its images built
+    (``services.cli.compose``)."""
     docs: list[Any] = []
     errors: list[str] = []
     for path in files:
         text, source = _read(path)
         try:
+            translated = compose_documents(text, source, compose or ComposeOptions(), mode)
+            if translated is not None:
+                validate_apps(translated, source)
+                docs.extend(translated)
+                continue
+            if compose is not None and compose.namespace is not None:
+                errors.append(f"{source}: -n applies to compose files; a spec names its namespace")
+                continue
             load_specs(text, source)
             docs.extend(parse_documents(text, source))
         except SpecError as err:
             errors.extend(err.errors)
+        except ShoalError as err:  # a build of a compose file failed
+            err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
+            sys.exit(1)
     if errors:
         _fail(errors)
     return docs
@@ -121,17 +139,31 @@ def _print_reply(reply: Reply, dry_run: bool = False) -> None:
     "files",
     multiple=True,
     required=True,
-    help="YAML or JSON file with one or more apps ('-' for stdin)",
+    help="YAML or JSON file with one or more apps, or a compose file ('-' for stdin)",
 )
 @click.option("--wait", is_flag=True, help="return once every app's replicas are ready")
 @click.option("--wait-timeout", default=300.0, show_default=True, help="seconds, with --wait")
 @click.option("--dry-run", is_flag=True, help="validate and show what would change")
 @client_options
+@compose_options
 def apply(
-    opts: ClientOptions, files: tuple[str, ...], wait: bool, wait_timeout: float, dry_run: bool
+    opts: ClientOptions,
+    files: tuple[str, ...],
+    wait: bool,
+    wait_timeout: float,
+    dry_run: bool,
+    compose: ComposeOptions,
 ) -> None:
-    """Create or update apps from files."""
-    docs = _load_files(files)
+    """Create or update apps from files.
+
+    A compose file (top-level services:) becomes one app per service in the namespace of
+    -n, COMPOSE_PROJECT_NAME, its name: or its folder; build: images are built on the
+    local engine (pushed with --registry); a key Shoal cannot honour is an error naming
+    the key and the service (a warning with --allow-unsupported). See the README's
+    "Compose files".
+    """
+    # --dry-run builds nothing: built images are named by the tag a build would give
+    docs = _load_files(files, compose, "diff" if dry_run else "apply")
     run_async(_apply(opts, docs, wait, wait_timeout, dry_run, ",".join(files)))
 
 
@@ -377,13 +409,25 @@ def table_text(columns: Sequence[str], rows: list[list[str]]) -> str:
 
 @click.command()
 @click.argument("target", nargs=-1)
-@click.option("-f", "--file", "files", multiple=True, help="delete every app in these files")
-@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option(
+    "-f",
+    "--file",
+    "files",
+    multiple=True,
+    help="delete every app in these files (or compose files)",
+)
+@click.option(
+    "-n",
+    "--namespace",
+    default=None,
+    help="the app's namespace  [default: default; for a compose file, its project's]",
+)
 @client_options
 def delete(
-    opts: ClientOptions, target: tuple[str, ...], files: tuple[str, ...], namespace: str
+    opts: ClientOptions, target: tuple[str, ...], files: tuple[str, ...], namespace: str | None
 ) -> None:
-    """Delete apps: ``delete app NAME [-n NS]`` or ``delete -f FILE``."""
+    """Delete apps: ``delete app NAME [-n NS]`` or ``delete -f FILE`` (a compose file:
+    every app of its services)."""
     commands: list[DeleteCommand] = []
     if files:
         if target:
@@ -391,13 +435,18 @@ def delete(
         for path in files:
             text, source = _read(path)
             try:
-                specs = load_specs(text, source)
+                translated = compose_documents(text, source, ComposeOptions(namespace), "delete")
+                specs = (
+                    validate_apps(translated, source)
+                    if translated is not None
+                    else load_specs(text, source)
+                )
             except SpecError as err:
                 _fail(err.errors)
             commands.extend(DeleteCommand(namespace=s.namespace, name=s.name) for s in specs)
     elif len(target) == 2 and target[0] in ("app", "apps"):
         try:
-            commands.append(DeleteCommand(namespace=namespace, name=target[1]))
+            commands.append(DeleteCommand(namespace=namespace or "default", name=target[1]))
         except ValueError as err:
             raise click.BadParameter(str(err)) from err
     else:

@@ -67,6 +67,10 @@ def app_conditions(app: AppState, snap: Snapshot) -> list[Condition]:
                 f"{placement.message}",
             )
         )
+    elif placement.waiting_for:
+        conditions.append(
+            Condition("Scheduled", False, "WaitingForDependencies", placement.waiting_for)
+        )
     else:
         conditions.append(
             Condition("Scheduled", True, "Placed", f"{placement.placed}/{placement.desired} placed")

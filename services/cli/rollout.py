@@ -25,7 +25,7 @@ from core.commands import (
 )
 from core.errors import ShoalError, SpecError
 from core.keys import AppKey
-from core.spec import load_specs, parse_documents
+from core.spec import load_specs, parse_documents, validate_apps
 from core.state import AppHealth, AppState
 from core.view import View
 from services.cli.client import (
@@ -38,6 +38,7 @@ from services.cli.client import (
     run_async,
 )
 from services.cli.completion import complete_app
+from services.cli.compose import ComposeOptions, compose_documents, compose_options
 
 #: Phases in which a rollout has stopped moving by itself.
 SETTLED = ("stable", "rolled_back", "failed", "paused")
@@ -258,14 +259,20 @@ async def _status(
     help="exit 1 when an apply would change something (as kubectl diff); errors exit 2",
 )
 @client_options
-def diff(opts: ClientOptions, files: tuple[str, ...], exit_code: bool) -> None:
+@compose_options
+def diff(
+    opts: ClientOptions, files: tuple[str, ...], exit_code: bool, compose: ComposeOptions
+) -> None:
     """What `shoal apply -f FILE` would change, field by field (nothing is changed).
+
+    A compose file is read as apply reads it; images of build: are not built, only named
+    by the tag a build would give (their content's digest).
 
     Exit status as kubectl diff's: 0 nothing would change, 1 something would, 2 an error
     (an invalid spec, a refused connection, no answer).
     """
     try:
-        changed = _diff_files(opts, files)
+        changed = _diff_files(opts, files, compose)
     except SystemExit as err:
         if err.code == 1:  # every error path of the shared helpers exits 1
             sys.exit(2)
@@ -274,7 +281,9 @@ def diff(opts: ClientOptions, files: tuple[str, ...], exit_code: bool) -> None:
         sys.exit(1)
 
 
-def _diff_files(opts: ClientOptions, files: tuple[str, ...]) -> bool:
+def _diff_files(
+    opts: ClientOptions, files: tuple[str, ...], compose: ComposeOptions | None = None
+) -> bool:
     docs: list[Any] = []
     errors: list[str] = []
     for path in files:
@@ -283,6 +292,17 @@ def _diff_files(opts: ClientOptions, files: tuple[str, ...]) -> bool:
         except OSError as err:
             raise click.BadParameter(f"{path}: {err.strerror}", param_hint="-f") from err
         try:
+            # a compose file: its apps, built images named by the tags a build would give
+            translated = compose_documents(
+                text, "<stdin>" if path == "-" else path, compose or ComposeOptions(), "diff"
+            )
+            if translated is not None:
+                validate_apps(translated, path)
+                docs.extend(translated)
+                continue
+            if compose is not None and compose.namespace is not None:
+                errors.append(f"{path}: -n applies to compose files; a spec names its namespace")
+                continue
             load_specs(text, path)
             docs.extend(parse_documents(text, path))
         except SpecError as err:

@@ -384,6 +384,8 @@ def not_ready_reasons(
         parts.append(f"{others} of other revisions still running")
     if placement is not None and placement.unplaceable:
         parts.append(f"{placement.unplaceable} unplaceable: {placement.message}")
+    if placement is not None and placement.waiting_for:
+        parts.append(placement.waiting_for)
     verdicts = {r.id: r for r in (health.replicas if health else [])}
     for r in replicas:
         if r.namespace != app.namespace or r.app != app.name or r.revision != app.revision:

@@ -25,7 +25,8 @@ Reconciling one app (``reconcile``), in order:
 2. replicas of revisions no longer wanted go;
 3. revisions with too many active replicas shrink (``placement.removal_order``);
 4. revisions with too few grow, newest first (``placement.select``); what cannot be placed
-   is recorded with its reasons and retried when capacity appears;
+   is recorded with its reasons and retried when capacity appears; an app with no replica
+   placed whose ``depends_on`` conditions do not hold is held instead (``depends``);
 5. ``leaving`` replicas (on a draining node) go once enough others are ready.
 """
 
@@ -49,6 +50,7 @@ from core.state import (
     spec_key,
 )
 from services.scheduler.checks import EPSILON, check_constraints
+from services.scheduler.depends import DependencyState, held_message, waiting_for
 from services.scheduler.model import UNKNOWN, AppRecord, Demand, NodeView, Replica
 from services.scheduler.placement import (
     NodeRing,
@@ -140,6 +142,8 @@ class Cluster:
         self.pending: dict[AppKey, list[Unplaceable]] = {}
         #: nodes whose assignment changed and must be published
         self.dirty: set[str] = set()
+        #: app -> why its first replicas wait for its dependencies (``depends``)
+        self.held: dict[AppKey, str] = {}
         #: node -> drain flag, for every cordoned node (known or not yet)
         self.cordons: dict[str, bool] = {}
         self.seed = seed
@@ -325,6 +329,7 @@ class Cluster:
                 out.removed.append(replica)
             del self.apps[key]
             self.pending.pop(key, None)
+            self.held.pop(key, None)
             prefix = f"{key}@"
             for sk in [sk for sk in self._specs if sk.startswith(prefix)]:
                 del self._specs[sk]
@@ -365,8 +370,13 @@ class Cluster:
                     by_rev[rev].remove(replica)
                     out.removed.append(replica)
 
-        # 4. scale up, newest revision first
-        for rev in sorted(versions, reverse=True):
+        # 4. scale up, newest revision first; an app not started waits for its dependencies
+        waits = waiting_for(state.spec, any(by_rev.values()), self._dependencies(key, state.spec))
+        if waits:
+            self.held[key] = held_message(waits)
+        else:
+            self.held.pop(key, None)
+        for rev in sorted(versions, reverse=True) if not waits else ():
             version = versions[rev]
             active_count = sum(1 for r in by_rev.get(rev, ()) if not r.leaving)
             missing = version.replicas - active_count
@@ -513,6 +523,8 @@ class Cluster:
         )
         if not message and leaving:
             message = f"{leaving} replica(s) leaving draining nodes once replacements are ready"
+        if not message and key in self.held:
+            message = self.held[key]
         nodes: dict[str, int] = defaultdict(int)
         for replica in rec.replicas.values():
             nodes[replica.node] += 1
@@ -527,9 +539,39 @@ class Cluster:
             reasons=reasons,
             nodes=dict(sorted(nodes.items())),
             ts=ts,
+            waiting_for=self.held.get(key, ""),
         )
 
+    def dependants(self, key: AppKey) -> set[AppKey]:
+        """The held apps that wait for ``key`` (to reconcile when it changes)."""
+        return {
+            held
+            for held in self.held
+            if held.namespace == key.namespace
+            and (rec := self.apps.get(held)) is not None
+            and rec.state is not None
+            and any(d.app == key.name for d in rec.state.spec.depends_on)
+        }
+
     # -- internals ----------------------------------------------------------------------
+
+    def _dependencies(self, key: AppKey, spec: AppSpec) -> dict[str, DependencyState]:
+        """The state of each app ``spec`` depends on that exists (``depends.waiting_for``)."""
+        out: dict[str, DependencyState] = {}
+        for dependency in spec.depends_on:
+            rec = self.apps.get(AppKey(key.namespace, dependency.app))
+            if rec is None or rec.state is None:
+                continue
+            revision = rec.state.revision
+            version = versions_of(rec.state).get(revision)
+            current = [r for r in rec.replicas.values() if r.revision == revision]
+            ready = rec.ready or set()
+            out[dependency.app] = DependencyState(
+                desired=version.replicas if version is not None else rec.state.replicas,
+                placed=sum(1 for r in current if not r.leaving),
+                ready=sum(1 for r in current if r.id in ready),
+            )
+        return out
 
     def _invalidate(self) -> None:
         self._order = None

@@ -260,6 +260,8 @@ class SchedulerService(Service):
     def _on_health(self, key: AppKey, health: AppHealth | None) -> None:
         if self.cluster is not None and self.cluster.set_ready(key, _ready_ids(health)):
             self.apps.mark(key)
+        if self.cluster is not None:
+            self._mark_apps(self.cluster.dependants(key))  # a depends_on condition may hold
 
     async def _on_node_command(self, command: NodeCommand, env: Envelope) -> Reply | None:
         if self.cluster is None:
@@ -312,6 +314,8 @@ class SchedulerService(Service):
         out = cluster.reconcile(key, time.monotonic())
         if out.freed:
             self._mark_apps(k for k in cluster.pending if k != key)
+        if out.placed:
+            self._mark_apps(cluster.dependants(key))  # a depends_on condition may hold
         self._flush()
         self.status.mark(key)
         await self._report(out)

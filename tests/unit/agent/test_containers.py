@@ -230,3 +230,26 @@ def test_the_node_limits_are_the_agent_options() -> None:
 def test_bad_limits_are_refused(fields: dict[str, Any], error: str) -> None:
     with pytest.raises(ValueError, match=error):
         ContainerLimits(**fields)
+
+
+def test_hostname_and_stop_signal_reach_the_container() -> None:
+    cfg = create_config(
+        spec(hostname="db-primary", stop_signal="SIGQUIT"),
+        REPLICA,
+        prefix="p1",
+        node="n1",
+        address="127.0.0.2",
+    )
+    assert cfg["Hostname"] == "db-primary"
+    assert cfg["StopSignal"] == "SIGQUIT"
+    plain = create_config(spec(), REPLICA, prefix="p1", node="n1", address="127.0.0.2")
+    assert "Hostname" not in plain
+    assert "StopSignal" not in plain
+
+
+def test_unset_new_template_fields_keep_the_template_hash() -> None:
+    """Specs written before hostname/stop_signal existed keep their revision's hash."""
+    before = spec()
+    assert before.template_hash() == spec(depends_on=[{"app": "db"}]).template_hash()
+    assert before.template_hash() != spec(hostname="h").template_hash()
+    assert before.template_hash() != spec(stop_signal="SIGINT").template_hash()

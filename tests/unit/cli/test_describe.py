@@ -67,3 +67,18 @@ def test_missing_objects_are_none() -> None:
     assert describe_text(snap, "app", "web", "ops", NOW) is None
     assert describe_text(snap, "node", "n9", "default", NOW) is None
     assert describe_text(snap, "replica", "web-9", "default", NOW) is None
+
+
+def test_describe_of_an_app_waiting_for_its_dependencies() -> None:
+    snap = unplaceable_snapshot()
+    waiting = "waiting for db to be healthy (0/1 ready)"
+    snap.placement[WEB] = snap.placement[WEB].model_copy(
+        update={"unplaceable": 0, "message": waiting, "waiting_for": waiting}
+    )
+    conditions = {c.type: c for c in app_conditions(snap.apps[WEB], snap)}
+    scheduled = conditions["Scheduled"]
+    assert (scheduled.status, scheduled.reason, scheduled.message) == (
+        False,
+        "WaitingForDependencies",
+        waiting,
+    )
