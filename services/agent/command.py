@@ -87,6 +87,12 @@ def parse_labels(text: str) -> dict[str, str]:
     type=click.IntRange(min=1),
     help="rotated log files kept per container",
 )
+@click.option(
+    "--mesh/--no-mesh",
+    default=False,
+    show_default=True,
+    help="attach containers to their namespace network of the node's mesh (app names)",
+)
 def command(
     config: ServiceConfig,
     node_id: str,
@@ -106,6 +112,7 @@ def command(
     pids_limit: int,
     log_max_size: str,
     log_max_files: int,
+    mesh: bool,
 ) -> None:
     """Run the node agent: make the Docker engine match this node's assignment."""
     from services.agent.node import AgentOptions
@@ -148,6 +155,7 @@ def command(
         restart=RestartPolicy(initial=restart_initial, cap=restart_cap, reset_after=restart_reset),
         registry_auth=credentials,
         limits=limits,
+        mesh=mesh,
     )
 
     def factory(cfg: ServiceConfig) -> AgentService:

@@ -42,6 +42,8 @@ class AgentOptions:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     registry_auth: dict[str, Credential] = field(default_factory=dict)
     limits: ContainerLimits = DEFAULT_LIMITS
+    #: Attach containers to their namespace's network of the node's mesh (``--mesh``).
+    mesh: bool = False
 
 
 def host_capacity() -> tuple[float, int]:

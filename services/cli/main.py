@@ -10,7 +10,16 @@ import click
 from core import __version__
 from core.logs import setup_logging
 
-SERVICES = ("controller", "scheduler", "agent", "health", "balancer", "scaler", "broker")
+SERVICES = (
+    "controller",
+    "scheduler",
+    "agent",
+    "health",
+    "balancer",
+    "scaler",
+    "broker",
+    "mesh",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
