@@ -2,9 +2,9 @@
 
 For every app: its spec (ports, allow rule) and, per declared port name, the endpoints of
 its ready replicas on whichever node they run (``ReplicaStatus.endpoints`` of the node's
-report, for replicas that ``health/<ns>/<app>`` lists ready and not terminating). A replica
-leaves the table the moment health says it is not ready or is draining, so no new
-connection is sent to it.
+report, for replicas that ``health/<ns>/<app>`` lists ready and not terminating, and that
+their node reports ``running``). A replica leaves the table the moment health says it is
+not ready or is draining, or its agent reports it exited, so no new connection is sent to it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ def build_table(
     endpoints_of: dict[str, Mapping[str, str]] = {}
     for report in reports:
         for status in report.replicas:
-            endpoints_of[status.id] = status.endpoints
+            # The agent reports an exit within ~20 ms of Docker's event, often before the
+            # next readiness probe: a replica not running is no backend, whatever health says.
+            if status.phase == "running":
+                endpoints_of[status.id] = status.endpoints
     table: dict[AppKey, Backends] = {}
     for key, app in apps.items():
         ready = health.get(key)

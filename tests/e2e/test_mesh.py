@@ -202,7 +202,9 @@ def test_docker_kill_of_a_db_replica_under_a_client_loop(mesh: Cluster) -> None:
         f"\nkill under a client loop: {len(failed)} of {len(lines)} failed, {len(late)} after "
         f"the replica left rotation ({left - killed:.2f} s after the kill)"
     )
-    assert len(failed) <= 5, failed  # a handful: the requests in flight to it
+    # A handful: those in flight through the killed replica, and those Docker's proxy of its
+    # published port accepted (then closed) in the ~0.1-0.2 s before its exit was seen.
+    assert len(failed) <= 10, failed
     assert late == [], late
     answered = {line[4] for line in lines if line[1] == "ok"}
     assert answered <= set(hosts)

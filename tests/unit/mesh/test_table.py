@@ -86,6 +86,20 @@ def test_only_ready_replicas_that_are_not_draining_are_backends() -> None:
     unready = build_table(apps, {DB: health(("r1", False, False))}, REPORTS)
     assert unready[DB].endpoints == {"http": (), "tcp": ()}
     assert build_table(apps, {}, REPORTS)[DB].endpoints == {"http": (), "tcp": ()}
+    # A replica its agent reports exited is out before health's next probe says so.
+    exited = [
+        REPORTS[0],
+        NodeReplicas(
+            node="n3",
+            replicas=[
+                replica("r2", "n3", http="127.0.0.4:1", tcp="127.0.0.4:2").model_copy(
+                    update={"phase": "exited"}
+                )
+            ],
+        ),
+    ]
+    table = build_table(apps, {DB: health(("r1", True, False), ("r2", True, False))}, exited)
+    assert table[DB].endpoints == {"http": ("127.0.0.3:1",), "tcp": ("127.0.0.3:2",)}
     # A ready replica whose node has not reported the port yet is no backend for it.
     partial = [NodeReplicas(node="n2", replicas=[replica("r1", "n2", http="127.0.0.3:1")])]
     table = build_table(apps, {DB: health(("r1", True, False))}, partial)
