@@ -19,6 +19,7 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitt
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
 command -v curl >/dev/null || need+=(curl)
+command -v ip >/dev/null || need+=(iproute2)  # the mesh adds its VIPs to node bridges
 if [ "${SHOAL_TEST_DEPS:-0}" = 1 ]; then
   command -v docker-registry >/dev/null || [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
   command -v htpasswd >/dev/null || need+=(apache2-utils)
@@ -69,8 +70,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 
 # -- the test workload image (no registry is reachable: built locally) -----------------
-if ! docker image inspect shoal-test/echo:v1 >/dev/null 2>&1 \
-   || ! docker image inspect shoal-test/echo:v2 >/dev/null 2>&1; then
+# (rebuilt too when older than the Dockerfile's shoal-test.echo.revision label)
+echo_revision() { docker image inspect -f '{{index .Config.Labels "shoal-test.echo.revision"}}' "$1" 2>/dev/null; }
+want_revision="$(sed -n 's/^LABEL shoal-test.echo.revision=//p' configs/images/echo/Dockerfile)"
+if [ "$(echo_revision shoal-test/echo:v1)" != "$want_revision" ] \
+   || [ "$(echo_revision shoal-test/echo:v2)" != "$want_revision" ]; then
   say "building shoal-test/echo:v1 and :v2"
   bash configs/images/echo/build.sh
 fi

@@ -333,6 +333,9 @@ class Termination(Model):
     grace: Duration = 10.0
 
 
+#: At most this many namespaces in one app's ``network.allow_from``.
+MAX_ALLOW = 256
+
 VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -363,6 +366,24 @@ class Mount(Model):
     @property
     def is_bind(self) -> bool:
         return self.source.startswith("/")
+
+
+class Network(Model):
+    """East-west reachability (see the README's Networking): every app is reachable by name
+    (``<name>``, ``<name>.<namespace>``) from containers of its own namespace; ``allow_from``
+    lists other namespaces whose containers may reach it too (``*``: every namespace).
+    ``internal: true`` keeps it off the edge: it cannot have a ``route``."""
+
+    internal: bool = False
+    allow_from: list[str] = Field(default_factory=list, max_length=MAX_ALLOW)
+
+    @field_validator("allow_from")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if item != "*":
+                check_dns_label(item, "network allow_from namespace")
+        return v
 
 
 class Security(Model):
@@ -530,6 +551,8 @@ class AppSpec(Model):
             raise ValueError(f"stop_signal {v!r} must be a signal name (SIGTERM) or number")
         return v
 
+    network: Network = Field(default_factory=Network)
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
@@ -577,6 +600,8 @@ class AppSpec(Model):
 
         if self.route is not None:
             check_port(self.route.port, "route")
+            if self.network.internal:
+                raise ValueError("an internal app (network.internal: true) cannot have a route")
         if self.autoscale is not None and self.autoscale.min == 0 and self.route is None:
             raise ValueError(
                 "autoscale min 0 (scale to zero) needs a route: only the balancer can hold "

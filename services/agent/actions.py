@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from core.errors import EngineUnavailable, RuntimeFailure
+from core.mesh import LABEL_NS, NodeNetwork, network_filters, parse_network
 from core.spec import AppSpec
 from core.state import AssignedReplica
 from services.agent.containers import Container, container_name, create_config
@@ -25,6 +26,10 @@ from services.agent.secrets import SecretFetcher, SecretFiles, SecretMounts
 from services.agent.watch import EngineWatch
 
 Step = Callable[[], Awaitable[None]]
+
+#: With ``--mesh``, how many times (every 100 ms) a create looks for its namespace's
+#: network before failing (and being retried with back-off).
+MESH_WAIT_TRIES = 30
 
 
 class Actions:
@@ -120,6 +125,7 @@ class Actions:
             address=node.options.address,
             limits=node.options.limits,
             secrets=mounts,
+            network=await self.mesh_network(replica.namespace),
         )
         name = container_name(node.id, replica.id)
         try:
@@ -140,6 +146,22 @@ class Actions:
         await self.watch.refresh(cid)
         node.succeeded(replica.id)
         node.log.debug("replica started", replica=replica.id, container=cid[:12])
+
+    async def mesh_network(self, namespace: str) -> NodeNetwork | None:
+        """With ``--mesh``: the namespace's network, which the node's mesh service creates
+        as soon as the namespace has an app; until it exists the create fails (retried)."""
+        if not self.node.options.mesh:
+            return None
+        filters = [*network_filters(self.node.prefix, self.node.id), f"{LABEL_NS}={namespace}"]
+        for _ in range(MESH_WAIT_TRIES):  # the mesh usually creates it within a few 100 ms
+            for item in await self.engine.list_networks(filters):
+                network = parse_network(item)
+                if network is not None and network.namespace == namespace:
+                    return network
+            await asyncio.sleep(0.1)
+        raise RuntimeFailure(
+            f"namespace {namespace} has no network on this node yet (is the node's mesh running?)"
+        )
 
     async def start(self, replica: AssignedReplica, container: Container) -> None:
         """Start a created container, or an exited one again (a restart, counted)."""

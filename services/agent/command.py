@@ -99,6 +99,12 @@ def parse_labels(text: str) -> dict[str, str]:
     help="where replicas' secret files are kept; must be in memory (tmpfs)  "
     "[default: /run/shoal/secrets if /run is a tmpfs, else /dev/shm/shoal/secrets]",
 )
+@click.option(
+    "--mesh/--no-mesh",
+    default=False,
+    show_default=True,
+    help="attach containers to their namespace network of the node's mesh (app names)",
+)
 def command(
     config: ServiceConfig,
     node_id: str,
@@ -119,6 +125,7 @@ def command(
     log_max_size: str,
     log_max_files: int,
     secrets_dir: Path | None,
+    mesh: bool,
 ) -> None:
     """Run the node agent: make the Docker engine match this node's assignment."""
     from services.agent.node import AgentOptions
@@ -162,6 +169,7 @@ def command(
         registry_auth=credentials,
         limits=limits,
         secrets_dir=secrets_dir,
+        mesh=mesh,
     )
 
     def factory(cfg: ServiceConfig) -> AgentService:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from core.mesh import NodeNetwork, attach
 from core.spec import AppSpec
 from core.state import AssignedReplica
 from services.agent.secrets import SecretMounts
@@ -102,9 +103,12 @@ def create_config(
     address: str,
     limits: ContainerLimits = DEFAULT_LIMITS,
     secrets: SecretMounts = SecretMounts(),
+    network: NodeNetwork | None = None,
 ) -> dict[str, Any]:
     """The body of ``POST /containers/create`` for one replica; ``secrets``: the files
-    (in memory on the host) bound read-only and the env values of its secrets."""
+    (in memory on the host) bound read-only and the env values of its secrets; on
+    ``network``, the node mesh's network of its namespace, when the agent runs with
+    ``--mesh``."""
     env = [f"{k}={v}" for k, v in spec.env.items()]
     env += [f"{k}={v}" for k, v in secrets.env]
     env += [
@@ -157,6 +161,10 @@ def create_config(
         "ExposedPorts": {f"{port}/tcp": {} for port in spec.ports.values()},
         "HostConfig": host,
     }
+    if network is not None:
+        mesh_host, networking = attach(network)
+        host.update(mesh_host)
+        config["NetworkingConfig"] = networking
     if spec.command is not None:
         config["Entrypoint"] = list(spec.command)
     if spec.args is not None:

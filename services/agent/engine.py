@@ -100,6 +100,13 @@ class Engine:
         )
         return [str(item["Id"]) for item in data]
 
+    async def list_networks(self, label_filters: list[str]) -> list[dict[str, Any]]:
+        filters = json.dumps({"label": label_filters})
+        data: list[dict[str, Any]] = await self._call(
+            "list networks", self.docker._query_json("networks", params={"filters": filters})
+        )
+        return data
+
     async def inspect(self, container_id: str) -> dict[str, Any] | None:
         """The inspect answer, or None if the container is gone."""
         try:

@@ -45,6 +45,8 @@ class AgentOptions:
     limits: ContainerLimits = DEFAULT_LIMITS
     #: where replicas' secret files are kept: in memory (None: /run or /dev/shm)
     secrets_dir: Path | None = None
+    #: Attach containers to their namespace's network of the node's mesh (``--mesh``).
+    mesh: bool = False
 
 
 def host_capacity() -> tuple[float, int]:

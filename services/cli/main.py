@@ -19,6 +19,7 @@ SERVICES = (
     "scaler",
     "dashboard",
     "broker",
+    "mesh",
 )
 
 

@@ -106,6 +106,21 @@ class Cluster:
         self.agents[node] = proc
         return proc
 
+    def start_mesh(self, node: str, *extra: str) -> Proc:
+        """The node's mesh service (east-west names and relays); pair it with an agent
+        started with ``--mesh``."""
+        proc = self.procs.service(
+            "mesh",
+            self.broker.url,
+            "--node-id",
+            node,
+            *extra,
+            prefix=self.prefix,
+            name=f"mesh-{node}",
+        )
+        self.services[f"mesh-{node}"] = proc
+        return proc
+
     # -- the CLI, exactly as a user runs it --------------------------------------------
     def shoal(
         self, *args: str, check: bool = True, timeout: float = 180, stdin: str | None = None
@@ -156,6 +171,14 @@ class Cluster:
         ids = self.containers(all_states=True)
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        # The mesh's namespace networks (their bridges take the VIPs with them).
+        networks = subprocess.run(
+            ["docker", "network", "ls", "-q", "--filter", f"label=shoal.prefix={self.prefix}"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if networks:
+            subprocess.run(["docker", "network", "rm", *networks], capture_output=True)
 
     def get(self, path: str = "/", host: str | None = None, timeout: float = 5.0) -> HttpResult:
         return http_get(self.lb_url + path, host, timeout)

@@ -67,9 +67,9 @@ def test_only_the_controller_keeps_state_in_var_lib_shoal() -> None:
     assert others == ["controller"]
 
 
-def test_only_the_agent_gets_the_docker_socket() -> None:
+def test_only_the_agent_and_the_mesh_get_the_docker_socket() -> None:
     groups = {s: unit(s)["Service"].get("SupplementaryGroups") for s in RUN_BY_SYSTEMD}
-    assert {s: g for s, g in groups.items() if g} == {"agent": "docker"}
+    assert {s: g for s, g in groups.items() if g} == {"agent": "docker", "mesh": "docker"}
 
 
 @pytest.mark.parametrize("service", RUN_BY_SYSTEMD)

@@ -1,8 +1,10 @@
 #!/bin/sh
-# PID 1 of the shoal-test/echo workload: serves $DOC with busybox httpd on $PORT.
+# PID 1 of the shoal-test/echo workload: serves $DOC with busybox httpd on $PORT, and a
+# TCP echo (/bin/tcp-echo) on $TCP_PORT (9000 by default; 0 turns it off).
 # SIGTERM stops httpd and exits 0; SIGUSR1 (from /cgi-bin/crash) exits with the code in
 # /tmp/crash-code; SIGUSR2 (from /cgi-bin/alloc) makes PID 1 hold /tmp/alloc-mb more MiB.
 PORT="${PORT:-8080}"
+TCP_PORT="${TCP_PORT:-9000}"
 VERSION="${VERSION:-v0}"
 DOC=/www
 stop=0
@@ -29,20 +31,25 @@ printf '%s %s\n' "$VERSION" "$(hostname)" > "$DOC/index.html"
 echo ok > "$DOC/healthz"
 httpd -f -p "$PORT" -h "$DOC" &
 pid=$!
+tcp=""
+if [ "$TCP_PORT" != "0" ]; then
+    nc -ll -p "$TCP_PORT" -e /bin/tcp-echo &
+    tcp=$!
+fi
 echo "echo $VERSION listening on :$PORT as $(hostname)"
 
 while :; do
     wait "$pid"
     rc=$?
     if [ "$stop" = 1 ]; then
-        kill -TERM "$pid" 2>/dev/null
+        kill -TERM "$pid" $tcp 2>/dev/null
         wait "$pid"
         echo "echo $VERSION: stopped"
         exit 0
     fi
     if [ "$crash" = 1 ]; then
         code="$(cat /tmp/crash-code 2>/dev/null)"
-        kill -KILL "$pid" 2>/dev/null
+        kill -KILL "$pid" $tcp 2>/dev/null
         echo "echo $VERSION: crashing with exit code ${code:-1}"
         exit "${code:-1}"
     fi

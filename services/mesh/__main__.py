@@ -1,0 +1,3 @@
+from services.mesh.command import command
+
+command()
