@@ -2,8 +2,8 @@
 
 The text is built by pure functions over a ``Snapshot`` of the retained state (spec,
 controller phase, scheduler placement, scaler decision, health verdicts, agent reports).
-Events are not retained on the bus (nothing keeps them for later readers), so describe
-shows none.
+The object's recent events come from a dashboard, which keeps the last ones for later
+readers (``cmd/events``); with none running, describe says so instead of listing them.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from dataclasses import dataclass
 
 import click
 
+from core.channels import EVENTS_QUERY
+from core.commands import EventList, EventsQuery, RecentEvent
+from core.errors import ShoalError
 from core.keys import AppKey
 from core.state import AppState, ReplicaStatus
 from services.cli.apps import fetch_snapshot
-from services.cli.client import ClientOptions, client_options, err_console, run_async
+from services.cli.client import ClientOptions, client_options, connect, err_console, run_async
 from services.cli.completion import complete_object
 from services.cli.output import age, format_labels, human_duration, human_memory, rfc3339
 from services.cli.views import Snapshot, app_phase, node_rows, replica_phase, rollout_progress
@@ -279,6 +282,50 @@ def describe_replica(snap: Snapshot, replica_id: str, now: float) -> str | None:
 KINDS = ("app", "node", "replica")
 
 
+#: how many of an object's recent events describe shows (the newest)
+SHOWN_EVENTS = 10
+
+
+def about(event: RecentEvent, kind: str, name: str, namespace: str) -> bool:
+    """Whether ``event`` is about the object described."""
+    if kind == "app":
+        return event.app == name and (event.namespace or "default") == namespace
+    if kind == "node":
+        return event.node == name
+    return event.replica == name
+
+
+def events_block(events: list[RecentEvent] | None, now: float) -> list[str]:
+    """``Events:`` with the newest ``SHOWN_EVENTS`` (None: nobody keeps events)."""
+    if events is None:
+        return ["Events:       <unknown: no dashboard keeps recent events (shoal run dashboard)>"]
+    if not events:
+        return ["Events:       <none>"]
+    rows = [("AGE", "SEVERITY", "KIND", "MESSAGE")] + [
+        (age(e.ts, now), e.severity, e.kind, e.message) for e in events[-SHOWN_EVENTS:]
+    ]
+    return ["Events:", *columns(rows)]
+
+
+async def fetch_events(
+    opts: ClientOptions, kind: str, name: str, namespace: str
+) -> list[RecentEvent] | None:
+    """The object's recent events from a dashboard; None when none answers."""
+    query = EventsQuery(
+        namespace=namespace if kind == "app" else None,
+        app=name if kind == "app" else None,
+        limit=500,
+    )
+    try:
+        async with connect(opts) as bus:
+            answer = await bus.request(EVENTS_QUERY, query, timeout=min(opts.timeout, 1.5))
+    except ShoalError:
+        return None
+    if not isinstance(answer, EventList):
+        return None
+    return [e for e in answer.events if about(e, kind, name, namespace)]
+
+
 def describe_text(snap: Snapshot, kind: str, name: str, namespace: str, now: float) -> str | None:
     if kind == "app":
         return describe_app(snap, AppKey(namespace, name), now)
@@ -296,12 +343,14 @@ def describe(opts: ClientOptions, kind: str, name: str, namespace: str) -> None:
     """Show one app, node or replica in full: spec, conditions with reasons, replicas."""
     kind = kind.rstrip("s")
     snap = run_async(fetch_snapshot(opts))
-    text = describe_text(snap, kind, name, namespace, time.time())
+    now = time.time()
+    text = describe_text(snap, kind, name, namespace, now)
     if text is None:
         where = f"{namespace}/" if kind == "app" else ""
         err_console.print(f"[red]error:[/red] {kind} {where}{name} not found", highlight=False)
         raise SystemExit(1)
-    click.echo(text, nl=False)
+    events = run_async(fetch_events(opts, kind, name, namespace))
+    click.echo(text + "\n".join(events_block(events, now)) + "\n", nl=False)
 
 
 COMMANDS: list[click.Command] = [describe]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.cli.describe import app_conditions, describe_text
+from core.commands import RecentEvent
+from services.cli.describe import SHOWN_EVENTS, about, app_conditions, describe_text, events_block
 from tests.unit.cli.models import T0, WEB, running_snapshot, unplaceable_snapshot
 
 NOW = T0 + 120
@@ -82,3 +83,28 @@ def test_describe_of_an_app_waiting_for_its_dependencies() -> None:
         "WaitingForDependencies",
         waiting,
     )
+
+
+def test_describe_lists_the_objects_recent_events() -> None:
+    kill = RecentEvent(
+        kind="replica_restarted",
+        message="replica default.web.1 restarted (restart 1)",
+        namespace="default",
+        app="web",
+        node="n1",
+        replica="default.web.1",
+        ts=T0 - 30,
+    )
+    other = RecentEvent(kind="scale", message="x", namespace="prod", app="web", ts=T0)
+    assert about(kill, "app", "web", "default")
+    assert not about(other, "app", "web", "default")  # another namespace's web
+    assert about(kill, "node", "n1", "default")
+    assert about(kill, "replica", "default.web.1", "default")
+    block = events_block([kill], T0)
+    assert block[0] == "Events:"
+    assert "replica_restarted" in block[2]
+    assert "30s" in block[2]
+    many = events_block([kill] * (SHOWN_EVENTS + 5), T0)
+    assert len(many) == 2 + SHOWN_EVENTS  # heading, column names, the newest ten
+    assert events_block([], T0) == ["Events:       <none>"]
+    assert "no dashboard keeps recent events" in events_block(None, T0)[0]
