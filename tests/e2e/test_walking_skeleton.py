@@ -80,6 +80,7 @@ def test_apply_kill_invalid_delete(cluster: Cluster) -> None:
 @pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="needs mosquitto-clients")
 def test_json_desired_state_event_from_mosquitto_pub(cluster: Cluster) -> None:
     cluster.start()
+    cluster.wait_serving()  # mosquitto_pub without reply_to: nobody would say it was lost
     spec = {
         "name": "plain",
         "image": "shoal-test/echo:v1",

@@ -57,7 +57,8 @@ async def test_readiness_gating_terminating_and_delete(
         await obs.wait_for(lambda: health() and len(health().replicas) == 3, 10, "3 replicas")
         assert ready_ids(obs) == set()
         assert all(r.endpoint == b.endpoint for r, b in zip(health().replicas, bs, strict=True))
-        assert all(b.probes for b in bs)
+        # listed before probed: every backend gets its first probe soon after
+        await obs.wait_for(lambda: all(b.probes for b in bs), 5, "every replica probed")
 
         bs[0].healthy = bs[1].healthy = True
         await obs.wait_for(lambda: ready_ids(obs) == {bs[0].id, bs[1].id}, 5, "2 ready")

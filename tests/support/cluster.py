@@ -91,6 +91,17 @@ class Cluster:
         wait_port("127.0.0.1", self.listen_port, timeout=20)
         return self
 
+    def wait_serving(self, timeout: float = 30) -> None:
+        """Until the controller answers commands (a dry-run apply gets its reply): a
+        command published with no reply_to before then is lost, as on any MQTT bus."""
+        probe = self.procs.workdir / "serving-probe.yaml"
+        probe.write_text("name: serving-probe\nimage: shoal-test/echo:v1\n")
+        wait_for(
+            lambda: self.shoal("apply", "-f", str(probe), "--dry-run", check=False).returncode == 0,
+            timeout,
+            message="the controller answering",
+        )
+
     def start_agent(self, node: str, address: str, *extra: str) -> Proc:
         proc = self.procs.service(
             "agent",
