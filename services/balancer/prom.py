@@ -16,7 +16,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from services.balancer.stats import BUCKETS, CODE_CLASSES, AppStats
+from services.balancer.stats import CODE_CLASSES, AppStats
 
 if TYPE_CHECKING:
     from services.balancer.policy import Policy
@@ -67,12 +67,7 @@ class LbCollector:
             for cls, n in zip(CODE_CLASSES, s.by_class, strict=True):
                 if n:
                     requests.add_metric([*labels, cls], n)
-            cumulative = 0
-            buckets: list[tuple[str, float]] = []
-            for bound, n in zip((*BUCKETS, float("inf")), s.buckets, strict=True):
-                cumulative += n
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            duration.add_metric(labels, buckets, s.latency_sum)
+            duration.add_metric(labels, s.latency.cumulative(), s.latency.total)
             inflight.add_metric(labels, s.inflight)
             held.add_metric(labels, s.held)
             errors.add_metric(labels, s.upstream_errors)

@@ -4,29 +4,12 @@ and one list append; percentiles are computed once per window, not per request."
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from core.durations import Durations
 from core.keys import AppKey
 from core.state import LbMetrics, ReplicaRouteMetrics, RouteMetrics
-
-BUCKETS: tuple[float, ...] = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
 
 CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
@@ -44,8 +27,7 @@ class AppStats:
     # cumulative (Prometheus)
     total: int = 0
     by_class: list[int] = field(default_factory=lambda: [0] * len(CODE_CLASSES))
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
-    latency_sum: float = 0.0
+    latency: Durations = field(default_factory=Durations)
     upstream_errors: int = 0
     retries: int = 0
     ejections: int = 0
@@ -65,8 +47,7 @@ class AppStats:
         cls = status // 100 - 1
         if 0 <= cls < 5:
             self.by_class[cls] += 1
-        self.buckets[bisect_left(BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
+        self.latency.observe(seconds)
         self.w_requests += 1
         if status >= 500:
             self.w_errors += 1

@@ -82,7 +82,7 @@ def test_window_and_cumulative_counters() -> None:
     assert s.total == 10
     assert s.by_class[1] == 8
     assert s.by_class[4] == 2
-    assert sum(s.buckets) == 10
+    assert sum(s.latency.buckets) == 10
     assert m.per_replica["r1"].rps == 2.5
     assert m.per_replica["r2"].p99_ms == pytest.approx(9.0)  # r2 took 1, 3, 5, 7, 9 ms
     assert m.per_replica["r1"].errors == m.per_replica["r2"].errors == 1  # the two 502s
