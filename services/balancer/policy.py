@@ -8,7 +8,10 @@
    app, for ``hold_timeout``; ``on_hold`` asks for a wake-up) until a replica is ready;
 3. 503 without a ready replica, 413 for a body over ``max_body``;
 4. pick a replica with the app's algorithm, skipping ejected replicas and those already
-   tried, count it in flight while the engine forwards the request (``Exchange.forward``,
+   tried (when every replica left is ejected, the ejected ones are tried anyway: an
+   ejection is a guess from one failed connect, health's verdict still says ready; one
+   engine hiccup that refuses every replica at once must not turn into ``eject_seconds``
+   of 503s), count it in flight while the engine forwards the request (``Exchange.forward``,
    or ``Exchange.tunnel`` for an upgrade);
 5. when an attempt fails before any response byte reached the client (a ``Failure``):
    a refused connection or a connect timeout ejects the replica (for ``eject_seconds``, or
@@ -286,6 +289,10 @@ class Policy:
                 if tried or self.ejected:
                     exclude = tried | self.ejected.current()
                 backend = picker.pick(route.backends, key=key, exclude=exclude, inflight=inflight)
+                if backend is None and len(exclude) > len(tried):
+                    # every replica not yet tried is ejected: health still finds them
+                    # ready, so try them anyway (Envoy's panic routing) rather than 503
+                    backend = picker.pick(route.backends, key=key, exclude=tried, inflight=inflight)
                 if backend is None:
                     break
                 rid = replica = backend.id

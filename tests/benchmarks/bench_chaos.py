@@ -9,8 +9,9 @@ sending GETs through the balancer for the whole run. Then, in turn:
   ``shoal up`` does), of the balancer's worker (its master starts a new one), of each agent
   (started again at once);
 - a broker restart (mosquitto without persistence: every retained message is lost);
-- a dockerd restart (SIGTERM, started again the same way; every container on the engine
-  dies, all three nodes' at once since they share it): only with ``--faults dockerd``, as
+- a dockerd restart (SIGTERM, started again the same way; without the engine's
+  ``live-restore`` every container on it dies, all three nodes' at once since they share
+  it): only with ``--faults dockerd``, as
   it disturbs anything else using the engine;
 - a node lost with its containers (n3's agent ``kill -9`` and its containers removed; its
   agent comes back empty afterwards);
@@ -462,9 +463,7 @@ def faults(
     done.append(
         (
             "dockerd restart",
-            lambda: chaos.fault(
-                "dockerd restart (every container on the engine dies)", chaos.restart_dockerd
-            ),
+            lambda: chaos.fault("dockerd restart", chaos.restart_dockerd),
         )
     )
     done.append(

@@ -97,15 +97,31 @@ async def test_refused_ejects_and_retries_any_method() -> None:
     assert ex.attempts == ["b", "b"]  # ejected: skipped
 
 
-async def test_every_replica_refused_is_502_then_503_while_ejected() -> None:
+async def test_every_replica_refused_is_502_and_all_ejected_are_still_tried() -> None:
     p = policy("a", "b", retries=5)
     ex = Scripted({"a": Refused("x"), "b": Refused("x")})
     await p.serve(ex, "", "/")
     assert ex.attempts == ["a", "b"]
     assert ex.replies == [(502, "replica b refused the connection", False)]
+    assert "a" in p.ejected
+    assert "b" in p.ejected
+    # one hiccup refused every replica (an engine restart reloading its port rules):
+    # health still finds them ready, so the next request tries them rather than a 503
     ex = Scripted()
     await p.serve(ex, "", "/")
-    assert ex.replies == [(503, "app d/web has no ready replica (all ejected)", False)]
+    assert ex.replies == []
+    assert len(ex.attempts) == 1
+
+
+async def test_an_ejected_replica_is_skipped_while_another_is_left() -> None:
+    p = policy("a", "b", "c", retries=5)
+    await p.serve(Scripted({"a": Refused("x"), "b": Refused("x")}), "", "/")
+    ex = Scripted({"c": Refused("x")})
+    await p.serve(ex, "", "/")
+    assert ex.attempts[0] == "c"  # the one not ejected goes first
+    assert len(ex.attempts) == 2
+    assert ex.attempts[1] in ("a", "b")
+    assert ex.replies == []
 
 
 async def test_connect_timeout_on_every_replica_is_504() -> None:
