@@ -458,6 +458,16 @@ class Bus:
         async def on_request(topic: str, env: Envelope | None) -> None:
             if env is None or (when is not None and not when()):
                 return
+            if env.reply_to is not None and not self.topics.is_reply(env.reply_to):
+                # Answering would publish wherever the sender asked, with our identity.
+                self.counters.answered[command.name, "refused"] += 1
+                log.warning(
+                    "request refused: reply_to is not a reply topic",
+                    command=command.name,
+                    src=env.src,
+                    reply_to=env.reply_to,
+                )
+                return
             result: BaseModel | None
             started = time.monotonic()
             outcome = "ok"
@@ -509,6 +519,8 @@ class Bus:
         """Answer ``request`` on its ``reply_to`` topic, if it has one."""
         if not request.reply_to:
             return
+        if not self.topics.is_reply(request.reply_to):
+            raise TopicError(f"{request.reply_to!r} is not a reply topic ({self.prefix}/reply/...)")
         env = self.envelope(kind, body, re=request.id)
         # Requests that arrived as JSON (mosquitto_pub, a CI job) get a JSON reply.
         payload = codec.encode_json(env) if request.was_json else codec.encode(env)

@@ -13,6 +13,7 @@ from core.commands import ApplyCommand, Reply
 from core.keys import AppKey
 from core.memory import MemoryBroker
 from core.state import AppHealth
+from core.topics import Topics
 from tests.support.memory import connected
 
 PREFIX = "t"
@@ -66,3 +67,47 @@ async def test_a_hostile_state_message_leaves_views_and_commands_working(payload
         await reader.sync()
         assert dict(view) == {AppKey("default", "api"): good}
         assert await reader.request(APPLY, ApplyCommand(apps=[{}])) == Reply(ok=True, revision=1)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["t/apps/default/web", "t/nodes/n1/assign", "t/reply", "t/reply/a/b", "t/reply/+", "x/reply/a"],
+)
+async def test_a_request_whose_reply_to_is_no_reply_topic_is_refused(target: str) -> None:
+    """The answerer publishes only on ``<prefix>/reply/<client>``: a request asking for its
+    answer elsewhere (a forged state message under the server's identity) is not served."""
+    broker = MemoryBroker()
+    served: list[int] = []
+    published: list[tuple[str, Envelope | None]] = []
+    async with (
+        connected(broker, PREFIX, "server") as server,
+        connected(broker, PREFIX, "attacker") as attacker,
+        connected(broker, PREFIX, "client") as client,
+    ):
+
+        async def apply(body: ApplyCommand, env: Envelope) -> Reply:
+            served.append(len(body.apps))
+            return Reply(ok=True, revision=len(body.apps))
+
+        await server.answer(APPLY, apply)
+
+        async def seen(topic: str, env: Envelope | None) -> None:
+            published.append((topic, env))
+
+        await attacker.watch("#", seen, allow_json=True)
+        forged = attacker.envelope(APPLY.kind, ApplyCommand(apps=[{}]), reply_to=target)
+        await attacker.publish_raw(APPLY.topic(PREFIX), codec.encode(forged))
+        assert await client.request(APPLY, ApplyCommand(apps=[{}, {}])) == Reply(
+            ok=True, revision=2
+        )
+        await attacker.sync()
+    assert served == [2]
+    assert [t for t, env in published if env is not None and env.re == forged.id] == []
+    assert server.counters.answered[APPLY.name, "refused"] == 1
+
+
+def test_reply_topics_are_one_level_under_reply() -> None:
+    topics = Topics("t/x")
+    assert topics.is_reply("t/x/reply/shoal-cli-1")
+    for topic in ("t/x/reply", "t/x/reply/", "t/x/reply/a/b", "t/x/reply/#", "t/reply/a", "x"):
+        assert not topics.is_reply(topic), topic
