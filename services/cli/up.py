@@ -253,7 +253,7 @@ def up(
                 ["--log-level", log_level, "--listen", f"{url.host}:{url.port}"],
             )
         )
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)  # the store: private
     plan: list[tuple[str, list[str]]] = [
         ("controller", ["--data-dir", data_dir, *(["--policy", policy] if policy else [])]),
         ("scheduler", []),

@@ -83,7 +83,7 @@ class SecretBox:
 def load_key(path: Path, *, create: bool) -> bytes:
     """The key in ``path``; made (0600, 32 random bytes) if absent and ``create``."""
     if create and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = os.urandom(KEY_BYTES)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

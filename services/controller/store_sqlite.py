@@ -9,13 +9,23 @@ the same file.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.logs import get_logger
 from services.controller.store import Row, Store, StoreError
+
+log = get_logger("shoal.controller.store")
+
+#: The files SQLite keeps for one database (WAL mode): the database, its log, its index.
+SIDE_FILES = ("", "-wal", "-shm")
+#: Group and other permission bits: none of them on the store's files or its folder.
+OTHERS = stat.S_IRWXG | stat.S_IRWXO
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,13 +74,54 @@ CREATE TABLE IF NOT EXISTS leader (
 """
 
 
+def make_private(path: Path) -> None:
+    """The store holds every spec (env values included) and the sealed secrets: its folder
+    is made 0700 and its files 0600 before SQLite opens them (SQLite gives the WAL and
+    shared-memory files the database's own mode).
+
+    Files already there with looser modes are tightened to 0600, with a warning: they are
+    the store's own. A folder already there is left as it is, with a warning: it may be
+    the operator's (``--data-dir /srv``), and the files in it are private anyway."""
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    else:
+        mode = folder.stat().st_mode
+        if mode & OTHERS:
+            log.warning(
+                "the store's folder is open to other users: chmod 700 it",
+                path=str(folder),
+                mode=oct(stat.S_IMODE(mode)),
+            )
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for suffix in SIDE_FILES:
+        side = Path(f"{path}{suffix}")
+        try:
+            mode = side.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if mode & OTHERS:
+            side.chmod(0o600)
+            log.warning(
+                "the store's file was open to other users; made 0600",
+                path=str(side),
+                was=oct(stat.S_IMODE(mode)),
+            )
+
+
 class SqliteStore(Store):
     def __init__(self, path: Path | str) -> None:
         super().__init__()
         self.path = Path(path)
         self.where = str(self.path)
         if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                make_private(self.path)
+            except OSError as err:
+                raise StoreError(f"cannot make the SQLite store {self.path}: {err}") from err
         try:
             self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA busy_timeout=10000")
