@@ -13,7 +13,7 @@ from core.state import check_node_id
 from core.units import parse_cpu, parse_memory
 from services.agent.containers import DEFAULT_LIMITS, ContainerLimits
 from services.agent.plan import RestartPolicy
-from services.agent.registry import Credential, parse_auth_flag, parse_config
+from services.agent.registry import Credential, parse_auth_flag, parse_auth_lines, parse_config
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -24,6 +24,33 @@ def parse_labels(text: str) -> dict[str, str]:
             raise click.BadParameter(f"{item!r} must look like key=value", param_hint="--labels")
         labels[key] = value
     return labels
+
+
+def registry_credentials(
+    config: Path | None, auth_file: Path | None, entries: tuple[str, ...]
+) -> dict[str, Credential]:
+    """Registry logins: the config.json-style file, then the entries file, then the
+    ``host=user:password`` entries (a later source wins for the same registry)."""
+    credentials: dict[str, Credential] = {}
+    try:
+        if config is not None:
+            credentials.update(parse_config(_read(config, "--registry-config")))
+        if auth_file is not None:
+            text = _read(auth_file, "--registry-auth-file")
+            credentials.update(parse_auth_lines(text, str(auth_file)))
+        for entry in entries:
+            host, credential = parse_auth_flag(entry)
+            credentials[host] = credential
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--registry-auth") from err
+    return credentials
+
+
+def _read(path: Path, option: str) -> str:
+    try:
+        return path.read_text()
+    except OSError as err:
+        raise click.BadParameter(f"{path}: {err.strerror}", param_hint=option) from err
 
 
 @click.command("agent")
@@ -63,10 +90,24 @@ def parse_labels(text: str) -> dict[str, str]:
 @click.option(
     "--registry-auth",
     multiple=True,
-    help="host=user:password for a private registry (repeatable)",
+    envvar="SHOAL_REGISTRY_AUTH",
+    show_envvar=True,
+    help="host=user:password for a private registry (repeatable; the variable: entries "
+    "separated by spaces). On the command line it is visible in ps: prefer the variable "
+    "or --registry-auth-file",
+)
+@click.option(
+    "--registry-auth-file",
+    envvar="SHOAL_REGISTRY_AUTH_FILE",
+    show_envvar=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="a file of host=user:password entries, one a line (# comments); mode 0600",
 )
 @click.option(
     "--registry-config",
+    envvar="SHOAL_REGISTRY_CONFIG",
+    show_envvar=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help='Docker config.json-style credentials file ({"auths": {...}})',
@@ -120,6 +161,7 @@ def command(
     restart_cap: float,
     restart_reset: float,
     registry_auth: tuple[str, ...],
+    registry_auth_file: Path | None,
     registry_config: Path | None,
     pids_limit: int,
     log_max_size: str,
@@ -140,15 +182,16 @@ def command(
         memory_value = parse_memory(memory) if memory is not None else None
     except ValueError as err:
         raise click.BadParameter(str(err)) from err
-    credentials: dict[str, Credential] = {}
-    try:
-        if registry_config is not None:
-            credentials.update(parse_config(registry_config.read_text()))
-        for flag in registry_auth:
-            host, credential = parse_auth_flag(flag)
-            credentials[host] = credential
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--registry-auth") from err
+    if registry_auth and (
+        click.get_current_context().get_parameter_source("registry_auth")
+        == click.core.ParameterSource.COMMANDLINE
+    ):
+        click.echo(
+            "shoal agent: warning: --registry-auth on the command line: every user of this "
+            "machine sees the password in ps; use $SHOAL_REGISTRY_AUTH or --registry-auth-file",
+            err=True,
+        )
+    credentials = registry_credentials(registry_config, registry_auth_file, registry_auth)
     try:
         limits = ContainerLimits(
             pids=pids_limit, log_max_size=log_max_size, log_max_files=log_max_files

@@ -1,7 +1,9 @@
 """Registry credentials: which registry an image comes from, and how to log in to it.
 
-Credentials come from ``--registry-auth host=user:password`` flags and from a Docker
-``config.json``-style file (``{"auths": {"host": {"auth": base64(user:pass)}}}`` or
+Credentials come from ``host=user:password`` entries (a file of them, one a line, or
+``$SHOAL_REGISTRY_AUTH``; the ``--registry-auth`` flag too, though ``ps`` shows a command
+line to every user of the machine) and from a Docker ``config.json``-style file
+(``{"auths": {"host": {"auth": base64(user:pass)}}}`` or
 ``{"auths": {"host": {"username": ..., "password": ...}}}``). Pure functions.
 """
 
@@ -45,8 +47,29 @@ def parse_auth_flag(value: str) -> tuple[str, Credential]:
     host, sep, userpass = value.partition("=")
     user, sep2, password = userpass.partition(":")
     if not sep or not sep2 or not host.strip() or not user:
-        raise ValueError(f"registry auth {value!r} must look like host=user:password")
+        # the value is not repeated: it may hold a password
+        raise ValueError(
+            f"registry auth for {host.strip()!r} must look like host=user:password"
+            if sep
+            else "registry auth must look like host=user:password"
+        )
     return normalize_registry(host), Credential(user, password)
+
+
+def parse_auth_lines(text: str, where: str) -> dict[str, Credential]:
+    """A file of ``host=user:password`` entries, one a line; blank lines and lines
+    starting with ``#`` are skipped. Errors name the line, never its password."""
+    out: dict[str, Credential] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            host, credential = parse_auth_flag(line)
+        except ValueError:
+            raise ValueError(f"{where}:{number} must look like host=user:password") from None
+        out[host] = credential
+    return out
 
 
 def parse_config(text: str) -> dict[str, Credential]:
