@@ -95,6 +95,7 @@ from services.controller.apps import (
     decide_scale,
     decide_undo,
 )
+from services.controller.diff import redact_lines
 from services.controller.prom import ControllerCollector
 from services.controller.rollout import Note, failing_replicas, plan_rollout
 from services.controller.secret_box import SecretBox, SecretKeyError, load_key, row_label
@@ -496,7 +497,7 @@ class ControllerService(Service):
                 source=r.source,
                 template_hash=r.template_hash,
                 image=r.spec.image,
-                changes=r.changes,
+                changes=redact_lines(r.changes),  # also lines stored before values were hidden
                 status=r.status,
                 current=r.revision == state.revision,
             )

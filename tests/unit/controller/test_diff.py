@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.controller.diff import diff_specs, diff_values, template_changed
+from services.controller.diff import diff_specs, diff_values, redact_line, template_changed
 from tests.unit.controller.helpers import spec
 
 
@@ -63,3 +63,59 @@ def test_diff_specs_lists_template_fields_first() -> None:
 def test_what_makes_a_new_revision(change: dict[str, Any], new_revision: bool) -> None:
     fields: dict[str, Any] = {"image": "shoal-test/echo:v1", **change}
     assert template_changed(spec(), spec(**fields)) is new_revision
+
+
+def test_env_values_named_like_credentials_never_appear() -> None:
+    old = spec(env={"DB_PASSWORD": "hunter2", "API_TOKEN": "t0k3n", "MODE": "a"})
+    new = spec(env={"DB_PASSWORD": "correct-horse", "aws_secret_key": "AKIA", "MODE": "b"})
+    lines = diff_specs(old, new)
+    assert lines == [
+        "env.API_TOKEN: removed (value was hidden)",
+        "env.DB_PASSWORD: changed (value hidden)",
+        "env.MODE: a -> b",
+        "env.aws_secret_key: added (value hidden)",
+    ]
+    assert not any(v in line for line in lines for v in ("hunter2", "horse", "t0k3n", "AKIA"))
+
+
+def test_passwords_in_urls_are_masked_even_when_the_value_is_shortened() -> None:
+    long_password = "p" * 80
+    old = spec(
+        env={"DATABASE_URL": "postgres://app:hunter2@db:5432/app", "HOME_URL": "http://x:80/"}
+    )
+    new = spec(
+        env={"DATABASE_URL": f"postgres://app:{long_password}@db/app", "HOME_URL": "http://y/"}
+    )
+    lines = diff_specs(old, new)
+    assert lines[0].startswith(
+        "env.DATABASE_URL: postgres://app:***@db:5432/app -> postgres://app:***@db"
+    )
+    assert "env.HOME_URL: http://x:80/ -> http://y/" in lines
+    assert not any("hunter2" in line or "ppp" in line for line in lines)
+
+
+def test_secret_references_show_their_name_and_version() -> None:
+    old = spec(secrets=[{"name": "db-password", "version": 1}])
+    assert diff_specs(old, spec(secrets=[{"name": "db-password", "version": 2}])) == [
+        "secrets[0].version: 1 -> 2"
+    ]
+    (added,) = diff_specs(spec(), old)
+    assert added.startswith('secrets: [] -> [{"env": null, "name": "db-password"')
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown"),
+    [
+        ("env.DB_PASSWORD: added (hunter2)", "env.DB_PASSWORD: added (value hidden)"),
+        ("env.DB_PASSWORD: removed (was hunter2)", "env.DB_PASSWORD: removed (value was hidden)"),
+        ("env.API_KEY: a -> b", "env.API_KEY: changed (value hidden)"),
+        ("env.URL: added (postgres://u:hunter2@db/x)", "env.URL: added (postgres://u:***@db/x)"),
+        ("env.URL: added (postgres://u:hunter2hunter...)", "env.URL: added (postgres://u:***...)"),
+        ("image: a:1 -> a:2", "image: a:1 -> a:2"),
+        ("env.MODE: a -> b", "env.MODE: a -> b"),
+    ],
+)
+def test_lines_stored_before_values_were_hidden_are_hidden_when_shown(
+    stored: str, shown: str
+) -> None:
+    assert redact_line(stored) == shown

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from core.bus import Bus
-from core.channels import APPLY, APPS, HEALTH, NODE
+from core.channels import APPLY, APPS, HEALTH, HISTORY, NODE
 from core.codec import Envelope
-from core.commands import ApplyCommand, NodeCommand, Reply
+from core.commands import ApplyCommand, HistoryQuery, NodeCommand, Reply
 from core.config import ServiceConfig
 from core.errors import BusError, RequestTimeout
 from core.keys import AppKey
@@ -148,3 +148,19 @@ async def test_other_services_commands_are_left_alone(tmp_path: Path) -> None:
     async with running(MemoryBroker(), tmp_path) as (_, bus):
         with pytest.raises(RequestTimeout):
             await bus.request(NODE, NodeCommand(node="n", action="drain"), timeout=0.3)
+
+
+async def test_apply_replies_and_history_never_show_credential_values(tmp_path: Path) -> None:
+    """``shoal apply``/``diff`` print the reply's changes, ``rollout history`` the stored
+    ones: a value named like a credential is in neither (nor in the stored revision)."""
+    first = {**app(), "env": {"DB_PASSWORD": "hunter2", "DATABASE_URL": "postgres://u:pw1@db1/x"}}
+    second = {**app(), "env": {"DB_PASSWORD": "horse", "DATABASE_URL": "postgres://u:pw2@db2/x"}}
+    async with running(MemoryBroker(), tmp_path) as (_, bus):
+        await apply(bus, first)
+        reply = await apply(bus, second)
+        history = await bus.request(HISTORY, HistoryQuery(namespace="default", name="web"))
+    shown = [*reply.results[0].changes, *history.revisions[1].changes]
+    assert "env.DB_PASSWORD: changed (value hidden)" in shown
+    assert "env.DATABASE_URL: postgres://u:***@db1/x -> postgres://u:***@db2/x" in shown
+    stored = SqliteStore(tmp_path / "controller.db").history(WEB)[1].changes
+    assert not any(v in line for line in [*shown, *stored] for v in ("hunter2", "horse", "pw"))
