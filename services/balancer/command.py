@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
 from core.config import ServiceConfig
 from core.options import service_options
+from services.balancer import admin_auth
 from services.balancer.master import run_master
 from services.balancer.policy import ProxyOptions
 from services.balancer.service import BalancerOptions
@@ -16,9 +20,47 @@ def parse_address(value: str, option: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+TOKEN_FILE = "--admin-token-file"
+
+
+def parse_admin(value: str, token: str | None) -> tuple[str, int]:
+    """``--admin``: ``PORT`` or ``:PORT`` is on loopback; beyond it only with a token."""
+    if value.isdigit():
+        value = f":{value}"
+    host, port = parse_address(value, "--admin")
+    if value.startswith(":"):
+        host = admin_auth.DEFAULT_HOST
+    refusal = admin_auth.bind_refusal(host, token)
+    if refusal is not None:
+        raise click.BadParameter(refusal, param_hint="--admin")
+    return host, port
+
+
+def admin_token(path: Path | None) -> str | None:
+    """The admin token: ``--admin-token-file``, else ``$SHOAL_BALANCER_ADMIN_TOKEN`` (never a
+    command-line value, which ``ps`` shows)."""
+    try:
+        if path is not None:
+            return admin_auth.read_token(path.read_text())
+        text = os.environ.get("SHOAL_BALANCER_ADMIN_TOKEN", "")
+        return admin_auth.read_token(text) if text.strip() else None
+    except OSError as err:
+        raise click.BadParameter(
+            f"{path}: {err.strerror}", param_hint="--admin-token-file"
+        ) from err
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--admin-token-file") from err
+
+
 @click.command("balancer")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="user traffic")
-@click.option("--admin", default=None, help="host:port for /metrics, /routes, /healthz")
+@click.option(
+    "--admin",
+    default=None,
+    metavar="[HOST:]PORT",
+    help="/metrics, /routes, /healthz; HOST defaults to 127.0.0.1, and any address beyond "
+    "loopback needs an admin token",
+)
 @click.option(
     "--tls-listen",
     default=None,
@@ -60,6 +102,24 @@ def parse_address(value: str, option: str) -> tuple[str, int]:
 @click.option("--eject-seconds", default=3.0, show_default=True)
 @click.option("--hold-timeout", default=30.0, show_default=True, help="scale-from-zero wait")
 @click.option("--hold-max", default=1000, show_default=True, help="held requests per app")
+# -- what the balancer tells about itself (grouped: admin endpoint, response headers) ------
+@click.option(
+    "--admin-token-file",
+    envvar="SHOAL_BALANCER_ADMIN_TOKEN_FILE",
+    show_envvar=True,
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="a file whose first line is the token the admin endpoint asks for (Authorization: "
+    "Bearer TOKEN; /healthz needs none); or the token itself in $SHOAL_BALANCER_ADMIN_TOKEN",
+)
+@click.option(
+    "--replica-header/--no-replica-header",
+    envvar="SHOAL_BALANCER_REPLICA_HEADER",
+    show_envvar=True,
+    default=True,
+    show_default=True,
+    help="add X-Shoal-Replica (the id of the replica that answered) to every proxied response",
+)
 @service_options
 def command(
     config: ServiceConfig,
@@ -78,6 +138,8 @@ def command(
     eject_seconds: float,
     hold_timeout: float,
     hold_max: int,
+    admin_token_file: Path | None,
+    replica_header: bool,
 ) -> None:
     """Reverse proxy: route by Host and path prefix to ready replicas.
 
@@ -89,9 +151,12 @@ def command(
         body_limit = parse_memory(max_body)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--max-body") from err
+    token = admin_token(admin_token_file)
+    admin_address = parse_admin(admin, token) if admin else None
     options = BalancerOptions(
         listen=parse_address(listen, "--listen"),
-        admin=parse_address(admin, "--admin") if admin else None,
+        admin=admin_address,
+        admin_token=token,
         tls_listen=parse_address(tls_listen, "--tls-listen") if tls_listen else None,
         reuse_port=reuse_port,
         engine=engine,
@@ -105,6 +170,7 @@ def command(
             eject_seconds=eject_seconds,
             hold_timeout=hold_timeout,
             hold_max=hold_max,
+            expose_replica=replica_header,
         ),
     )
     run_master(config, options, workers)

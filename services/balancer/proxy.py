@@ -173,6 +173,8 @@ class AiohttpExchange:
         headers[X_REQUEST_ID] = self.request_id
         if self.engine.options.expose_replica:
             headers[X_SHOAL_REPLICA] = backend.id
+        else:  # as the fast engine: a replica cannot name itself in the balancer's header
+            headers.popall(X_SHOAL_REPLICA, None)
         status = up.status
         no_body = request.method == "HEAD" or status in (204, 304) or status < 200
         if not no_body and length is not None and length <= BUFFER_LIMIT:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from core.channels import APPS, HEALTH, LB_METRICS, WAKE
@@ -32,6 +33,7 @@ from core.runner import Reconciler
 from core.service import Service
 from core.state import AppHealth, AppState, WakeUp
 from core.view import View
+from services.balancer import admin_auth
 from services.balancer.fast import FastEngine
 from services.balancer.policy import Policy, ProxyOptions
 from services.balancer.prom import LbCollector
@@ -50,6 +52,8 @@ class BalancerOptions:
     metrics_interval: float = 1.0
     engine: str = "fast"  # "fast" (httptools protocols) or "aiohttp"
     proxy: ProxyOptions = field(default_factory=ProxyOptions)
+    #: ``Authorization: Bearer`` token the admin endpoint asks for (``admin_auth.py``)
+    admin_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +211,19 @@ class BalancerService(Service):
         }
 
     def admin_app(self) -> web.Application:
-        app = web.Application()
+        token = self.options.admin_token
+
+        @web.middleware
+        async def authorised(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if admin_auth.allowed(request.path, request.headers.get("Authorization"), token):
+                return await handler(request)
+            return web.json_response(
+                {"error": "the admin endpoint needs Authorization: Bearer <admin token>"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="shoal-balancer"'},
+            )
+
+        app = web.Application(middlewares=[authorised])
 
         async def metrics(_: web.Request) -> web.Response:
             body = self.metrics.exposition()

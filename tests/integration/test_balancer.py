@@ -40,7 +40,9 @@ def lb(request: pytest.FixtureRequest, procs: ProcGroup) -> StartLb:
     """Start a balancer process; every test runs against both proxy engines."""
     engine = request.param
 
-    def start(broker: Broker, prefix: str, *args: str) -> tuple[str, str, Proc]:
+    def start(
+        broker: Broker, prefix: str, *args: str, env: dict[str, str] | None = None
+    ) -> tuple[str, str, Proc]:
         port, admin = free_port(), free_port()
         proc = procs.service(
             "balancer",
@@ -54,6 +56,7 @@ def lb(request: pytest.FixtureRequest, procs: ProcGroup) -> StartLb:
             *args,
             prefix=prefix,
             name=f"balancer-{port}",
+            env=env,
         )
         wait_port("127.0.0.1", port, timeout=20)
         return f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", proc
@@ -393,6 +396,53 @@ async def test_terminating_replica_drains(mosquitto: Broker, lb: StartLb, prefix
             assert (await get(s, url))[1] == other.id
         status, body, _h = await inflight
         assert (status, body) == (200, busy.id)
+
+
+async def test_the_replica_header_can_be_turned_off(
+    mosquitto: Broker, lb: StartLb, prefix: str
+) -> None:
+    """``--no-replica-header``: responses do not name the replica (nor the app's scheme of
+    replica ids) to the client; the request is still served by a replica."""
+    url, admin, _ = lb(mosquitto, prefix, "--no-replica-header")
+    async with (
+        backends(2) as bs,
+        Publisher(mosquitto.url, prefix) as pub,
+        aiohttp.ClientSession() as s,
+    ):
+        await pub.app(app_state())
+        await pub.health(health_of(bs))
+        await routed(s, admin, "default/web", 2)
+        for _ in range(4):
+            status, body, headers = await get(s, url)
+            assert (status, body in {b.id for b in bs}) == (200, True)
+            assert "X-Shoal-Replica" not in headers
+
+
+async def test_the_admin_endpoint_asks_for_its_token(
+    mosquitto: Broker, lb: StartLb, prefix: str
+) -> None:
+    token = "t-" + os.urandom(8).hex()
+    _url, admin, _ = lb(mosquitto, prefix, env={"SHOAL_BALANCER_ADMIN_TOKEN": token})
+    async with aiohttp.ClientSession() as s:
+        await wait_port_http(s, f"{admin}/healthz")  # /healthz needs no token
+        for path in ("/routes", "/metrics"):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+                async with s.get(f"{admin}{path}", headers=headers) as r:
+                    assert r.status == 401, (path, headers)
+                    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+            async with s.get(f"{admin}{path}", headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 200, path
+
+
+async def wait_port_http(s: aiohttp.ClientSession, url: str) -> None:
+    async def up() -> bool:
+        try:
+            async with s.get(url) as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await wait_until(up, 20, f"{url} answering")
 
 
 async def test_two_balancers_and_metrics(mosquitto: Broker, lb: StartLb, prefix: str) -> None:

@@ -89,9 +89,16 @@ class ProcGroup:
         return proc
 
     def service(
-        self, service: str, broker: str, *args: str, prefix: str = "shoal", name: str | None = None
+        self,
+        service: str,
+        broker: str,
+        *args: str,
+        prefix: str = "shoal",
+        name: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> Proc:
-        """``python -m services.<service> --broker URL --prefix P ARGS``."""
+        """``python -m services.<service> --broker URL --prefix P ARGS`` (``env``: added to
+        the environment, for what must not be on a command line)."""
         argv = [
             sys.executable,
             "-m",
@@ -104,7 +111,7 @@ class ProcGroup:
             "debug",
             *args,
         ]
-        return self.spawn(name or service, argv)
+        return self.spawn(name or service, argv, env=env)
 
     def close(self) -> None:
         for proc in reversed(self.procs):
