@@ -358,10 +358,8 @@ def _top_level(data: Mapping[str, Any], ctx: _Context) -> None:
         if not isinstance(body, dict):
             ctx.errors.append(f"{where}: must be a mapping")
             continue
-        external = body.get("external", False)
-        ctx.volumes[str(name)] = str(
-            body.get("name") or (name if external else f"{ctx.namespace}_{name}")
-        )
+        # the agent scopes every named volume to its namespace (<prefix>_<namespace>_<name>)
+        ctx.volumes[str(name)] = str(body.get("name") or name)
         for key in body:
             if key in ("name", "external") or str(key).startswith("x-"):
                 continue

@@ -1,6 +1,7 @@
 """What the agent asks Docker for and what it reads back: pure translation, no I/O.
 
 - ``container_name`` / ``container_labels``: the naming conventions of core/README.md;
+- ``volume_name``: a named volume is its namespace's (``<prefix>_<namespace>_<name>``);
 - ``create_config``: an ``AppSpec`` replica as a Docker ``containers/create`` body, with
   the node's ``ContainerLimits`` (a pids limit and log size limits on every container);
 - ``parse_container``: a ``containers/<id>/json`` (inspect) answer as a ``Container``.
@@ -14,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from core.mesh import NodeNetwork, attach
-from core.spec import AppSpec
+from core.spec import AppSpec, Mount
 from core.state import AssignedReplica
 from services.agent.secrets import SecretMounts
 
@@ -28,6 +29,7 @@ LABEL_REVISION = "shoal.revision"
 LABEL_DRAIN = "shoal.drain"
 LABEL_GRACE = "shoal.grace"
 LABEL_PORTS = "shoal.ports"
+LABEL_VOLUME = "shoal.volume"
 
 
 #: Docker's json-file ``max-size``: a number and a unit.
@@ -70,6 +72,36 @@ def container_name(node: str, replica: str) -> str:
 def owner_filters(prefix: str, node: str) -> list[str]:
     """Docker ``label`` filters selecting exactly this agent's containers."""
     return [f"{LABEL_MANAGED}=true", f"{LABEL_PREFIX}={prefix}", f"{LABEL_NODE}={node}"]
+
+
+def volume_name(source: str, *, prefix: str, namespace: str) -> str:
+    """The Docker volume behind a spec's named volume ``source``: ``<prefix>_<namespace>_<source>``
+    (``shoal_prod_data``), as compose names volumes after their project. A named volume
+    belongs to its namespace (and cluster): ``data`` of an app in ``test`` is never the
+    ``data`` of an app in ``prod``, though apps of one namespace share it by name."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", prefix).lstrip("_.-") or "shoal"
+    return f"{safe}_{namespace}_{source}"
+
+
+def mount(m: Mount, *, prefix: str, namespace: str) -> dict[str, Any]:
+    """One entry of ``HostConfig.Mounts``: a bind as given, a named volume scoped to the
+    namespace and labelled (Docker applies the labels when the create makes the volume)."""
+    if m.is_bind:
+        return {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
+    return {
+        "Type": "volume",
+        "Source": volume_name(m.source, prefix=prefix, namespace=namespace),
+        "Target": m.target,
+        "ReadOnly": m.read_only,
+        "VolumeOptions": {
+            "Labels": {
+                LABEL_MANAGED: "true",
+                LABEL_PREFIX: prefix,
+                LABEL_NS: namespace,
+                LABEL_VOLUME: m.source,
+            }
+        },
+    }
 
 
 def container_labels(
@@ -140,15 +172,7 @@ def create_config(
         "Privileged": security.privileged,
         "CapAdd": list(security.cap_add) or None,
         "CapDrop": list(security.cap_drop) or None,
-        "Mounts": [
-            {
-                "Type": "bind" if m.is_bind else "volume",
-                "Source": m.source,
-                "Target": m.target,
-                "ReadOnly": m.read_only,
-            }
-            for m in spec.volumes
-        ]
+        "Mounts": [mount(m, prefix=prefix, namespace=replica.namespace) for m in spec.volumes]
         + [
             {"Type": "bind", "Source": source, "Target": target, "ReadOnly": True}
             for source, target in secrets.files

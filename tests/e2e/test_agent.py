@@ -25,6 +25,7 @@ from core import codec
 from core.channels import EVENTS, LOGS_REQUEST, NODE_ASSIGN, NODE_INFO, NODE_METRICS, NODE_REPLICAS
 from core.spec import AppSpec
 from core.state import AssignedReplica, Event, NodeAssignment, NodeInfo, ReplicaStatus
+from services.agent.containers import volume_name
 from tests.support.observer import Observer
 from tests.support.procs import ROOT, Broker, Proc, ProcGroup, start_broker
 
@@ -481,6 +482,7 @@ async def test_volumes_workdir_user_and_hardening(rig: Rig, tmp_path: Path) -> N
         security={"no_new_privileges": False},
     )
     (h1,), (r1,) = new_replicas(hardened, 1), new_replicas(relaxed, 1)
+    scoped = volume_name(volume, prefix=rig.prefix, namespace=relaxed.namespace)
     try:
         await rig.assign("n1", [h1, r1], hardened, relaxed)
         await rig.wait_phases("n1", [h1.id, r1.id], "running")
@@ -494,12 +496,20 @@ async def test_volumes_workdir_user_and_hardening(rig: Rig, tmp_path: Path) -> N
         assert (data / "nnp").read_text().split() == ["NoNewPrivs:", "1"]
         assert (data / "nnp-relaxed").read_text().split() == ["NoNewPrivs:", "0"]
         assert (data / "cache").read_text().strip() == "kept"
-        volumes = json.loads(docker("volume", "inspect", volume))
-        assert volumes[0]["Name"] == volume
+        # the namespace's volume (another namespace's ``volume`` would be another one)
+        volumes = json.loads(docker("volume", "inspect", scoped))
+        assert volumes[0]["Name"] == scoped
+        assert volumes[0]["Labels"] == {
+            "shoal.managed": "true",
+            "shoal.prefix": rig.prefix,
+            "shoal.ns": relaxed.namespace,
+            "shoal.volume": volume,
+        }
+        assert docker("volume", "ls", "-q", "--filter", f"name=^{volume}$").strip() == ""
     finally:
         await rig.assign("n1", [], hardened, relaxed)
         await rig.wait(lambda: not rig.report(), 15, "removed")
-        docker("volume", "rm", "-f", volume, check=False)
+        docker("volume", "rm", "-f", scoped, check=False)
 
 
 async def test_node_metrics_report_cpu_and_memory_per_replica(rig: Rig) -> None:

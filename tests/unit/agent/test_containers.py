@@ -15,6 +15,7 @@ from services.agent.containers import (
     owner_filters,
     parse_container,
     parse_time,
+    volume_name,
 )
 
 REPLICA = AssignedReplica(id="prod.web.0000abcd", namespace="prod", app="web", revision=3)
@@ -66,6 +67,21 @@ def test_create_config_follows_the_conventions() -> None:
     assert "Cmd" not in cfg
 
 
+def test_a_named_volume_belongs_to_its_namespace() -> None:
+    """``data`` in ``test`` and ``data`` in ``prod`` are two Docker volumes (they were one)."""
+    s = spec(volumes=[{"source": "data", "target": "/data"}])
+    test = AssignedReplica(id="test.web.0000abcd", namespace="test", app="web", revision=1)
+    sources = {
+        create_config(s, r, prefix="shoal", node="n", address="127.0.0.1")["HostConfig"]["Mounts"][
+            0
+        ]["Source"]
+        for r in (REPLICA, test)
+    }
+    assert sources == {"shoal_prod_data", "shoal_test_data"}
+    assert volume_name("data", prefix="t/x y", namespace="prod") == "t-x-y_prod_data"
+    assert volume_name("data", prefix="_p", namespace="prod") == "p_prod_data"
+
+
 def test_create_config_command_args_volumes_user_and_opt_outs() -> None:
     s = spec(
         command=["/bin/sh", "-c"],
@@ -86,7 +102,20 @@ def test_create_config_command_args_volumes_user_and_opt_outs() -> None:
     host = cfg["HostConfig"]
     assert host["Mounts"] == [
         {"Type": "bind", "Source": "/srv/data", "Target": "/data", "ReadOnly": True},
-        {"Type": "volume", "Source": "cache", "Target": "/cache", "ReadOnly": False},
+        {
+            "Type": "volume",
+            "Source": "p_prod_cache",
+            "Target": "/cache",
+            "ReadOnly": False,
+            "VolumeOptions": {
+                "Labels": {
+                    "shoal.managed": "true",
+                    "shoal.prefix": "p",
+                    "shoal.ns": "prod",
+                    "shoal.volume": "cache",
+                }
+            },
+        },
     ]
     assert host["SecurityOpt"] == []
     assert host["ReadonlyRootfs"] is True

@@ -114,8 +114,13 @@ def test_the_container_binds_each_file_read_only_and_gets_the_env() -> None:
         address="127.0.0.1",
         secrets=mounts,
     )
-    assert config["HostConfig"]["Mounts"] == [
-        {"Type": "volume", "Source": "data", "Target": "/data", "ReadOnly": False},
+    volume, *binds = config["HostConfig"]["Mounts"]
+    assert (volume["Type"], volume["Source"], volume["Target"]) == (
+        "volume",
+        "p_default_data",
+        "/data",
+    )
+    assert binds == [
         {"Type": "bind", "Source": "/dev/shm/x/db", "Target": "/run/secrets/db", "ReadOnly": True},
     ]
     assert "DB=pw" in config["Env"]

@@ -258,7 +258,7 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         "'shared:/s', 'named:/n']",
         {
             "volumes": [
-                {"source": "shop_data", "target": "/var/lib/data", "read_only": False},
+                {"source": "data", "target": "/var/lib/data", "read_only": False},
                 {"source": "/srv/shop/conf", "target": "/etc/conf", "read_only": True},
                 {"source": "/abs", "target": "/abs", "read_only": False},
                 {"source": "shared", "target": "/s", "read_only": False},
@@ -272,7 +272,7 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         "../etc, target: /e, read_only: true}]",
         {
             "volumes": [
-                {"source": "shop_data", "target": "/d", "read_only": False},
+                {"source": "data", "target": "/d", "read_only": False},
                 {"source": "/srv/etc", "target": "/e", "read_only": True},
             ]
         },
