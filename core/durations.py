@@ -38,6 +38,14 @@ class Durations:
         self.total += seconds
         self.count += 1
 
+    def __add__(self, other: Durations) -> Durations:
+        """Both histograms in one (the same buckets): ``sum(series, Durations())``."""
+        return Durations(
+            buckets=[a + b for a, b in zip(self.buckets, other.buckets, strict=True)],
+            total=self.total + other.total,
+            count=self.count + other.count,
+        )
+
     def cumulative(self) -> list[tuple[str, int]]:
         """``(le, cumulative count)`` pairs as a Prometheus histogram lists them."""
         out: list[tuple[str, int]] = []

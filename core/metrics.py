@@ -125,22 +125,11 @@ class RunnerCollector(Collector):
             runs.add_metric([name], sum(r.runs for r in runners))
             failures.add_metric([name], sum(r.failures for r in runners))
             queued.add_metric([name], sum(r.queued for r in runners))
-            durations[name,] = merged([r.durations for r in runners])
+            durations[name,] = sum((r.durations for r in runners), Durations())
         yield from (runs, failures, queued)
         yield histogram(
             "shoal_reconcile_duration_seconds", "Time one reconcile took", ["runner"], durations
         )
-
-
-def merged(series: list[Durations]) -> Durations:
-    if len(series) == 1:
-        return series[0]
-    out = Durations()
-    for d in series:
-        out.buckets = [a + b for a, b in zip(out.buckets, d.buckets, strict=True)]
-        out.total += d.total
-        out.count += d.count
-    return out
 
 
 class ServiceMetrics:

@@ -34,6 +34,18 @@ def test_durations_are_cumulative_buckets() -> None:
     assert d.total == pytest.approx(106.0061)
 
 
+def test_durations_add_up_bucket_by_bucket() -> None:
+    a, b = Durations(), Durations()
+    for seconds in (0.0001, 0.003):
+        a.observe(seconds)
+    b.observe(7.0)
+    both = sum((a, b), Durations())
+    assert (both.count, both.total) == (3, pytest.approx(7.0031))
+    assert dict(both.cumulative())["0.005"] == 2
+    assert dict(both.cumulative())["10.0"] == 3
+    assert (a.count, b.count) == (2, 1)  # the terms are left as they were
+
+
 @pytest.mark.parametrize(
     ("text", "parsed"),
     [
