@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-import yaml
-
 from core.compose_env import InterpolationError, interpolate, parse_env_file
 from core.errors import SpecError
 from core.spec import DNS_LABEL
-from core.spec_yaml import _check_keys, _Core12Loader, _marked, _unmarked
+from core.spec_yaml import _check_keys, text_document, yaml_loader
 
 #: Keys other engineers' branches will map (networking, secrets): "not supported yet".
 NOT_YET = {
@@ -111,13 +109,10 @@ class Compose:
 
 def read_compose(text: str, source: str) -> tuple[Any, Any]:
     """The document (YAML 1.2 typing, duplicate keys refused) and the same document with
-    every scalar as the text written (to keep ``VERSION: 1.10`` as ``1.10``)."""
+    every scalar as the text written (to keep ``VERSION: 1.10`` as ``1.10``), from one
+    parse of ``text``."""
     where = source or "input"
-    try:
-        loader = _Core12Loader(text)
-    except yaml.YAMLError as err:
-        raise SpecError([_unmarked(err, text, where)]) from err
-    try:
+    with yaml_loader(text, where, "YAML") as loader:
         node = loader.get_single_node()
         if node is None:
             return None, None
@@ -125,19 +120,8 @@ def read_compose(text: str, source: str) -> tuple[Any, Any]:
         _check_keys(node, where, problems, set())
         if problems:
             raise SpecError(problems)
+        raw = text_document(node)  # first: the typed construction merges << into the node
         typed = loader.construct_document(node)
-    except yaml.MarkedYAMLError as err:
-        raise SpecError([_marked(err, where)]) from err
-    except yaml.YAMLError as err:
-        raise SpecError([_unmarked(err, text, where)]) from err
-    except RecursionError as err:
-        raise SpecError([f"{where}: not valid YAML: nested too deeply"]) from err
-    finally:
-        loader.dispose()
-    try:
-        raw = yaml.load(text, Loader=yaml.BaseLoader)  # BaseLoader builds only text
-    except yaml.YAMLError:
-        raw = None
     return typed, raw
 
 

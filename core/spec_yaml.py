@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -85,43 +87,58 @@ class Document:
         return None
 
 
-def read_documents(text: str, source: str, model: type[BaseModel]) -> list[Document]:
-    """Every app of ``text``: YAML documents (``---``), each one app, a list of apps, or
-    ``{apps: [...]}``; JSON is read the same way. Raise ``SpecError`` naming file and line."""
-    where = source or "input"
+@contextmanager
+def yaml_loader(text: str, where: str, what: str = "YAML or JSON") -> Iterator[_Core12Loader]:
+    """A YAML 1.2 core loader over ``text`` for the block; every YAML error in it (and a
+    document nested too deeply to build) becomes a ``SpecError`` naming ``where`` and the
+    line. The loader is disposed at the end."""
     try:
         loader = _Core12Loader(text)
     except yaml.YAMLError as err:
         raise SpecError([_unmarked(err, text, where)]) from err
     try:
-        try:
-            roots: list[yaml.Node] = []
-            while loader.check_node():
-                node = loader.get_node()
-                if node is not None:
-                    roots.append(node)
-            apps = [app for root in roots for app in _app_nodes(root)]
-            problems: list[str] = []
-            for app in apps:
-                _check_keys(app, where, problems, set())
-            if problems:
-                raise SpecError(problems)
-            out = []
-            for app in apps:
-                doc = Document(data=None)
-                _keep_text(app, model, (), doc.lines, set())
-                doc.data = loader.construct_document(app)
-                if doc.data is not None:
-                    out.append(doc)
-            return out
-        except yaml.MarkedYAMLError as err:
-            raise SpecError([_marked(err, where)]) from err
-        except yaml.YAMLError as err:
-            raise SpecError([_unmarked(err, text, where)]) from err
-        except RecursionError as err:
-            raise SpecError([f"{where}: not valid YAML or JSON: nested too deeply"]) from err
+        yield loader
+    except yaml.MarkedYAMLError as err:
+        raise SpecError([_marked(err, where)]) from err
+    except yaml.YAMLError as err:
+        raise SpecError([_unmarked(err, text, where)]) from err
+    except RecursionError as err:
+        raise SpecError([f"{where}: not valid {what}: nested too deeply"]) from err
     finally:
         loader.dispose()
+
+
+def text_document(node: yaml.Node) -> Any:
+    """The document of ``node`` with every scalar as the text written (what PyYAML's
+    ``BaseLoader`` builds), from the node already composed: the text is parsed once.
+    Build it before the typed document: typed construction merges ``<<`` keys into the
+    node itself."""
+    return yaml.constructor.BaseConstructor().construct_document(node)
+
+
+def read_documents(text: str, source: str, model: type[BaseModel]) -> list[Document]:
+    """Every app of ``text``: YAML documents (``---``), each one app, a list of apps, or
+    ``{apps: [...]}``; JSON is read the same way. Raise ``SpecError`` naming file and line."""
+    with yaml_loader(text, source or "input") as loader:
+        roots: list[yaml.Node] = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None:
+                roots.append(node)
+        apps = [app for root in roots for app in _app_nodes(root)]
+        problems: list[str] = []
+        for app in apps:
+            _check_keys(app, source or "input", problems, set())
+        if problems:
+            raise SpecError(problems)
+        out = []
+        for app in apps:
+            doc = Document(data=None)
+            _keep_text(app, model, (), doc.lines, set())
+            doc.data = loader.construct_document(app)
+            if doc.data is not None:
+                out.append(doc)
+        return out
 
 
 def _app_nodes(root: yaml.Node) -> list[yaml.Node]:

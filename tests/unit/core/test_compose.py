@@ -7,6 +7,7 @@ import textwrap
 from typing import Any
 
 import pytest
+import yaml
 
 from core.compose import Compose, compose_memory, namespace_of, read_compose, translate
 from core.compose_build import ContextFile, build_digest, image_tag
@@ -564,3 +565,32 @@ def test_duplicate_keys_and_bad_yaml_name_the_line() -> None:
         SpecError, match="line 4: key 'image' is given twice in one mapping \\(first at line 3\\)"
     ):
         read_compose("services:\n  web:\n    image: a\n    image: b\n", "compose.yaml")
+
+
+def test_the_text_document_is_what_a_second_parse_with_base_loader_gave() -> None:
+    """One parse gives both documents (they were two parses of the same text)."""
+    text = textwrap.dedent(
+        """
+        x-env: &env {VERSION: 1.10, DEBUG: NO}
+        services:
+          web:
+            image: a:1
+            environment:
+              <<: *env
+              MODE: 0755
+            ports: ['8080:80']
+        """
+    )
+    typed, raw = read_compose(text, "c.yaml")
+    assert raw == yaml.load(text, Loader=yaml.BaseLoader)
+    assert typed["services"]["web"]["environment"] == {
+        "VERSION": 1.1,
+        "DEBUG": "NO",
+        "MODE": 755,
+    }
+
+
+def test_compose_nested_too_deeply_is_a_spec_error() -> None:
+    with pytest.raises(SpecError) as caught:
+        read_compose("services: " + "[" * 2000 + "]" * 2000, "c.yaml")
+    assert caught.value.errors == ["c.yaml: not valid YAML: nested too deeply"]
