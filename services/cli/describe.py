@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import click
 
 from core.channels import EVENTS_QUERY
+from core.cluster_state import app_phase
 from core.commands import EventList, EventsQuery, RecentEvent
 from core.errors import ShoalError
 from core.keys import AppKey
@@ -23,7 +24,7 @@ from services.cli.apps import fetch_snapshot
 from services.cli.client import ClientOptions, client_options, connect, err_console, run_async
 from services.cli.completion import complete_object
 from services.cli.output import age, format_labels, human_duration, human_memory, rfc3339
-from services.cli.views import Snapshot, app_phase, node_rows, replica_phase, rollout_progress
+from services.cli.views import Snapshot, node_rows, replica_phase, rollout_progress
 
 
 @dataclass(frozen=True)

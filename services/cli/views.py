@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from core.bus import Bus
@@ -22,14 +22,12 @@ from core.channels import (
     SCALER_STATUS,
     SCHEDULER_STATUS,
 )
+from core.cluster_state import ClusterState, app_phase, ready_replicas, requested
 from core.keys import AppKey
 from core.state import (
     AppHealth,
     AppState,
-    NodeAssignment,
-    NodeCordon,
     NodeInfo,
-    NodeReplicas,
     ReplicaHealth,
     ReplicaStatus,
     ScalerStatus,
@@ -37,26 +35,8 @@ from core.state import (
 )
 from services.cli.output import format_labels, human_memory, matches
 
-
-@dataclass
-class Snapshot:
-    """The retained topics the CLI reads, as of one ``bus.sync()``."""
-
-    apps: dict[AppKey, AppState] = field(default_factory=dict)
-    health: dict[AppKey, AppHealth] = field(default_factory=dict)
-    placement: dict[AppKey, SchedulerStatus] = field(default_factory=dict)
-    scaling: dict[AppKey, ScalerStatus] = field(default_factory=dict)
-    nodes: dict[str, NodeInfo] = field(default_factory=dict)
-    observed: dict[str, NodeReplicas] = field(default_factory=dict)
-    assigns: dict[str, NodeAssignment] = field(default_factory=dict)
-    cordons: dict[str, NodeCordon] = field(default_factory=dict)
-
-    def replicas(self) -> list[ReplicaStatus]:
-        """Every replica the agents report, by id."""
-        return sorted((r for o in self.observed.values() for r in o.replicas), key=lambda r: r.id)
-
-    def replica_health(self) -> dict[str, ReplicaHealth]:
-        return {r.id: r for h in self.health.values() for r in h.replicas}
+#: The retained topics the CLI reads, as of one ``bus.sync()``.
+Snapshot = ClusterState
 
 
 async def live_snapshot(bus: Bus) -> Callable[[], Snapshot]:
@@ -86,17 +66,8 @@ async def read_snapshot(bus: Bus) -> Snapshot:
 def rollout_progress(app: AppState, health: AppHealth | None) -> tuple[int, int, int]:
     """(ready replicas of the current revision, desired, replicas of other revisions)."""
     replicas = health.replicas if health else []
-    ready = sum(1 for r in replicas if r.revision == app.revision and r.ready and not r.terminating)
     others = sum(1 for r in replicas if r.revision != app.revision and not r.terminating)
-    return ready, app.replicas, others
-
-
-def app_phase(app: AppState, placement: SchedulerStatus | None) -> str:
-    """The controller's phase, except ``pending`` while the scheduler cannot place replicas
-    of a stable or progressing app (it is not stable with 0 of 2 placed)."""
-    if placement is not None and placement.unplaceable and app.phase in ("stable", "progressing"):
-        return "pending"
-    return app.phase
+    return ready_replicas(app, health), app.replicas, others
 
 
 @dataclass(frozen=True)
@@ -250,8 +221,8 @@ def node_rows(snap: Snapshot, selector: dict[str, str] | None = None) -> list[No
     for info in sorted(snap.nodes.values(), key=lambda i: i.node):
         if selector and not matches(info.labels, selector):
             continue
-        assignment = snap.assigns.get(info.node) or NodeAssignment(node=info.node)
-        specs = [assignment.specs.get(r.spec_key) for r in assignment.replicas]
+        assignment = snap.assigns.get(info.node)
+        cpu, memory = requested(assignment)
         cordon = snap.cordons.get(info.node)
         schedule = ("draining" if cordon.drain else "cordoned") if cordon is not None else ""
         rows.append(
@@ -262,10 +233,10 @@ def node_rows(snap: Snapshot, selector: dict[str, str] | None = None) -> list[No
                 reason=info.reason,
                 schedule=schedule,
                 labels=dict(info.labels),
-                replicas=len(assignment.replicas),
-                cpu=round(sum(sp.resources.cpu for sp in specs if sp is not None), 3),
+                replicas=len(assignment.replicas) if assignment is not None else 0,
+                cpu=cpu,
                 cpu_capacity=info.capacity.cpu,
-                memory=sum(sp.resources.memory for sp in specs if sp is not None),
+                memory=memory,
                 memory_capacity=info.capacity.memory,
                 version=info.version,
                 heartbeat=info.heartbeat,

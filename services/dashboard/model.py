@@ -12,16 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.keys import AppKey, ServiceKey
+from core.cluster_state import ClusterState, app_phase, ready_replicas, requested
+from core.keys import ServiceKey
 from core.state import (
     AppHealth,
     AppState,
     LbMetrics,
-    NodeAssignment,
-    NodeCordon,
-    NodeInfo,
     NodeMetrics,
-    NodeReplicas,
     Presence,
     ReplicaHealth,
     RouteMetrics,
@@ -36,30 +33,15 @@ METRICS_STALE = 5.0
 
 
 @dataclass
-class Cluster:
-    """The retained state the dashboard reads (each a live ``View``'s mapping)."""
+class Cluster(ClusterState):
+    """The retained state the dashboard reads (each a live ``View``'s mapping): the state
+    the CLI reads too, and the services' presence and the nodes' latest usage."""
 
-    apps: Mapping[AppKey, AppState] = field(default_factory=dict)
-    health: Mapping[AppKey, AppHealth] = field(default_factory=dict)
-    placement: Mapping[AppKey, SchedulerStatus] = field(default_factory=dict)
-    scaling: Mapping[AppKey, ScalerStatus] = field(default_factory=dict)
-    nodes: Mapping[str, NodeInfo] = field(default_factory=dict)
-    observed: Mapping[str, NodeReplicas] = field(default_factory=dict)
-    assigns: Mapping[str, NodeAssignment] = field(default_factory=dict)
-    cordons: Mapping[str, NodeCordon] = field(default_factory=dict)
     presence: Mapping[ServiceKey, Presence] = field(default_factory=dict)
     usage: Mapping[str, NodeMetrics] = field(default_factory=dict)
 
 
 # -- apps -------------------------------------------------------------------------------
-
-
-def app_phase(app: AppState, placement: SchedulerStatus | None) -> str:
-    """The controller's phase, except ``pending`` while the scheduler cannot place replicas
-    of a stable or progressing app (as ``shoal get apps`` shows it)."""
-    if placement is not None and placement.unplaceable and app.phase in ("stable", "progressing"):
-        return "pending"
-    return app.phase
 
 
 def app_reason(app: AppState, placement: SchedulerStatus | None, ready: int) -> str:
@@ -72,19 +54,13 @@ def app_reason(app: AppState, placement: SchedulerStatus | None, ready: int) -> 
     return "; ".join(parts)
 
 
-def ready_count(app: AppState, health: AppHealth | None) -> int:
-    """Ready, non-terminating replicas of the app's current revision."""
-    replicas = health.replicas if health else []
-    return sum(1 for r in replicas if r.revision == app.revision and r.ready and not r.terminating)
-
-
 def app_row(
     app: AppState,
     health: AppHealth | None,
     placement: SchedulerStatus | None,
     scaler: ScalerStatus | None,
 ) -> dict[str, Any]:
-    ready = ready_count(app, health)
+    ready = ready_replicas(app, health)
     spec = app.spec
     route = spec.route
     return {
@@ -118,9 +94,7 @@ def app_row(
 
 def replica_rows(cluster: Cluster) -> list[dict[str, Any]]:
     """Every replica the agents report, joined with its health verdict."""
-    verdicts: dict[str, ReplicaHealth] = {
-        r.id: r for h in cluster.health.values() for r in h.replicas
-    }
+    verdicts = cluster.replica_health()
     rows = []
     for node, observed in sorted(cluster.observed.items()):
         info = cluster.nodes.get(node)
@@ -167,15 +141,7 @@ def node_rows(cluster: Cluster) -> list[dict[str, Any]]:
     """Every node: capacity, what its assignment requests, and what its replicas use."""
     rows = []
     for node, info in sorted(cluster.nodes.items()):
-        assign = cluster.assigns.get(node)
-        req_cpu = 0.0
-        req_mem = 0
-        if assign is not None:
-            for r in assign.replicas:
-                spec = assign.specs.get(r.spec_key)
-                if spec is not None:
-                    req_cpu += spec.resources.cpu
-                    req_mem += spec.resources.memory
+        req_cpu, req_mem = requested(cluster.assigns.get(node))
         usage = cluster.usage.get(node)
         cordon = cluster.cordons.get(node)
         observed = cluster.observed.get(node)
@@ -189,7 +155,7 @@ def node_rows(cluster: Cluster) -> list[dict[str, Any]]:
                 "version": info.version,
                 "heartbeat": info.heartbeat,
                 "capacity": {"cpu": info.capacity.cpu, "memory": info.capacity.memory},
-                "requested": {"cpu": round(req_cpu, 3), "memory": req_mem},
+                "requested": {"cpu": req_cpu, "memory": req_mem},
                 "used": None
                 if usage is None
                 else {

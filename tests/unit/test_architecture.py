@@ -27,6 +27,7 @@ PURE_MODULES = [
     "core/bounds.py",
     "core/election.py",
     "core/probes.py",
+    "core/cluster_state.py",
     "services/controller/apps.py",
     "services/controller/rollout.py",
     "services/controller/diff.py",

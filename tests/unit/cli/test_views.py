@@ -7,9 +7,10 @@ import json
 import pytest
 import yaml
 
+from core.cluster_state import app_phase
 from core.commands import AppResult, Reply
 from services.cli.apps import Query, render, reply_lines
-from services.cli.views import app_phase, not_ready_reasons
+from services.cli.views import not_ready_reasons
 from tests.unit.cli.models import T0, WEB, app_state, running_snapshot, unplaceable_snapshot
 
 NOW = T0 + 3600

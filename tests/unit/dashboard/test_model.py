@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.cluster_state import ready_replicas
 from core.keys import AppKey, ServiceKey
 from core.spec import AppSpec, Resources
 from core.state import (
@@ -94,8 +95,8 @@ def test_app_row_phase_and_reason(
 
 
 def test_ready_counts_only_the_current_revision() -> None:
-    assert model.ready_count(app(), health(True, True, revision=2)) == 0
-    assert model.ready_count(app(), None) == 0
+    assert ready_replicas(app(), health(True, True, revision=2)) == 0
+    assert ready_replicas(app(), None) == 0
 
 
 def cluster() -> model.Cluster:
