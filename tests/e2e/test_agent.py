@@ -85,7 +85,13 @@ class Rig:
         self.generation = 0
         self.specs: dict[str, dict[str, AppSpec]] = {}
 
-    def start_agent(self, node: str = "n1", address: str = "127.0.0.2", *extra: str) -> Proc:
+    def start_agent(
+        self,
+        node: str = "n1",
+        address: str = "127.0.0.2",
+        *extra: str,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
         return self.procs.service(
             "agent",
             self.broker.url,
@@ -106,6 +112,7 @@ class Rig:
             *extra,
             prefix=self.prefix,
             name=f"agent-{node}",
+            env=env,
         )
 
     async def assign(self, node: str, replicas: list[AssignedReplica], *specs: AppSpec) -> None:

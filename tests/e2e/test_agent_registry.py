@@ -86,8 +86,15 @@ async def test_private_registry_pull_with_good_and_bad_credentials(
     tag = uuid.uuid4().hex[:8]
     ref = await push(registry, tag)
     try:
-        rig.start_agent("n1", "127.0.0.2", "--registry-auth", f"{registry.host}={USER}:{PASSWORD}")
-        rig.start_agent("n2", "127.0.0.3", "--registry-auth", f"{registry.host}={USER}:wrong")
+        # credentials never on the command line: n1 reads a file, n2 its environment
+        logins = rig.procs.workdir / "registry-logins"
+        logins.write_text(f"# test registry\n{registry.host}={USER}:{PASSWORD}\n")
+        logins.chmod(0o600)
+        n1 = rig.start_agent("n1", "127.0.0.2", "--registry-auth-file", str(logins))
+        n2 = rig.start_agent(
+            "n2", "127.0.0.3", env={"SHOAL_REGISTRY_AUTH": f"{registry.host}={USER}:wrong"}
+        )
+        assert not any(PASSWORD in arg or "wrong" in arg for p in (n1, n2) for arg in p.argv)
         spec = echo_spec(image=ref)
 
         # Bad credentials first: the reason is the registry's, and pulls are retried.
@@ -123,8 +130,10 @@ async def test_private_registry_pull_with_good_and_bad_credentials(
         assert any(e.data.get("status") == "done" for e in pulls)
         assert docker("image", "inspect", "--format", "{{.Id}}", ref)
 
-        # n2 keeps failing until it is given the image another way: retries continue.
-        assert all(s.phase == "image_pull_failed" for s in rig.report("n2").values())
+        # n2 keeps failing until it is given the image another way, and n1's pull is one:
+        # the two agents share an engine, so n2's next retry may find the image there.
+        phases = {s.phase for s in rig.report("n2").values()}
+        assert phases <= {"image_pull_failed", "pulling", "creating", "running"}, phases
     finally:
         await rig.assign("n1", [], spec)
         await rig.assign("n2", [], spec)
