@@ -20,9 +20,6 @@ def parse_address(value: str, option: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-TOKEN_FILE = "--admin-token-file"
-
-
 def parse_admin(value: str, token: str | None) -> tuple[str, int]:
     """``--admin``: ``PORT`` or ``:PORT`` is on loopback; beyond it only with a token."""
     if value.isdigit():
