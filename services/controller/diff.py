@@ -140,7 +140,7 @@ def diff_specs(old: AppSpec, new: AppSpec) -> list[str]:
     lines = diff_values(a, b)
 
     def rank(line: str) -> int:
-        top = line.split(":", 1)[0].split(".", 1)[0]
+        top = line.split(":", 1)[0].split(".", 1)[0].split("[", 1)[0]  # secrets[0].version
         return 0 if top in TEMPLATE_FIELDS else 1
 
     return sorted(lines, key=rank)

@@ -96,9 +96,13 @@ def test_passwords_in_urls_are_masked_even_when_the_value_is_shortened() -> None
 
 def test_secret_references_show_their_name_and_version() -> None:
     old = spec(secrets=[{"name": "db-password", "version": 1}])
-    assert diff_specs(old, spec(secrets=[{"name": "db-password", "version": 2}])) == [
-        "secrets[0].version: 1 -> 2"
-    ]
+    assert diff_specs(
+        spec(replicas=3, secrets=[{"name": "db-password", "version": 1}]),
+        spec(replicas=4, secrets=[{"name": "db-password", "version": 2}]),
+    ) == ["secrets[0].version: 1 -> 2", "replicas: 3 -> 4"]
+    both = diff_specs(spec(replicas=3), spec(replicas=4, secrets=[{"name": "db-password"}]))
+    assert both[0].startswith("secrets: ")  # a template field: listed first
+    assert both[1:] == ["replicas: 3 -> 4"]
     (added,) = diff_specs(spec(), old)
     assert added.startswith('secrets: [] -> [{"env": null, "name": "db-password"')
 
