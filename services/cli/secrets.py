@@ -67,7 +67,13 @@ def secret() -> None:
     type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
     help="the value is this file's bytes ('-': standard input)",
 )
-@click.option("--from-literal", "from_literal", metavar="VALUE", help="the value as given")
+@click.option(
+    "--from-literal",
+    "from_literal",
+    metavar="VALUE",
+    help="the value as given (ps and the shell's history see it: prefer --from-file, or "
+    "'--from-file -' to pipe it in)",
+)
 @client_options
 def create(
     opts: ClientOptions,
