@@ -55,6 +55,7 @@ class AppRoute:
     terminating: frozenset[str] = frozenset()
     desired: int = 0
     scale_to_zero: bool = False
+    redirect: bool = False  # plain HTTP is answered 308 to HTTPS (``tls.redirect``)
 
     @property
     def hash_header(self) -> str | None:
@@ -115,6 +116,7 @@ def app_route(app: AppState, health: AppHealth | None) -> AppRoute | None:
         terminating=terminating,
         desired=app.replicas,
         scale_to_zero=autoscale is not None and autoscale.min == 0,
+        redirect=route.tls is not None and route.tls.redirect,
     )
 
 
@@ -124,6 +126,14 @@ def prefix_matches(prefix: str, path: str) -> bool:
     if prefix.endswith("/"):
         return path.startswith(prefix)
     return path.startswith(prefix) and path[len(prefix)] == "/"
+
+
+def https_location(host: str, target: str, port: int | None) -> str:
+    """Where a plain HTTP request is redirected: the same host and request target over
+    HTTPS, on ``port`` (None or 443: the default port, not written)."""
+    shown = f"[{host}]" if ":" in host else host
+    suffix = "" if port in (None, 443) else f":{port}"
+    return f"https://{shown}{suffix}{target if target.startswith('/') else '/' + target}"
 
 
 def normalize_host(host: str | None) -> str:
