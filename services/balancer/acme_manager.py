@@ -75,8 +75,10 @@ class AcmeManager:
         emit: Emit,
         certificates: Certificates,
         policy: Policy,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.bus = bus
         self.instance = instance
         self.log = log
@@ -99,7 +101,7 @@ class AcmeManager:
         self._refresh()
 
     def _refresh(self) -> None:
-        now = time.time()
+        now = self.clock()
         answers = {t: c.key_authorization for t, c in self.shared.items() if c.expires > now}
         answers.update(self.own)
         self.policy.challenges = answers
@@ -113,7 +115,7 @@ class AcmeManager:
             key_authorization=key_authorization,
             host=host,
             instance=self.instance,
-            expires=time.time() + self.settings.challenge_ttl,
+            expires=self.clock() + self.settings.challenge_ttl,
         )
         await self.bus.publish(ACME_CHALLENGES, challenge, timeout=10)
 
@@ -123,7 +125,7 @@ class AcmeManager:
         await self.bus.clear(ACME_CHALLENGES, token)
 
     async def _clear_expired(self) -> None:
-        now = time.time()
+        now = self.clock()
         for token in [t for t, c in self.shared.items() if c.expires <= now]:
             self.shared.pop(token, None)
             await self.bus.clear(ACME_CHALLENGES, token)
@@ -192,7 +194,7 @@ class AcmeManager:
         if not settings.order:
             return 10.0 if hosts else None  # the ordering worker stores; look again soon
         todo = plan(
-            time.time(),
+            self.clock(),
             hosts,
             self.held,
             self.failures,
@@ -201,7 +203,7 @@ class AcmeManager:
         )
         for host in todo.issue:
             await self._order(settings, host, hosts[host])
-        now = time.time()
+        now = self.clock()
         wake = plan(
             now, hosts, self.held, self.failures, base=settings.retry, cap=settings.retry_max
         ).wake_at
@@ -228,7 +230,7 @@ class AcmeManager:
             context = load_pem(issued.fullchain, issued.key)
         except (AcmeError, CertificateError, OSError) as err:
             retry_after = err.retry_after if isinstance(err, AcmeError) else 0.0
-            now = time.time()
+            now = self.clock()
             failure = failed(self.failures.get(host), now, str(err), retry_after)
             self.failures[host] = failure
             wait = retry_at(failure, settings.retry, settings.retry_max) - now

@@ -2,7 +2,9 @@
 pebble test CA issues, validating HTTP-01 for real against the balancer's plain listener
 (names resolved by pebble's mock DNS to 127.0.0.1), a certificate for a route with
 ``tls: {acme: true}``, which the route then serves over HTTPS (``curl --cacert`` pebble's
-root, SNI); the same route's ``redirect: true`` sends plain HTTP to HTTPS with 308."""
+root, SNI); the same route's ``redirect: true`` sends plain HTTP to HTTPS with 308. A second
+balancer instance, whose plain port pebble never reaches, gets its certificate too: its
+challenge went on the bus and the first instance answered it."""
 
 from __future__ import annotations
 
@@ -36,16 +38,27 @@ def test_pebble_issues_the_certificate_the_route_serves(
 ) -> None:
     pebble = start_pebble(cluster.procs, tmp_path / "pebble", http_port=cluster.listen_port)
     tls_port = free_port()
-    cluster.start(
-        balancer_args=[
+
+    def acme(storage: str) -> list[str]:
+        return [
             "--engine", engine,
-            "--tls-listen", f"127.0.0.1:{tls_port}",
             "--acme-directory", pebble.directory,
             "--acme-email", "ops@shoal.test",
             "--acme-ca-file", str(pebble.ca_file),
-            "--acme-storage", str(tmp_path / "acme"),
+            "--acme-storage", str(tmp_path / storage),
             "--acme-retry", "2",
-        ]
+        ]  # fmt: skip
+
+    cluster.start(balancer_args=["--tls-listen", f"127.0.0.1:{tls_port}", *acme("acme")])
+    other_tls = free_port()
+    other = cluster.procs.service(
+        "balancer",
+        cluster.broker.url,
+        "--listen", f"127.0.0.1:{free_port()}",
+        "--tls-listen", f"127.0.0.1:{other_tls}",
+        *acme("acme-other"),
+        prefix=cluster.prefix,
+        name="balancer-other",
     )  # fmt: skip
     cluster.wait_serving()
     cluster.apply_text(SPEC, "--wait")
@@ -57,6 +70,7 @@ def test_pebble_issues_the_certificate_the_route_serves(
             [
                 "curl", "-sS", "--max-time", "5", "--cacert", str(root),
                 "--resolve", f"{HOST}:{tls_port}:127.0.0.1",
+                "--resolve", f"{HOST}:{other_tls}:127.0.0.1",
                 "--resolve", f"{HOST}:{cluster.listen_port}:127.0.0.1",
                 "-w", "\\n%{http_code} %{ssl_verify_result} %{redirect_url}", *args,
             ],
@@ -78,3 +92,10 @@ def test_pebble_issues_the_certificate_the_route_serves(
     assert names.get_values_for_type(x509.DNSName) == [HOST]
     assert (tmp_path / "acme" / f"{HOST}.key").stat().st_mode & 0o077 == 0
     assert "ACME certificate issued" in cluster.services["balancer"].output()
+
+    # the other instance: pebble validated its order on the first instance's plain port
+    elsewhere = f"https://{HOST}:{other_tls}/"
+    wait_for(lambda: curl(elsewhere).returncode == 0, timeout=90, message="the other instance")
+    assert curl(elsewhere).stdout.splitlines()[-1].startswith("200 0")
+    assert "ACME certificate issued" in other.output()
+    assert (tmp_path / "acme-other" / f"{HOST}.crt").read_bytes() != stored
