@@ -25,13 +25,13 @@ USER_AGENT = "shoal-balancer"
 
 
 class AcmeError(ShoalError):
-    """An order failed; ``retry_after``: the server asked to wait until then (wall clock)."""
+    """An order failed; ``rate_limited``: the server said ``rateLimited`` (wait long)."""
 
     retryable = True
 
-    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+    def __init__(self, message: str, *, rate_limited: bool = False) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self.rate_limited = rate_limited
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +132,9 @@ class AcmeIssuer:
         except messages.Error as err:
             if err.typ == "urn:ietf:params:acme:error:badNonce":
                 self._client = None
-            raise AcmeError(describe(err)) from err
-        except (errors.Error, OSError, ValueError) as err:  # requests' errors are OSErrors
+            limited = err.typ == "urn:ietf:params:acme:error:rateLimited"
+            raise AcmeError(describe(err), rate_limited=limited) from err
+        except Exception as err:  # the library's, josepy's, requests' (OSError), the bus's
             self._client = None  # a new directory and account lookup next time
             raise AcmeError(describe(err)) from err
 

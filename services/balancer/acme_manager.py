@@ -229,8 +229,10 @@ class AcmeManager:
             issued = await asyncio.to_thread(issuer.issue, host, publish, withdraw)
             context = load_pem(issued.fullchain, issued.key)
         except (AcmeError, CertificateError, OSError) as err:
-            retry_after = err.retry_after if isinstance(err, AcmeError) else 0.0
             now = self.clock()
+            limited = isinstance(err, AcmeError) and err.rate_limited
+            # rate-limited: wait the longest backoff at once rather than climb to it
+            retry_after = now + settings.retry_max if limited else 0.0
             failure = failed(self.failures.get(host), now, str(err), retry_after)
             self.failures[host] = failure
             wait = retry_at(failure, settings.retry, settings.retry_max) - now

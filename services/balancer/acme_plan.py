@@ -7,8 +7,9 @@ renewed, and how long a host waits after failed attempts.
   before it expires: Let's Encrypt's 90-day certificates renew 30 days ahead, pebble's
   short ones at two thirds of their life); an expired one is renewed at once.
 - After ``n`` failed attempts in a row a host waits ``base * 2**(n-1)`` seconds, at most
-  ``cap``, from the last failure; a success forgets the failures. An ACME server's
-  ``Retry-After`` (rate limits) pushes the next attempt further when it is later.
+  ``cap``, from the last failure; a success forgets the failures. A ``retry_after``
+  (the shell sets it to ``cap`` from now when the server answered ``rateLimited``) pushes
+  the next attempt further when it is later.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Failures:
     count: int
     last: float
     reason: str
-    retry_after: float = 0.0  # the server's Retry-After as a wall-clock time, 0: none
+    retry_after: float = 0.0  # not before this wall-clock time (rate limited), 0: none
 
 
 @dataclass(frozen=True, slots=True)

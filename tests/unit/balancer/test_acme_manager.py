@@ -222,3 +222,16 @@ async def test_challenges_of_other_instances_are_answered_until_they_expire(
         assert m.policy.challenges == {}
         m.on_challenge("abc", None)
         assert m.shared == {}
+
+
+async def test_a_rate_limited_order_waits_the_longest_backoff_at_once(tmp_path: Path) -> None:
+    clock = Clock()
+    async with connected(MemoryBroker(), "t") as bus:
+        m, issuer, events = manager(bus, tmp_path, clock)
+
+        def limited(*_: Any) -> Issued:
+            raise AcmeError("ACME server: too many certificates", rate_limited=True)
+
+        issuer.issue = limited  # type: ignore[method-assign]
+        assert await m.sync([acme_app()]) == pytest.approx(3600)
+        assert events.seen[-1][2]["data"]["retry_in"] == pytest.approx(3600)
