@@ -87,7 +87,7 @@ class AcmeManager:
         self.policy = policy
         self.held: dict[str, Held] = {}
         self.failures: dict[str, Failures] = {}
-        self.own: dict[str, str] = {}  # tokens of this instance's orders
+        self.own: dict[str, tuple[str, str]] = {}  # token -> (host, key authorization)
         self.shared: dict[str, AcmeChallenge] = {}  # every instance's, from the bus
         self._issuer: AcmeIssuer | None = None
 
@@ -102,13 +102,15 @@ class AcmeManager:
 
     def _refresh(self) -> None:
         now = self.clock()
-        answers = {t: c.key_authorization for t, c in self.shared.items() if c.expires > now}
+        answers = {
+            t: (c.host, c.key_authorization) for t, c in self.shared.items() if c.expires > now
+        }
         answers.update(self.own)
         self.policy.challenges = answers
 
     async def _publish(self, token: str, key_authorization: str, host: str) -> None:
         assert self.settings is not None
-        self.own[token] = key_authorization
+        self.own[token] = (host, key_authorization)
         self._refresh()
         challenge = AcmeChallenge(
             token=token,

@@ -243,8 +243,9 @@ class Policy:
         self.ejected = Ejected()
         self.stats = Stats()
         self.on_hold = on_hold
-        #: HTTP-01 token -> key authorization, answered on plain HTTP (``acme_manager.py``)
-        self.challenges: Mapping[str, str] = {}
+        #: HTTP-01 token -> (host, key authorization), answered on plain HTTP to requests
+        #: for that host (``acme_manager.py``)
+        self.challenges: Mapping[str, tuple[str, str]] = {}
         #: the port redirects to HTTPS name (the TLS listener's); None: 443
         self.https_port: int | None = None
         self._changed = asyncio.Event()
@@ -279,10 +280,10 @@ class Policy:
         started = time.perf_counter()
         challenge = path.startswith(ACME_CHALLENGE_PATH) and not ex.secure
         if challenge and self.challenges:
-            authorization = self.challenges.get(path[len(ACME_CHALLENGE_PATH) :])
-            if authorization is not None:
+            known = self.challenges.get(path[len(ACME_CHALLENGE_PATH) :])
+            if known is not None and known[0] == host:
                 status = ex.respond(
-                    200, authorization.encode(), [("Content-Type", "application/octet-stream")]
+                    200, known[1].encode(), [("Content-Type", "application/octet-stream")]
                 )
                 self.stats.unrouted.done(None, status, time.perf_counter() - started)
                 return

@@ -75,7 +75,8 @@ class Scripted:
         self.calls.append(host)
         token = f"tok{len(self.calls)}"
         publish(token, f"{token}.thumb")
-        self.answered_during_order.append(self.policy.challenges.get(token) == f"{token}.thumb")
+        answered = self.policy.challenges.get(token) == (host, f"{token}.thumb")
+        self.answered_during_order.append(answered)
         try:
             if self.fail is not None:
                 raise AcmeError(self.fail)
@@ -214,7 +215,7 @@ async def test_challenges_of_other_instances_are_answered_until_they_expire(
             token="abc", key_authorization="abc.x", host=HOST, instance="lb2", expires=START + 5
         )
         m.on_challenge("abc", challenge)
-        assert m.policy.challenges == {"abc": "abc.x"}
+        assert m.policy.challenges == {"abc": (HOST, "abc.x")}
         m.on_challenge("other", challenge)  # a body naming another topic's token
         assert "other" not in m.policy.challenges
         clock.now += 10

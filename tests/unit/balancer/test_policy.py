@@ -259,19 +259,23 @@ async def test_a_redirect_names_no_port_for_443_and_https_is_forwarded() -> None
 
 async def test_a_challenge_is_answered_on_plain_http_from_any_route_or_none() -> None:
     p = redirecting()
-    p.challenges = {"tok1": "tok1.thumb"}
+    p.challenges = {"tok1": ("web.test", "tok1.thumb"), "tok2": ("new.test", "tok2.thumb")}
     ex = Scripted(target=ACME_CHALLENGE_PATH + "tok1")
     await p.serve(ex, "web.test", ACME_CHALLENGE_PATH + "tok1")
     assert ex.responses == [(200, b"tok1.thumb", [("Content-Type", "application/octet-stream")])]
     assert ex.attempts == []
-    other = Scripted()
-    await p.serve(other, "no-route.test", ACME_CHALLENGE_PATH + "tok1")
-    assert other.responses[0][:2] == (200, b"tok1.thumb")
+    other = Scripted()  # a host no route serves yet
+    await p.serve(other, "new.test", ACME_CHALLENGE_PATH + "tok2")
+    assert other.responses[0][:2] == (200, b"tok2.thumb")
+    wrong = Scripted()  # a token is answered only for the host it was ordered for
+    await p.serve(wrong, "web.test", ACME_CHALLENGE_PATH + "tok2")
+    assert wrong.responses == []
+    assert wrong.attempts == ["a"]
 
 
 async def test_an_unknown_challenge_path_is_forwarded_never_redirected() -> None:
     p = redirecting()
-    p.challenges = {"tok1": "tok1.thumb"}
+    p.challenges = {"tok1": ("web.test", "tok1.thumb")}
     ex = Scripted(target=ACME_CHALLENGE_PATH + "other")
     await p.serve(ex, "web.test", ACME_CHALLENGE_PATH + "other")
     assert ex.responses == []
@@ -280,7 +284,7 @@ async def test_an_unknown_challenge_path_is_forwarded_never_redirected() -> None
 
 async def test_challenges_are_not_answered_over_https() -> None:
     p = policy("a")
-    p.challenges = {"tok1": "tok1.thumb"}
+    p.challenges = {"tok1": ("web.test", "tok1.thumb")}
     ex = Scripted(secure=True)
     await p.serve(ex, "web.test", ACME_CHALLENGE_PATH + "tok1")
     assert ex.responses == []
