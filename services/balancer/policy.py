@@ -298,7 +298,10 @@ class Policy:
         try:
             if route.redirect and not challenge and not ex.secure:
                 location = https_location(host, ex.target, self.https_port)
-                status = ex.respond(308, b"", [("Location", location)])
+                if location is None:
+                    status = ex.reply(400, f"malformed host {host!r}", close=True)
+                else:
+                    status = ex.respond(308, b"", [("Location", location)])
                 return
             if not route.backends and route.scale_to_zero:
                 held = await self._hold(route, stats)

@@ -13,6 +13,7 @@ so every balancer instance picks the same one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -128,9 +129,17 @@ def prefix_matches(prefix: str, path: str) -> bool:
     return path.startswith(prefix) and path[len(prefix)] == "/"
 
 
-def https_location(host: str, target: str, port: int | None) -> str:
+#: a host name or address that may go into a Location (nothing that ends the authority)
+REDIRECT_HOST = re.compile(r"^[a-z0-9.:_-]+$")
+
+
+def https_location(host: str, target: str, port: int | None) -> str | None:
     """Where a plain HTTP request is redirected: the same host and request target over
-    HTTPS, on ``port`` (None or 443: the default port, not written)."""
+    HTTPS, on ``port`` (None or 443: the default port, not written). None for a host that
+    is no name or address (``evil/x.example.com`` matches a wildcard route, and must not
+    become ``https://evil/...``)."""
+    if not REDIRECT_HOST.match(host):
+        return None
     shown = f"[{host}]" if ":" in host else host
     suffix = "" if port in (None, 443) else f":{port}"
     return f"https://{shown}{suffix}{target if target.startswith('/') else '/' + target}"

@@ -289,3 +289,11 @@ async def test_challenges_are_not_answered_over_https() -> None:
     await p.serve(ex, "web.test", ACME_CHALLENGE_PATH + "tok1")
     assert ex.responses == []
     assert ex.attempts == ["a"]
+
+
+async def test_a_host_that_is_no_name_is_never_put_in_a_location() -> None:
+    p = redirecting()
+    ex = Scripted(target="/x")
+    await p.serve(ex, "evil.test/x.web.test", "/x")
+    assert ex.responses == []
+    assert ex.replies[0][0] == 400
