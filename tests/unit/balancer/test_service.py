@@ -203,8 +203,12 @@ async def test_redirect_to_https_and_challenges_from_the_bus(engine: str) -> Non
     )
     async with running(broker, engine) as (service, bus, url), aiohttp.ClientSession() as http:
         await bus.publish(APPS, state)
+        # a malformed challenge is dropped (logged), the service keeps going
+        topic = ACME_CHALLENGES.topic(PREFIX, "bad")
+        await bus.publish_raw(topic, b"\x93not msgpack", retain=True)
         await bus.publish(ACME_CHALLENGES, challenge)
         await eventually(lambda: "tok-1_A" in service.policy.challenges)
+        assert "bad" not in service.policy.challenges
         await eventually(lambda: "d/web" in service.route_table())
         headers = {"Host": "web.test:8080"}
         async with http.get(
