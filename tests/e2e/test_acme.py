@@ -4,7 +4,9 @@ pebble test CA issues, validating HTTP-01 for real against the balancer's plain 
 ``tls: {acme: true}``, which the route then serves over HTTPS (``curl --cacert`` pebble's
 root, SNI); the same route's ``redirect: true`` sends plain HTTP to HTTPS with 308. A second
 balancer instance, whose plain port pebble never reaches, gets its certificate too: its
-challenge went on the bus and the first instance answered it."""
+challenge went on the bus and the first instance answered it. A host whose validation
+cannot succeed (the mock DNS points it at 127.0.0.2, where nothing listens) is reported with
+pebble's reason and retried with backoff."""
 
 from __future__ import annotations
 
@@ -21,6 +23,16 @@ from tests.support.pebble import start_pebble
 pytestmark = pytest.mark.e2e
 
 HOST = "acme-web.shoal.test"
+BROKEN = "acme-broken.shoal.test"
+BROKEN_SPEC = f"""
+name: broken
+image: shoal-test/echo:v1
+replicas: 1
+resources: {{cpu: 0.05, memory: 32Mi}}
+ports: {{http: 8080}}
+route: {{host: {BROKEN}, port: http, tls: {{acme: true}}}}
+termination: {{drain: 0s, grace: 1s}}
+"""
 SPEC = f"""
 name: web
 image: shoal-test/echo:v1
@@ -99,3 +111,22 @@ def test_pebble_issues_the_certificate_the_route_serves(
     assert curl(elsewhere).stdout.splitlines()[-1].startswith("200 0")
     assert "ACME certificate issued" in other.output()
     assert (tmp_path / "acme-other" / f"{HOST}.crt").read_bytes() != stored
+
+    # validation fails: logged with pebble's reason, retried after 2 s, then 4 s, ...
+    pebble.resolve(BROKEN, "127.0.0.2")
+    cluster.apply_text(BROKEN_SPEC, "--wait")
+    log = cluster.services["balancer"]
+
+    def failures() -> list[str]:
+        return [
+            line
+            for line in log.output().splitlines()
+            if "ACME certificate not issued" in line and BROKEN in line
+        ]
+
+    wait_for(lambda: len(failures()) >= 2, timeout=90, message="two failed orders")
+    first, second = failures()[:2]
+    assert "attempts=1" in first, first
+    assert "attempts=2" in second, second
+    assert "retry_in=4" in second, second
+    assert "validation failed" in first, first  # with pebble's reason after it
