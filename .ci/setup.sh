@@ -34,6 +34,8 @@ if [ "${SHOAL_TEST_DEPS:-0}" = 1 ]; then
   command -v promtool >/dev/null || need+=(prometheus)
   # the dashboard's browser test drives Debian's chromium (Playwright never downloads one)
   [ -x /usr/bin/chromium ] || need+=(chromium)
+  # ACME against a real test CA (and its mock DNS); Caddy next to nginx in bench_https
+  command -v pebble >/dev/null || need+=(pebble); command -v caddy >/dev/null || need+=(caddy)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then

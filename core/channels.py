@@ -50,6 +50,7 @@ from core.secrets import (
     SecretValuesRequest,
 )
 from core.state import (
+    AcmeChallenge,
     AppHealth,
     AppState,
     Event,
@@ -334,6 +335,16 @@ EVENTS: Channel[Event, str] = Channel(
     lambda body: body.kind,
     qos=0,
 )
+ACME_CHALLENGES: Channel[AcmeChallenge, str] = Channel(
+    "acme/challenges/{token}",
+    AcmeChallenge,
+    "acme_challenge",
+    "balancer (the instance ordering a certificate)",
+    "an HTTP-01 key authorization every balancer answers; cleared once validated",
+    one_level("token"),
+    lambda body: body.token,
+    retained=True,
+)
 PRESENCE: Channel[Presence, ServiceKey] = Channel(
     "services/{service}/{instance}",
     Presence,
@@ -357,6 +368,7 @@ CHANNELS: tuple[Channel[Any, Any], ...] = (
     SCALER_STATUS,
     WAKE,
     LB_METRICS,
+    ACME_CHALLENGES,
     NODE_METRICS,
     LOGS_REQUEST,
     LOGS_STREAM,

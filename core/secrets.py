@@ -144,7 +144,7 @@ def names_used(spec: AppSpec) -> list[str]:
     names = [use.name for use in spec.secrets]
     tls = spec.route.tls if spec.route is not None else None
     if tls is not None:
-        names += [n for n in (tls.cert, tls.key) if n not in names]
+        names += [n for n, _ in tls.secret_names() if n not in names]
     return names
 
 
@@ -178,12 +178,12 @@ def pin_secrets(spec: AppSpec, versions: Mapping[str, int]) -> AppSpec:
     if pinned != spec.secrets:
         update["secrets"] = pinned
     route = spec.route
-    if route is not None and route.tls is not None:
-        tls = route.tls
+    tls = route.tls if route is not None else None
+    if route is not None and tls is not None and tls.cert is not None and tls.key is not None:
         new_tls = tls.model_copy(
             update={
-                "cert_version": versions.get(tls.cert, tls.cert_version),
-                "key_version": versions.get(tls.key, tls.key_version),
+                "cert_version": versions.get(tls.cert) or tls.cert_version,
+                "key_version": versions.get(tls.key) or tls.key_version,
             }
         )
         if new_tls != tls:
@@ -199,7 +199,7 @@ def route_wanted(specs: Iterable[AppSpec]) -> set[tuple[str, str, int]]:
         tls = spec.route.tls if spec.route is not None else None
         if tls is None:
             continue
-        for name, version in ((tls.cert, tls.cert_version), (tls.key, tls.key_version)):
+        for name, version in tls.secret_names():
             if version is not None:
                 out.add((spec.namespace, name, version))
     return out

@@ -188,18 +188,41 @@ class Health(Model):
 
 
 class RouteTls(Model):
-    """HTTPS for a route: its certificate chain and private key, each a secret (PEM) of
-    the app's namespace, served by the balancer's TLS listener to clients asking (SNI)
-    for the route's host. The versions are pinned by the controller, as for
-    ``AppSpec.secrets``: a new certificate reaches the balancers without a new revision."""
+    """HTTPS for a route, served by the balancer's TLS listener to clients asking (SNI)
+    for the route's host. Either ``cert`` and ``key``: the certificate chain and private
+    key, each a secret (PEM) of the app's namespace, their versions pinned by the
+    controller as for ``AppSpec.secrets`` (a new certificate reaches the balancers without
+    a new revision); or ``acme: true``: the balancers given an ACME directory obtain and
+    renew it (RFC 8555, HTTP-01). ``redirect: true`` answers plain HTTP for the route with
+    308 to the same URL over HTTPS (ACME challenge paths excepted)."""
 
-    cert: str
-    key: str
+    cert: str | None = None
+    key: str | None = None
     cert_version: int | None = Field(default=None, ge=1, le=2**63 - 1)
     key_version: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    acme: bool = False
+    redirect: bool = False
 
-    _cert = field_validator("cert")(classmethod(lambda cls, v: check_secret_name(v)))
-    _key = field_validator("key")(classmethod(lambda cls, v: check_secret_name(v)))
+    _cert = field_validator("cert")(
+        classmethod(lambda cls, v: v if v is None else check_secret_name(v))
+    )
+    _key = field_validator("key")(
+        classmethod(lambda cls, v: v if v is None else check_secret_name(v))
+    )
+
+    @model_validator(mode="after")
+    def _source(self) -> RouteTls:
+        if self.acme and (self.cert is not None or self.key is not None):
+            raise ValueError("route tls: either cert and key, or acme: true, not both")
+        if not self.acme and (self.cert is None or self.key is None):
+            raise ValueError("route tls needs cert and key (secret names), or acme: true")
+        return self
+
+    def secret_names(self) -> list[tuple[str, int | None]]:
+        """The secrets named (with their pinned versions): none for ACME."""
+        if self.cert is None or self.key is None:
+            return []
+        return [(self.cert, self.cert_version), (self.key, self.key_version)]
 
 
 class Route(Model):
@@ -219,6 +242,11 @@ class Route(Model):
     def _tls_host(self) -> Route:
         if self.tls is not None and self.host is None:
             raise ValueError("route tls needs a host: the certificate is chosen by it (SNI)")
+        if self.tls is not None and self.tls.acme and (self.host or "").startswith("*."):
+            raise ValueError(
+                f"route tls acme: {self.host!r} is a wildcard; HTTP-01 cannot validate it "
+                "(give the certificate as cert and key secrets)"
+            )
         return self
 
     @field_validator("hash_on")

@@ -348,6 +348,18 @@ class LogChunk(Model):
     error: str = ""
 
 
+class AcmeChallenge(Model):
+    """``acme/challenges/<token>``: an HTTP-01 key authorization (RFC 8555 8.3) that every
+    balancer answers at ``/.well-known/acme-challenge/<token>`` on plain HTTP, whichever
+    instance ordered the certificate. Not a secret: the ACME server fetches it in clear."""
+
+    token: str = Field(pattern=r"^[A-Za-z0-9_-]{1,256}$")
+    key_authorization: str = Field(max_length=1024)
+    host: str
+    instance: str
+    expires: float  # wall-clock seconds: answered until then at most
+
+
 class WakeUp(Model):
     """``wake/<ns>/<app>``: the balancer holds requests for an app scaled to zero."""
 

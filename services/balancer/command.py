@@ -65,6 +65,46 @@ def admin_token(path: Path | None) -> str | None:
     help="HTTPS (TLS 1.2 and 1.3) for routes with tls: the certificate chosen by SNI",
 )
 @click.option(
+    "--acme-directory",
+    default=None,
+    envvar="SHOAL_ACME_DIRECTORY",
+    show_envvar=True,
+    metavar="URL",
+    help="ACME (RFC 8555) directory: certificates for routes with tls: {acme: true}",
+)
+@click.option(
+    "--acme-email",
+    default=None,
+    envvar="SHOAL_ACME_EMAIL",
+    show_envvar=True,
+    help="contact e-mail of the ACME account",
+)
+@click.option(
+    "--acme-ca-file",
+    default=None,
+    envvar="SHOAL_ACME_CA_FILE",
+    show_envvar=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA bundle for the ACME server's HTTPS (a private or test server); default: system",
+)
+@click.option(
+    "--acme-storage",
+    default=None,
+    envvar="SHOAL_ACME_STORAGE",
+    show_envvar=True,
+    type=click.Path(file_okay=False),
+    help="directory keeping the ACME account key and certificates (0600) across restarts",
+)
+@click.option(
+    "--acme-retry",
+    default=60.0,
+    show_default=True,
+    envvar="SHOAL_ACME_RETRY",
+    show_envvar=True,
+    type=click.FloatRange(min=1),
+    help="seconds before retrying a failed order, doubled per failure up to 6 hours",
+)
+@click.option(
     "--engine",
     default="fast",
     show_default=True,
@@ -123,6 +163,11 @@ def command(
     listen: str,
     admin: str | None,
     tls_listen: str | None,
+    acme_directory: str | None,
+    acme_email: str | None,
+    acme_ca_file: str | None,
+    acme_storage: str | None,
+    acme_retry: float,
     engine: str,
     workers: int,
     reuse_port: bool,
@@ -143,6 +188,26 @@ def command(
     A small master process binds the sockets and runs ``--workers`` workers that inherit
     them; a worker that dies is restarted while the kernel keeps queueing connections."""
     from core.units import parse_memory
+    from services.balancer.acme_manager import AcmeSettings
+
+    acme = None
+    if acme_directory is not None:
+        if not acme_email:
+            raise click.UsageError("--acme-directory needs --acme-email (the account's contact)")
+        if tls_listen is None:
+            raise click.UsageError("--acme-directory needs --tls-listen (where certificates serve)")
+        if workers > 1 and acme_storage is None:
+            raise click.UsageError(
+                "--acme-directory with --workers > 1 needs --acme-storage: the first worker "
+                "orders certificates and the others load them from there"
+            )
+        acme = AcmeSettings(
+            directory=acme_directory,
+            email=acme_email,
+            ca_file=acme_ca_file,
+            storage=acme_storage,
+            retry=acme_retry,
+        )
 
     try:
         body_limit = parse_memory(max_body)
@@ -157,6 +222,7 @@ def command(
         tls_listen=parse_address(tls_listen, "--tls-listen") if tls_listen else None,
         reuse_port=reuse_port,
         engine=engine,
+        acme=acme,
         proxy=ProxyOptions(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,

@@ -38,7 +38,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import httptools
 
@@ -71,6 +71,8 @@ OWN_RESPONSE = frozenset({b"x-request-id", b"x-shoal-replica"})
 HOP_OWN_RESPONSE = HOP | OWN_RESPONSE
 IDEMPOTENT_B = frozenset(m.encode() for m in IDEMPOTENT)
 REASONS = {
+    200: b"OK",
+    308: b"Permanent Redirect",
     400: b"Bad Request",
     404: b"Not Found",
     408: b"Request Timeout",
@@ -168,6 +170,23 @@ class Request:
             conn.transport.write(error_response(status, message, self.request_id, keep_alive))
         return status
 
+    @property
+    def secure(self) -> bool:
+        return self.conn.tls
+
+    @property
+    def target(self) -> str:
+        return self.url.decode("latin-1")
+
+    def respond(self, status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> int:
+        conn = self.conn
+        if self.upgrade:
+            conn.keep_alive = False
+        if conn.transport is not None:
+            keep_alive = conn.keep_alive and self.keep_alive
+            conn.transport.write(response_bytes(status, body, headers, self.request_id, keep_alive))
+        return status
+
     async def forward(self, backend: Backend) -> int:
         conn = self.conn
         engine = conn.engine
@@ -259,10 +278,23 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
 
 def error_response(status: int, message: str, request_id: bytes, keep_alive: bool) -> bytes:
     body = f"shoal: {message}\n".encode()
+    return response_bytes(
+        status, body, [("Content-Type", "text/plain; charset=utf-8")], request_id, keep_alive
+    )
+
+
+def response_bytes(
+    status: int,
+    body: bytes,
+    headers: Sequence[tuple[str, str]],
+    request_id: bytes,
+    keep_alive: bool,
+) -> bytes:
+    """A whole response of the balancer's own (headers are ASCII, made by the policy)."""
     return b"".join(
         (
             b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")),
-            b"Content-Type: text/plain; charset=utf-8\r\n",
+            *(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers),
             b"Content-Length: %d\r\n" % len(body),
             b"X-Request-Id: " + request_id + b"\r\n" if request_id else b"",
             b"" if keep_alive else b"Connection: close\r\n",

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,10 +46,13 @@ from core.keys import AppKey
 from core.logs import get_logger
 from core.state import ReplicaHealth
 from services.balancer.algorithms import Picker, make_picker
-from services.balancer.routes import AppRoute, Backend, RouteTable
+from services.balancer.routes import AppRoute, Backend, RouteTable, https_location
 from services.balancer.stats import AppStats, Stats
 
 log = get_logger("shoal.balancer.policy")
+
+#: RFC 8555 8.3: where an ACME server fetches an HTTP-01 key authorization
+ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +145,19 @@ class Exchange(Protocol):
     def hash_key(self, header: str | None) -> str:
         """The ``hash`` algorithm's key: ``header``'s value, else the client's address."""
 
+    @property
+    def secure(self) -> bool:
+        """The request came over the TLS listener."""
+
+    @property
+    def target(self) -> str:
+        """The request target forwarded: normalised path and the query."""
+
     def reply(self, status: int, message: str, *, close: bool = False) -> int:
         """Answer ``shoal: <message>`` (``close``: then close the connection); -> status."""
+
+    def respond(self, status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> int:
+        """Answer with ``body`` and ``headers`` of the balancer's own; -> status."""
 
     async def forward(self, backend: Backend) -> int:
         """Send the request to ``backend`` and relay its response -> the status relayed.
@@ -229,6 +243,11 @@ class Policy:
         self.ejected = Ejected()
         self.stats = Stats()
         self.on_hold = on_hold
+        #: HTTP-01 token -> (host, key authorization), answered on plain HTTP to requests
+        #: for that host (``acme_manager.py``)
+        self.challenges: Mapping[str, tuple[str, str]] = {}
+        #: the port redirects to HTTPS name (the TLS listener's); None: 443
+        self.https_port: int | None = None
         self._changed = asyncio.Event()
         self._rid = 0
         self._rid_prefix = f"{instance[-12:]}-{int(time.time()):x}-"
@@ -259,6 +278,15 @@ class Policy:
     async def serve(self, ex: Exchange, host: str, path: str) -> None:
         """Serve one request (``host`` normalized, ``path`` without the query)."""
         started = time.perf_counter()
+        challenge = path.startswith(ACME_CHALLENGE_PATH) and not ex.secure
+        if challenge and self.challenges:
+            known = self.challenges.get(path[len(ACME_CHALLENGE_PATH) :])
+            if known is not None and known[0] == host:
+                status = ex.respond(
+                    200, known[1].encode(), [("Content-Type", "application/octet-stream")]
+                )
+                self.stats.unrouted.done(None, status, time.perf_counter() - started)
+                return
         route = self.table.match(host, path)
         if route is None:
             ex.reply(404, f"no route for host {host!r} and path {path!r}")
@@ -268,6 +296,13 @@ class Policy:
         stats.inflight += 1
         status, replica = 500, None
         try:
+            if route.redirect and not challenge and not ex.secure:
+                location = https_location(host, ex.target, self.https_port)
+                if location is None:
+                    status = ex.reply(400, f"malformed host {host!r}", close=True)
+                else:
+                    status = ex.respond(308, b"", [("Location", location)])
+                return
             if not route.backends and route.scale_to_zero:
                 held = await self._hold(route, stats)
                 if held is None:

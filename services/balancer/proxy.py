@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -121,6 +121,17 @@ class AiohttpExchange:
 
     def reply(self, status: int, message: str, *, close: bool = False) -> int:
         self.response = text(status, message, self.request_id)
+        return status
+
+    @property
+    def secure(self) -> bool:
+        return self.request.secure
+
+    def respond(self, status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> int:
+        out = CIMultiDict(headers)
+        if self.request_id:
+            out["X-Request-Id"] = self.request_id
+        self.response = web.Response(status=status, body=body, headers=out)
         return status
 
     async def forward(self, backend: Backend) -> int:

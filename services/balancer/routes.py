@@ -13,6 +13,7 @@ so every balancer instance picks the same one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -55,6 +56,7 @@ class AppRoute:
     terminating: frozenset[str] = frozenset()
     desired: int = 0
     scale_to_zero: bool = False
+    redirect: bool = False  # plain HTTP is answered 308 to HTTPS (``tls.redirect``)
 
     @property
     def hash_header(self) -> str | None:
@@ -115,6 +117,7 @@ def app_route(app: AppState, health: AppHealth | None) -> AppRoute | None:
         terminating=terminating,
         desired=app.replicas,
         scale_to_zero=autoscale is not None and autoscale.min == 0,
+        redirect=route.tls is not None and route.tls.redirect,
     )
 
 
@@ -124,6 +127,22 @@ def prefix_matches(prefix: str, path: str) -> bool:
     if prefix.endswith("/"):
         return path.startswith(prefix)
     return path.startswith(prefix) and path[len(prefix)] == "/"
+
+
+#: a host name or address that may go into a Location (nothing that ends the authority)
+REDIRECT_HOST = re.compile(r"^[a-z0-9.:_-]+$")
+
+
+def https_location(host: str, target: str, port: int | None) -> str | None:
+    """Where a plain HTTP request is redirected: the same host and request target over
+    HTTPS, on ``port`` (None or 443: the default port, not written). None for a host that
+    is no name or address (``evil/x.example.com`` matches a wildcard route, and must not
+    become ``https://evil/...``)."""
+    if not REDIRECT_HOST.match(host):
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    suffix = "" if port in (None, 443) else f":{port}"
+    return f"https://{shown}{suffix}{target if target.startswith('/') else '/' + target}"
 
 
 def normalize_host(host: str | None) -> str:

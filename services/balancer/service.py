@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -26,14 +27,15 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from core.channels import APPS, HEALTH, LB_METRICS, WAKE
+from core.channels import ACME_CHALLENGES, APPS, HEALTH, LB_METRICS, WAKE
 from core.config import ServiceConfig
 from core.keys import AppKey
 from core.runner import Reconciler
 from core.service import Service
-from core.state import AppHealth, AppState, WakeUp
+from core.state import AcmeChallenge, AppHealth, AppState, WakeUp
 from core.view import View
 from services.balancer import admin_auth
+from services.balancer.acme_manager import AcmeManager, AcmeSettings
 from services.balancer.fast import FastEngine
 from services.balancer.policy import Policy, ProxyOptions
 from services.balancer.prom import LbCollector
@@ -54,6 +56,8 @@ class BalancerOptions:
     proxy: ProxyOptions = field(default_factory=ProxyOptions)
     #: ``Authorization: Bearer`` token the admin endpoint asks for (``admin_auth.py``)
     admin_token: str | None = field(default=None, repr=False)
+    #: certificates by ACME for routes with ``tls: {acme: true}`` (needs ``tls_listen``)
+    acme: AcmeSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,7 @@ class BalancerService(Service):
     name = "balancer"
     apps: View[AppKey, AppState]
     health: View[AppKey, AppHealth]
+    challenges: View[str, AcmeChallenge]
 
     def __init__(
         self,
@@ -93,6 +98,23 @@ class BalancerService(Service):
         self.tls_runner: Reconciler[str] = Reconciler(
             "certificates", self._load_certificates, keys=lambda: ["certs"], resync=30.0
         )
+        if self.options.tls_listen is not None:
+            self.policy.https_port = self.options.tls_listen[1]
+        acme = self.options.acme
+        if acme is not None and listeners is not None and listeners.slot != 0:
+            acme = dataclasses.replace(acme, order=False)  # the first worker orders
+        self.acme = AcmeManager(
+            acme,
+            self.bus,
+            self.instance,
+            self.log,
+            self.emit,
+            self.certificates,
+            self.policy,
+        )
+        self.acme_runner: Reconciler[str] = Reconciler(
+            "acme", self._sync_acme, keys=lambda: ["acme"], resync=30.0
+        )
         self.metrics.register(LbCollector(self.policy))
         self.bus.on_connect(self._after_connect)
 
@@ -101,6 +123,8 @@ class BalancerService(Service):
     async def setup(self) -> None:
         self.apps = await self.bus.view(APPS, on_change=self._app_changed)
         self.health = await self.bus.view(HEALTH, on_change=self._on_health)
+        # every instance answers every instance's HTTP-01 challenges (``acme_manager.py``)
+        self.challenges = await self.bus.view(ACME_CHALLENGES, on_change=self.acme.on_challenge)
 
     def _changed(self, key: AppKey, _: object) -> None:
         self._dirty.add(key)
@@ -110,6 +134,11 @@ class BalancerService(Service):
         self._changed(key, app)
         if self.options.tls_listen is not None:
             self.tls_runner.mark("certs")
+            self.acme_runner.mark("acme")
+
+    async def _sync_acme(self, _: str) -> float | None:
+        """ACME certificates in line with the routes; again when one is due."""
+        return await self.acme.sync(self.apps.values())
 
     async def _load_certificates(self, _: str) -> float | None:
         """Route certificates in line with the apps; again in 2 s when one failed."""
@@ -267,6 +296,7 @@ class BalancerService(Service):
         )
         tls_engine: FastEngine | AiohttpEngine | None = None
         tls_task: asyncio.Task[None] | None = None
+        acme_task: asyncio.Task[None] | None = None
         if self.options.tls_listen is not None:
             tls_engine = FastEngine(self.policy) if fast else AiohttpEngine(self.policy)
             thost, tport = self.options.tls_listen
@@ -279,6 +309,8 @@ class BalancerService(Service):
             )
             self.tls_runner.mark("certs")
             tls_task = asyncio.create_task(self.tls_runner.run(), name="balancer-certificates")
+            self.acme_runner.mark("acme")
+            acme_task = asyncio.create_task(self.acme_runner.run(), name="balancer-acme")
         admin_runner: web.AppRunner | None = None
         if self.options.admin is not None:
             admin_runner = web.AppRunner(self.admin_app(), access_log=None, handle_signals=False)
@@ -314,10 +346,11 @@ class BalancerService(Service):
                     await task
             # in-flight requests finish (up to the shutdown timeout), new ones are refused
             await engine.close()
-            if tls_task is not None:
-                tls_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await tls_task
+            for cert_task in (tls_task, acme_task):
+                if cert_task is not None:
+                    cert_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await cert_task
             if tls_engine is not None:
                 await tls_engine.close()
             if admin_runner is not None:

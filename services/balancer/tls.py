@@ -56,7 +56,9 @@ def wanted_certs(apps: Iterable[AppState]) -> dict[str, CertRef]:
         tls = route.tls if route is not None else None
         if route is None or tls is None or route.host is None:
             continue
-        if tls.cert_version is None or tls.key_version is None or route.host in out:
+        if tls.cert is None or tls.key is None or route.host in out:
+            continue  # an ACME route: ``acme_manager.py``
+        if tls.cert_version is None or tls.key_version is None:
             continue
         out[route.host] = CertRef(
             app.namespace, tls.cert, tls.cert_version, tls.key, tls.key_version
@@ -106,11 +108,13 @@ class Certificates:
         self.opener = Opener()
         self.table: dict[str, ssl.SSLContext] = {}
         self.loaded: dict[str, CertRef] = {}
+        #: hosts whose certificate this instance got by ACME (``acme_manager.py``)
+        self.acme: dict[str, ssl.SSLContext] = {}
         self.listener = server_context()
         self.listener.sni_callback = self._sni
 
     def _sni(self, sslobj: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
-        context = lookup(self.table, server_name)
+        context = lookup(self.table, server_name) or lookup(self.acme, server_name)
         if context is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         sslobj.context = context

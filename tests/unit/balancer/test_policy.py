@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core.keys import AppKey
 from services.balancer.policy import (
+    ACME_CHALLENGE_PATH,
     Closed,
     ConnectTimeout,
     Failure,
@@ -32,6 +34,13 @@ class Scripted:
     upgrade: bool = False
     attempts: list[str] = field(default_factory=list)
     replies: list[tuple[int, str, bool]] = field(default_factory=list)
+    secure: bool = False
+    target: str = "/"
+    responses: list[tuple[int, bytes, list[tuple[str, str]]]] = field(default_factory=list)
+
+    def respond(self, status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> int:
+        self.responses.append((status, body, list(headers)))
+        return status
 
     def hash_key(self, header: str | None) -> str:
         return "10.0.0.1"
@@ -215,3 +224,76 @@ async def test_a_request_for_an_app_at_zero_gives_up_in_time() -> None:
     expired = "app d/web is scaled to zero and no replica became ready within 0.05s"
     assert first.replies == [(503, expired, False)]
     assert second.replies == [(503, expired, False)]  # over hold_max: answered at once
+
+
+# -- redirect to HTTPS and ACME challenges ---------------------------------------------
+
+
+def redirecting(https_port: int | None = None) -> Policy:
+    p = policy("a")
+    route = p.table.routes[WEB]
+    route.redirect = True
+    p.https_port = https_port
+    return p
+
+
+async def test_a_redirect_route_answers_plain_http_308_keeping_path_and_query() -> None:
+    p = redirecting(8443)
+    ex = Scripted(target="/a/b?x=1&y=%20")
+    await p.serve(ex, "web.test", "/a/b")
+    assert ex.attempts == []
+    assert ex.responses == [(308, b"", [("Location", "https://web.test:8443/a/b?x=1&y=%20")])]
+    assert p.stats.app(WEB).total == 1
+
+
+async def test_a_redirect_names_no_port_for_443_and_https_is_forwarded() -> None:
+    p = redirecting(443)
+    ex = Scripted(target="/")
+    await p.serve(ex, "web.test", "/")
+    assert ex.responses[0][2] == [("Location", "https://web.test/")]
+    secure = Scripted(secure=True)
+    await p.serve(secure, "web.test", "/")
+    assert secure.attempts == ["a"]
+    assert secure.responses == []
+
+
+async def test_a_challenge_is_answered_on_plain_http_from_any_route_or_none() -> None:
+    p = redirecting()
+    p.challenges = {"tok1": ("web.test", "tok1.thumb"), "tok2": ("new.test", "tok2.thumb")}
+    ex = Scripted(target=ACME_CHALLENGE_PATH + "tok1")
+    await p.serve(ex, "web.test", ACME_CHALLENGE_PATH + "tok1")
+    assert ex.responses == [(200, b"tok1.thumb", [("Content-Type", "application/octet-stream")])]
+    assert ex.attempts == []
+    other = Scripted()  # a host no route serves yet
+    await p.serve(other, "new.test", ACME_CHALLENGE_PATH + "tok2")
+    assert other.responses[0][:2] == (200, b"tok2.thumb")
+    wrong = Scripted()  # a token is answered only for the host it was ordered for
+    await p.serve(wrong, "web.test", ACME_CHALLENGE_PATH + "tok2")
+    assert wrong.responses == []
+    assert wrong.attempts == ["a"]
+
+
+async def test_an_unknown_challenge_path_is_forwarded_never_redirected() -> None:
+    p = redirecting()
+    p.challenges = {"tok1": ("web.test", "tok1.thumb")}
+    ex = Scripted(target=ACME_CHALLENGE_PATH + "other")
+    await p.serve(ex, "web.test", ACME_CHALLENGE_PATH + "other")
+    assert ex.responses == []
+    assert ex.attempts == ["a"]
+
+
+async def test_challenges_are_not_answered_over_https() -> None:
+    p = policy("a")
+    p.challenges = {"tok1": ("web.test", "tok1.thumb")}
+    ex = Scripted(secure=True)
+    await p.serve(ex, "web.test", ACME_CHALLENGE_PATH + "tok1")
+    assert ex.responses == []
+    assert ex.attempts == ["a"]
+
+
+async def test_a_host_that_is_no_name_is_never_put_in_a_location() -> None:
+    p = redirecting()
+    ex = Scripted(target="/x")
+    await p.serve(ex, "evil.test/x.web.test", "/x")
+    assert ex.responses == []
+    assert ex.replies[0][0] == 400

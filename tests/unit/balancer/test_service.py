@@ -4,6 +4,7 @@ metrics out."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,12 +13,13 @@ import aiohttp
 import pytest
 
 from core.bus import Bus
-from core.channels import APPS, HEALTH, LB_METRICS, WAKE
+from core.channels import ACME_CHALLENGES, APPS, HEALTH, LB_METRICS, WAKE
 from core.config import ServiceConfig
 from core.keys import AppKey
 from core.memory import MemoryBroker
 from core.spec import AppSpec
 from core.state import (
+    AcmeChallenge,
     AppHealth,
     AppState,
     AppVersion,
@@ -173,3 +175,57 @@ async def test_a_request_for_an_app_at_zero_is_held_and_wakes_it(engine: str) ->
         )
         assert done[0].requests == 1
         assert done[0].errors == 1  # the 503
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+async def test_redirect_to_https_and_challenges_from_the_bus(engine: str) -> None:
+    """A route with ``tls: {redirect: true}`` answers plain HTTP 308 to HTTPS (path and
+    query kept, any method); a challenge another instance published on the bus is answered
+    on plain HTTP, never redirected; once withdrawn, its path goes to the app."""
+    broker = MemoryBroker()
+    spec = AppSpec.model_validate(
+        {
+            "name": "web",
+            "image": "x:1",
+            "ports": {"http": 8080},
+            "route": {"host": "web.test", "port": "http", "tls": {"acme": True, "redirect": True}},
+        }
+    )
+    state = app(WEB).model_copy(
+        update={"spec": spec, "versions": [AppVersion(revision=1, spec=spec, replicas=2)]}
+    )
+    challenge = AcmeChallenge(
+        token="tok-1_A",
+        key_authorization="tok-1_A.thumbprint",
+        host="web.test",
+        instance="lb-other",
+        expires=time.time() + 600,
+    )
+    async with running(broker, engine) as (service, bus, url), aiohttp.ClientSession() as http:
+        await bus.publish(APPS, state)
+        # a malformed challenge is dropped (logged), the service keeps going
+        topic = ACME_CHALLENGES.topic(PREFIX, "bad")
+        await bus.publish_raw(topic, b"\x93not msgpack", retain=True)
+        await bus.publish(ACME_CHALLENGES, challenge)
+        await eventually(lambda: "tok-1_A" in service.policy.challenges)
+        assert "bad" not in service.policy.challenges
+        await eventually(lambda: "d/web" in service.route_table())
+        headers = {"Host": "web.test:8080"}
+        async with http.get(
+            f"{url}/a/../b/c?x=1&y=%20", headers=headers, allow_redirects=False
+        ) as r:
+            assert r.status == 308
+            assert r.headers["Location"] == "https://web.test/b/c?x=1&y=%20"
+        async with http.post(
+            f"{url}/form", data=b"x" * 1000, headers=headers, allow_redirects=False
+        ) as r:
+            assert r.status == 308
+            assert r.headers["Location"] == "https://web.test/form"
+        path = f"{url}/.well-known/acme-challenge/tok-1_A"
+        async with http.get(path, headers=headers, allow_redirects=False) as r:
+            assert r.status == 200
+            assert await r.read() == b"tok-1_A.thumbprint"
+        await bus.clear(ACME_CHALLENGES, "tok-1_A")
+        await eventually(lambda: "tok-1_A" not in service.policy.challenges)
+        async with http.get(path, headers=headers, allow_redirects=False) as r:
+            assert r.status == 503  # to the app (no ready replica here), not redirected
