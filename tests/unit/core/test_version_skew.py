@@ -11,6 +11,7 @@ from core.commands import ApplyCommand, NodeCommand, Reply, ScaleCommand
 from core.errors import CodecError
 from core.spec import AppSpec, Resources
 from core.state import (
+    AcmeChallenge,
     AppHealth,
     AppState,
     AppVersion,
@@ -109,6 +110,9 @@ SAMPLES: dict[type[BaseModel], BaseModel] = {
     LogChunk: LogChunk(request="r1", node="n1", replica="default.web.1", lines=["hi"]),
     Event: Event(kind="scaled", message="web scaled to 2", data={"to": 2}),
     Presence: Presence(service="health", instance="h1"),
+    AcmeChallenge: AcmeChallenge(
+        token="tok-1", key_authorization="tok-1.thumb", host="web.test", instance="b1", expires=2e9
+    ),
 }
 
 
