@@ -20,6 +20,7 @@ SERVICES = (
     "dashboard",
     "broker",
     "mesh",
+    "provisioner",
 )
 
 
