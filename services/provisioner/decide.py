@@ -325,15 +325,16 @@ def decide(
     if want:
         if still_joining:
             return Plan(actions, history)  # the scheduler places onto the joining node first
+        spend_left = None if limits.budget is None else limits.budget - spend
+        size, why = choose_size(sizes, want, spend_left)
         if counted >= limits.max_nodes:
+            also = f" (and {why})" if size is None else ""
             actions.append(
-                Hold(f"{_pending_text(want)}; at the maximum of {limits.max_nodes} nodes")
+                Hold(f"{_pending_text(want)}; at the maximum of {limits.max_nodes} nodes{also}")
             )
             return Plan(actions, history)
         if history.last_up is not None and now - history.last_up < limits.up_cooldown:
             return Plan(actions, history)
-        spend_left = None if limits.budget is None else limits.budget - spend
-        size, why = choose_size(sizes, want, spend_left)
         if size is None:
             actions.append(Hold(f"{_pending_text(want)}; {why}"))
             return Plan(actions, history)
