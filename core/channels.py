@@ -31,6 +31,8 @@ from core.commands import (
     History,
     HistoryQuery,
     NodeCommand,
+    RebalanceCommand,
+    RebalancePlan,
     Reply,
     RollbackCommand,
     RolloutCommand,
@@ -411,6 +413,15 @@ NODE: Command[NodeCommand, Reply] = Command(
     "scheduler (leader)",
     "cordon, uncordon or drain a node",
 )
+REBALANCE: Command[RebalanceCommand, RebalancePlan] = Command(
+    "rebalance",
+    RebalanceCommand,
+    "rebalance",
+    RebalancePlan,
+    "rebalance_plan",
+    "scheduler (leader)",
+    "move replicas to even out the nodes, readiness-gated (or plan only: dry_run)",
+)
 
 EVENTS_QUERY: Command[EventsQuery, EventList] = Command(
     "events",
@@ -476,6 +487,7 @@ COMMANDS: tuple[Command[Any, Any], ...] = (
     HISTORY,
     ROLLOUT,
     NODE,
+    REBALANCE,
     EVENTS_QUERY,
     SECRET_KEY,
     SECRET_PUT,
@@ -489,6 +501,7 @@ REPLY_KINDS: dict[str, type[BaseModel]] = {
     "reply": Reply,
     "revisions": History,
     "events": EventList,
+    "rebalance_plan": RebalancePlan,
     "secrets": SecretList,
     "secret_key_info": SecretKeyInfo,
     "secret_put_result": SecretPutResult,

@@ -68,6 +68,7 @@ def _register() -> None:
         "contexts",
         "completion",
         "secrets",
+        "rebalance",
     ):
         try:
             module = importlib.import_module(f"services.cli.{module_name}")

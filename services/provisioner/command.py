@@ -194,6 +194,19 @@ class _Factory:
     show_default=True,
     help="a node not ready this long after it was asked for is deleted",
 )
+@click.option(
+    "--rebalance/--no-rebalance",
+    default=False,
+    show_default=True,
+    help="after nodes join, have the scheduler move replicas onto them (shoal rebalance)",
+)
+@click.option(
+    "--rebalance-after",
+    type=DURATION,
+    default="5s",
+    show_default=True,
+    help="how long after a node joined (and nothing is pending) the rebalance is asked for",
+)
 @click.option("--node-labels", default="", help="labels of every node made, k=v,k2=v2")
 @click.option("--node-prefix", default="auto-", show_default=True, help="ids of nodes made")
 @click.option("--interval", type=DURATION, default="1s", show_default=True)
@@ -231,6 +244,8 @@ def command(
     low_utilization: float,
     consolidate: bool,
     join_timeout: float,
+    rebalance: bool,
+    rebalance_after: float,
     node_labels: str,
     node_prefix: str,
     interval: float,
@@ -277,6 +292,8 @@ def command(
         low_utilization=low_utilization,
         consolidate=consolidate,
         join_timeout=join_timeout,
+        rebalance=rebalance,
+        rebalance_after=rebalance_after,
         labels=labels,
     )
     settings = ProvisionerSettings(

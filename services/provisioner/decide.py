@@ -26,6 +26,10 @@ Scale down (only nodes the provider made, ``owned``):
 - one node at a time, never below ``min_nodes``, never while demand is pending or a node is
   joining, never within ``down_cooldown`` of the last scale-up or scale-down;
 - a drained node that is empty is removed at once (the drain was the decision).
+
+Rebalance (``limits.rebalance``): ``rebalance_after`` seconds after a node joined, once no
+demand is pending and no node is joining or draining, the scheduler is asked to move
+replicas onto the emptier nodes (``shoal rebalance``).
 """
 
 from __future__ import annotations
@@ -126,6 +130,8 @@ class Limits:
     low_utilization: float = 0.5
     consolidate: bool = True  # drain under-used nodes that are not empty
     join_timeout: float = 300.0
+    rebalance: bool = False  # after nodes join, ask the scheduler to even out the nodes
+    rebalance_after: float = 5.0  # how long after a node joined (its pending replicas placed)
     labels: tuple[tuple[str, str], ...] = ()  # what every provisioned node is labelled
 
 
@@ -134,6 +140,9 @@ class History:
     last_up: float | None = None
     last_down: float | None = None
     low_since: tuple[tuple[str, float], ...] = ()
+    ready_nodes: tuple[str, ...] | None = None  # None before the first pass
+    rebalance_at: float | None = None
+    rebalance_why: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +176,14 @@ class GiveUp:
 
 
 @dataclass(frozen=True, slots=True)
+class Rebalance:
+    """Ask the scheduler to move replicas onto the nodes that joined."""
+
+    reason: str
+    kind: str = "rebalance"
+
+
+@dataclass(frozen=True, slots=True)
 class Hold:
     """Something should be done but a limit forbids it (reported, not acted on)."""
 
@@ -174,7 +191,7 @@ class Hold:
     kind: str = "hold"
 
 
-Action = Provision | Drain | Remove | GiveUp | Hold
+Action = Provision | Drain | Remove | GiveUp | Rebalance | Hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +327,18 @@ def decide(
         else:
             still_joining.append(j)
 
+    # nodes that joined since the last pass: a rebalance once they settled (if allowed)
+    ready_ids = tuple(sorted(n.id for n in nodes if n.ready))
+    if history.ready_nodes is not None and limits.rebalance:
+        new = sorted(set(ready_ids) - set(history.ready_nodes))
+        if new:
+            history = replace(
+                history,
+                rebalance_at=now + limits.rebalance_after,
+                rebalance_why=f"node(s) {', '.join(new)} joined",
+            )
+    history = replace(history, ready_nodes=ready_ids)
+
     # who has been low since when (only owned, ready nodes count)
     previous = dict(history.low_since)
     low_since: dict[str, float] = {}
@@ -356,6 +385,9 @@ def decide(
         return Plan(actions, replace(history, last_down=now))
     if still_joining or any(n.owned and n.draining for n in nodes):
         return Plan(actions, history)  # one change at a time
+    if history.rebalance_at is not None and now >= history.rebalance_at:
+        actions.append(Rebalance(f"{history.rebalance_why}: even out the nodes"))
+        return Plan(actions, replace(history, rebalance_at=None, rebalance_why=""))
     last = max((t for t in (history.last_up, history.last_down) if t is not None), default=None)
     if last is not None and now - last < limits.down_cooldown:
         return Plan(actions, history)

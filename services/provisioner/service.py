@@ -24,9 +24,10 @@ from core.channels import (
     NODE_CORDON,
     NODE_INFO,
     NODE_REPLICAS,
+    REBALANCE,
     SCHEDULER_STATUS,
 )
-from core.commands import NodeCommand
+from core.commands import NodeCommand, RebalanceCommand, RebalancePlan
 from core.config import ServiceConfig
 from core.errors import ShoalError
 from core.keys import AppKey
@@ -42,6 +43,7 @@ from services.provisioner.decide import (
     Joining,
     Limits,
     Provision,
+    Rebalance,
     Remove,
     Size,
     decide,
@@ -183,6 +185,8 @@ class ProvisionerService(Service):
             await self._drain(action)
         elif isinstance(action, Remove | GiveUp):
             await self._remove(action)
+        elif isinstance(action, Rebalance):
+            await self._rebalance(action)
         elif action.reason != self.last_hold:
             self.last_hold = action.reason
             self.log.warning("scale-up held", reason=action.reason)
@@ -248,6 +252,25 @@ class ProvisionerService(Service):
             f"draining node {action.node} to remove it: {action.reason}",
             node=action.node,
             data={"action": "drain"},
+        )
+
+    async def _rebalance(self, action: Rebalance) -> None:
+        command = RebalanceCommand(reason=action.reason[:500])
+        try:
+            answer = await self.bus.request(
+                REBALANCE, command, timeout=self.settings.request_timeout
+            )
+        except ShoalError as err:
+            self.log.warning("rebalance not answered", error=str(err))
+            return
+        if not isinstance(answer, RebalancePlan):
+            self.log.warning("rebalance refused", errors=answer.errors)
+            return
+        self.log.info("rebalanced", moves=len(answer.moves), reason=action.reason)
+        await self.emit(
+            EVENT_KIND,
+            f"rebalance asked for ({action.reason}): {answer.message}",
+            data={"action": "rebalance", "moves": len(answer.moves)},
         )
 
     async def _remove(self, action: Remove | GiveUp) -> None:

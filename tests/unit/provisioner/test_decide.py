@@ -367,3 +367,32 @@ def test_remove_and_give_up_name_the_node() -> None:
 def test_helpable_keeps_only_what_a_new_node_could_take() -> None:
     wanted = [pend(1), pend(1, cpu=5.0), pend(1, constraints=(("gpu", ("yes",)),)), pend(0)]
     assert helpable(wanted, SIZES, LIMITS) == [pend(1)]
+
+
+def test_rebalance_after_a_node_joined_when_allowed() -> None:
+    limits = replace(LIMITS, rebalance=True, rebalance_after=5)
+    before = [FULL]
+    after = [FULL, node("auto-1", owned=True)]
+    plan = decide([], before, [], SIZES, limits, History(), 0)  # the first pass: a baseline
+    assert plan.history.ready_nodes == ("static",)
+    plan = decide([], after, [], SIZES, limits, plan.history, 10)
+    assert plan.actions == []
+    assert plan.history.rebalance_at == 15
+    plan = decide([], after, [], SIZES, limits, plan.history, 14)
+    assert plan.actions == []
+    plan = decide([], after, [], SIZES, limits, plan.history, 15)
+    assert kinds(plan.actions) == ["rebalance"]
+    assert "auto-1 joined" in plan.actions[0].reason
+    assert plan.history.rebalance_at is None
+    # not allowed: never
+    plan = decide([], before, [], SIZES, LIMITS, History(), 0)
+    plan = decide([], after, [], SIZES, LIMITS, plan.history, 10)
+    assert plan.history.rebalance_at is None
+
+
+def test_rebalance_waits_for_pending_demand() -> None:
+    limits = replace(LIMITS, rebalance=True, rebalance_after=0)
+    history = History(ready_nodes=("static",))
+    plan = decide([pend(2)], [FULL, node("auto-1", owned=True)], [], SIZES, limits, history, 10)
+    assert kinds(plan.actions) == ["provision"]
+    assert plan.history.rebalance_at == 10  # kept for later
