@@ -25,7 +25,8 @@ Scale down (only nodes the provider made, ``owned``):
   what it runs fits on the other nodes, then removed once its assignment is empty;
 - one node at a time, never below ``min_nodes``, never while demand is pending or a node is
   joining, never within ``down_cooldown`` of the last scale-up or scale-down;
-- a drained node that is empty is removed at once (the drain was the decision).
+- a drained node is removed once its assignment is empty and its agent reports no
+  container left (the ones it stops included): the drain was the decision.
 
 Rebalance (``limits.rebalance``): ``rebalance_after`` seconds after a node joined, once no
 demand is pending and no node is joining or draining, the scheduler is asked to move
@@ -93,6 +94,7 @@ class NodeUse:
     draining: bool = False
     owned: bool = False
     price: float = 0.0
+    running: int = 0  # containers its agent still reports (stopping ones included)
 
     @property
     def cpu_used(self) -> float:
@@ -379,7 +381,7 @@ def decide(
 
     # -- scale down -------------------------------------------------------------------
     for n in nodes:
-        if n.owned and n.draining and not n.loads:
+        if n.owned and n.draining and not n.loads and not n.running:
             actions.append(Remove(n.id, f"node {n.id} is drained and empty"))
     if any(isinstance(a, Remove) for a in actions):
         return Plan(actions, replace(history, last_down=now))

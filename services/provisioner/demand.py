@@ -10,7 +10,14 @@ from collections.abc import Mapping
 
 from core.keys import AppKey
 from core.spec import AppSpec
-from core.state import AppState, NodeAssignment, NodeCordon, NodeInfo, SchedulerStatus
+from core.state import (
+    AppState,
+    NodeAssignment,
+    NodeCordon,
+    NodeInfo,
+    NodeReplicas,
+    SchedulerStatus,
+)
 from services.provisioner.decide import Load, NodeUse, Pending
 
 
@@ -48,9 +55,11 @@ def node_use(
     assignments: Mapping[str, NodeAssignment],
     cordons: Mapping[str, NodeCordon],
     prices: Mapping[str, float],
+    reports: Mapping[str, NodeReplicas] | None = None,
 ) -> list[NodeUse]:
-    """Every node that reported itself, with what is assigned to it; ``prices`` holds the
-    nodes the provider made (owned) and what each costs per hour."""
+    """Every node that reported itself, with what is assigned to it and what its agent
+    still runs (``reports``); ``prices`` holds the nodes the provider made (owned) and what
+    each costs per hour."""
     out: list[NodeUse] = []
     for node_id, info in sorted(infos.items()):
         assignment = assignments.get(node_id)
@@ -70,6 +79,7 @@ def node_use(
                     )
                 )
         cordon = cordons.get(node_id)
+        report = (reports or {}).get(node_id)
         out.append(
             NodeUse(
                 id=node_id,
@@ -82,6 +92,7 @@ def node_use(
                 draining=cordon is not None and cordon.drain,
                 owned=node_id in prices,
                 price=prices.get(node_id, 0.0),
+                running=len(report.replicas) if report is not None else 0,
             )
         )
     return out

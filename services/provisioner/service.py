@@ -32,7 +32,14 @@ from core.config import ServiceConfig
 from core.errors import ShoalError
 from core.keys import AppKey
 from core.service import Service
-from core.state import AppState, NodeAssignment, NodeCordon, NodeInfo, SchedulerStatus
+from core.state import (
+    AppState,
+    NodeAssignment,
+    NodeCordon,
+    NodeInfo,
+    NodeReplicas,
+    SchedulerStatus,
+)
 from core.view import View
 from services.provisioner.decide import (
     Action,
@@ -77,6 +84,7 @@ class ProvisionerService(Service):
     infos: View[str, NodeInfo]
     assignments: View[str, NodeAssignment]
     cordons: View[str, NodeCordon]
+    reports: View[str, NodeReplicas]
 
     def __init__(
         self, config: ServiceConfig, settings: ProvisionerSettings, provider: NodeProvider
@@ -103,6 +111,7 @@ class ProvisionerService(Service):
         self.infos = await self.bus.view(NODE_INFO)
         self.assignments = await self.bus.view(NODE_ASSIGN)
         self.cordons = await self.bus.view(NODE_CORDON)
+        self.reports = await self.bus.view(NODE_REPLICAS)
         await self.leadership.setup()
 
     def _on_elected(self) -> None:
@@ -155,7 +164,13 @@ class ProvisionerService(Service):
             if info.status == "ready":
                 self.seen_ready.add(node_id)
         prices = {node_id: self._price(n) for node_id, n in self.owned.items()}
-        nodes = node_use(infos, dict(self.assignments.items()), dict(self.cordons.items()), prices)
+        nodes = node_use(
+            infos,
+            dict(self.assignments.items()),
+            dict(self.cordons.items()),
+            prices,
+            dict(self.reports.items()),
+        )
         joining = [
             Joining(n.node, n.size, self._price(n), n.created or now)
             for n in self.owned.values()

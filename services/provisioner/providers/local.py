@@ -8,8 +8,10 @@ host and for the tests.
 
 Agents start through ``core.lifeline``, so they die with the provisioner even when it is
 killed with SIGKILL. ``delete`` stops the agent (SIGTERM, SIGKILL after ``grace``): the
-provisioner deletes only nodes it has drained, so their containers were already removed
-by the agent. ``close`` (the provisioner exiting) stops every agent it started and removes
+provisioner deletes only nodes it has drained and whose agent reports no container left,
+so there is nothing left to remove; whatever is (a container still being stopped) is
+removed by its labels, as a machine that goes away takes its containers along. ``close``
+(the provisioner exiting) stops every agent it started and removes
 the containers left on those nodes (by the ``shoal.prefix`` and ``shoal.node`` labels),
 as a machine that goes away takes its containers with it; the scheduler replaces them.
 """
@@ -142,6 +144,9 @@ class LocalProvider:
             return  # gone already: deleting is idempotent
         await self._stop(agent)
         self.agents.pop(node, None)
+        # a drained node has no containers left; anything there now (a container its agent
+        # was still stopping) goes with the machine
+        await remove_containers(self.prefix, [node], self.docker)
 
     async def list(self) -> list[ProviderNode]:
         return [a.node for a in self.agents.values()]

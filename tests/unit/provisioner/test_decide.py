@@ -161,6 +161,16 @@ def kinds(actions: list[object]) -> list[str]:
             [],
         ),
         (
+            "drained but its agent still stops a container",
+            [],
+            [FULL, node("auto-1", owned=True, draining=True, cordoned=True, running=1)],
+            [],
+            LIMITS,
+            History(last_up=99),
+            100,
+            [],
+        ),
+        (
             "empty long enough: drained",
             [],
             [FULL, node("auto-1", owned=True)],
