@@ -31,6 +31,8 @@ from core.commands import (
     History,
     HistoryQuery,
     NodeCommand,
+    RebalanceCommand,
+    RebalancePlan,
     Reply,
     RollbackCommand,
     RolloutCommand,
@@ -423,6 +425,15 @@ NODE: Command[NodeCommand, Reply] = Command(
     "scheduler (leader)",
     "cordon, uncordon or drain a node",
 )
+REBALANCE: Command[RebalanceCommand, RebalancePlan] = Command(
+    "rebalance",
+    RebalanceCommand,
+    "rebalance",
+    RebalancePlan,
+    "rebalance_plan",
+    "scheduler (leader)",
+    "move replicas to even out the nodes, readiness-gated (or plan only: dry_run)",
+)
 
 EVENTS_QUERY: Command[EventsQuery, EventList] = Command(
     "events",
@@ -488,6 +499,7 @@ COMMANDS: tuple[Command[Any, Any], ...] = (
     HISTORY,
     ROLLOUT,
     NODE,
+    REBALANCE,
     EVENTS_QUERY,
     SECRET_KEY,
     SECRET_PUT,
@@ -501,6 +513,7 @@ REPLY_KINDS: dict[str, type[BaseModel]] = {
     "reply": Reply,
     "revisions": History,
     "events": EventList,
+    "rebalance_plan": RebalancePlan,
     "secrets": SecretList,
     "secret_key_info": SecretKeyInfo,
     "secret_put_result": SecretPutResult,

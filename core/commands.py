@@ -95,6 +95,38 @@ class NodeCommand(Model):
     reason: str = ""
 
 
+class RebalanceCommand(Model):
+    """``cmd/rebalance``: move replicas to even out the nodes (the scheduler's leader answers).
+
+    At most ``max_moves`` replicas move, each readiness-gated as a drain moves them (the
+    replacement on the target ready before the old one stops); ``dry_run`` only plans.
+    """
+
+    dry_run: bool = False
+    max_moves: int = Field(default=10, ge=1, le=1000)
+    tolerance: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="stop once nodes' loads differ by this or less"
+    )
+    reason: str = Field(default="", max_length=500)
+
+
+class RebalanceMove(Model):
+    replica: str
+    namespace: str
+    app: str
+    source: str
+    target: str
+    reason: str = ""
+
+
+class RebalancePlan(Model):
+    """The answer to ``rebalance``: the moves planned (and started unless a dry run)."""
+
+    dry_run: bool = False
+    moves: list[RebalanceMove] = Field(default_factory=list)
+    message: str = ""
+
+
 AppChange = Literal["created", "updated", "scaled", "unchanged", "deleted"]
 
 

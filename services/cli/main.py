@@ -20,6 +20,7 @@ SERVICES = (
     "dashboard",
     "broker",
     "mesh",
+    "provisioner",
 )
 
 
@@ -67,6 +68,7 @@ def _register() -> None:
         "contexts",
         "completion",
         "secrets",
+        "rebalance",
     ):
         try:
             module = importlib.import_module(f"services.cli.{module_name}")

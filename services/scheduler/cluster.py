@@ -49,7 +49,7 @@ from core.state import (
     SchedulerStatus,
     spec_key,
 )
-from services.scheduler.checks import EPSILON, check_constraints
+from services.scheduler.checks import EPSILON, check_constraints, first_failure
 from services.scheduler.depends import DependencyState, held_message, waiting_for
 from services.scheduler.model import UNKNOWN, AppRecord, Demand, NodeView, Replica
 from services.scheduler.placement import (
@@ -60,6 +60,7 @@ from services.scheduler.placement import (
     removal_order,
     select,
 )
+from services.scheduler.rebalance import Move, plan_moves
 from services.scheduler.scorers import fused
 
 Constraints = tuple[tuple[str, frozenset[str]], ...]
@@ -156,6 +157,8 @@ class Cluster:
         self._specs: dict[str, AppSpec] = {}
         self._order: list[NodeView] | None = None
         self._rings: dict[Constraints, NodeRing] = {}
+        #: app -> target nodes of replicas ``move`` marked leaving, for its next reconcile
+        self.move_targets: dict[AppKey, list[str]] = {}
 
     # -- nodes --------------------------------------------------------------------------
 
@@ -411,6 +414,7 @@ class Cluster:
                 self._unbind(replica)
                 out.removed.append(replica)
 
+        self.move_targets.pop(key, None)  # a target not usable now: placed as usual
         if out.unplaceable:
             self.pending[key] = out.unplaceable
         else:
@@ -522,7 +526,9 @@ class Cluster:
             for p in problems
         )
         if not message and leaving:
-            message = f"{leaving} replica(s) leaving draining nodes once replacements are ready"
+            message = (
+                f"{leaving} replica(s) leaving (drained or rebalanced) once replacements are ready"
+            )
         if not message and key in self.held:
             message = self.held[key]
         nodes: dict[str, int] = defaultdict(int)
@@ -618,8 +624,11 @@ class Cluster:
         namespace, name = rec.key
         self._specs.setdefault(spec_key(namespace, name, version.revision), version.spec)
         placed: list[Replica] = []
+        targets = self.move_targets.get(rec.key)
         for _ in range(count):
-            node = select(ring, demand, score, limit)
+            node = self._move_target(targets, demand) if targets else None
+            if node is None:
+                node = select(ring, demand, score, limit)
             if node is None:
                 break
             replica = Replica(
@@ -633,6 +642,41 @@ class Cluster:
             self._bind(replica)
             placed.append(replica)
         return placed
+
+    def _move_target(self, targets: list[str], demand: Demand) -> NodeView | None:
+        """The next target of a rebalance move that can still take the replica."""
+        while targets:
+            node = self.nodes.get(targets.pop(0))
+            if node is not None and first_failure(node, demand) is None:
+                return node
+        return None
+
+    # -- rebalancing --------------------------------------------------------------------
+
+    def rebalance_plan(self, max_moves: int, tolerance: float = 0.1) -> list[Move]:
+        """Moves that even out the nodes (``rebalance.plan_moves``), not carried out."""
+        demands: dict[tuple[AppKey, int], Demand] = {}
+        for key, rec in self.apps.items():
+            if rec.state is None:
+                continue
+            for rev, version in versions_of(rec.state).items():
+                demands[(key, rev)] = self._demand(rec, version)
+        return plan_moves(self.nodes.values(), demands, max_moves, tolerance)
+
+    def move(self, moves: Iterable[Move]) -> set[AppKey]:
+        """Carry moves out as a drain does: each replica is marked leaving and its
+        replacement goes to the move's target (when it still fits) at the app's next
+        reconcile; the leaving one stops once the app is ready without it. Returns the
+        apps to reconcile."""
+        touched: set[AppKey] = set()
+        for m in moves:
+            replica = self.replicas.get(m.replica)
+            if replica is None or replica.leaving or replica.node != m.source:
+                continue  # the plan is stale for this one
+            replica.leaving = True
+            self.move_targets.setdefault(replica.app_key, []).append(m.target)
+            touched.add(replica.app_key)
+        return touched
 
     def _new_id(self, namespace: str, name: str) -> str:
         while True:

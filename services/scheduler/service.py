@@ -23,10 +23,11 @@ from core.channels import (
     NODE_ASSIGN,
     NODE_CORDON,
     NODE_INFO,
+    REBALANCE,
     SCHEDULER_STATUS,
 )
 from core.codec import Envelope
-from core.commands import NodeCommand, Reply
+from core.commands import NodeCommand, RebalanceCommand, RebalanceMove, RebalancePlan, Reply
 from core.config import ServiceConfig
 from core.errors import ShoalError
 from core.keys import AppKey
@@ -124,6 +125,7 @@ class SchedulerService(Service):
         self.statuses = await bus.view(SCHEDULER_STATUS)
         await self.leadership.setup()
         await bus.answer(NODE, self._on_node_command, when=lambda: self.cluster is not None)
+        await bus.answer(REBALANCE, self._on_rebalance, when=lambda: self.cluster is not None)
         bus.on_connect(self._on_reconnect)
 
     async def main(self) -> None:
@@ -296,6 +298,41 @@ class SchedulerService(Service):
         )
         self.log.info("node " + done[command.action], node=node_id)
         return Reply(ok=True)
+
+    async def _on_rebalance(self, command: RebalanceCommand, env: Envelope) -> RebalancePlan | None:
+        cluster = self.cluster
+        if cluster is None:
+            return None
+        moves = cluster.rebalance_plan(command.max_moves, command.tolerance)
+        listed = [
+            RebalanceMove(
+                replica=m.replica,
+                namespace=m.app.namespace,
+                app=m.app.name,
+                source=m.source,
+                target=m.target,
+                reason=m.reason,
+            )
+            for m in moves
+        ]
+        if not moves:
+            return RebalancePlan(dry_run=command.dry_run, message="the nodes are balanced")
+        if command.dry_run:
+            return RebalancePlan(dry_run=True, moves=listed, message=f"{len(moves)} moves planned")
+        self._mark_apps(cluster.move(moves))
+        self._flush()
+        why = f": {command.reason}" if command.reason else ""
+        for m in moves:
+            await self.emit(
+                "rebalance",
+                f"moving {m.replica} {m.source} -> {m.target}{why} ({m.reason})",
+                namespace=m.app.namespace,
+                app=m.app.name,
+                node=m.target,
+                replica=m.replica,
+            )
+        self.log.info("rebalancing", moves=len(moves))
+        return RebalancePlan(moves=listed, message=f"{len(moves)} moves started")
 
     async def _write_cordon(self, node_id: str, drain: bool, reason: str) -> None:
         cordon = NodeCordon(node=node_id, drain=drain, reason=reason, since=time.time())

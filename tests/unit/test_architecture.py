@@ -50,6 +50,8 @@ PURE_MODULES = [
     "services/balancer/policy.py",
     "services/scaler/decide.py",
     "services/scaler/metrics.py",
+    "services/provisioner/decide.py",
+    "services/provisioner/demand.py",
 ]
 
 

@@ -1,0 +1,3 @@
+from services.provisioner.command import command
+
+command()

@@ -1,0 +1,1 @@
+"""Node providers: where the provisioner gets nodes from (``base.NodeProvider``)."""
