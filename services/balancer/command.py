@@ -60,6 +60,12 @@ def parse_address(value: str, option: str) -> tuple[str, int]:
 @click.option("--eject-seconds", default=3.0, show_default=True)
 @click.option("--hold-timeout", default=30.0, show_default=True, help="scale-from-zero wait")
 @click.option("--hold-max", default=1000, show_default=True, help="held requests per app")
+@click.option(
+    "--region",
+    default=None,
+    help="this balancer's region: replicas on nodes labelled region=REGION first, "
+    "the other regions' when none of them is ready",
+)
 @service_options
 def command(
     config: ServiceConfig,
@@ -78,6 +84,7 @@ def command(
     eject_seconds: float,
     hold_timeout: float,
     hold_max: int,
+    region: str | None,
 ) -> None:
     """Reverse proxy: route by Host and path prefix to ready replicas.
 
@@ -95,6 +102,7 @@ def command(
         tls_listen=parse_address(tls_listen, "--tls-listen") if tls_listen else None,
         reuse_port=reuse_port,
         engine=engine,
+        region=region or None,
         proxy=ProxyOptions(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
