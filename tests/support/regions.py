@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from tests.support.cluster import Cluster, http_get
 from tests.support.net import free_port, wait_port
-from tests.support.procs import Broker, ProcGroup
+from tests.support.procs import Broker, Proc, ProcGroup
 
 #: seconds between the bridge's attempts to reconnect (``restart_timeout``)
 BRIDGE_RESTART = 1
@@ -240,6 +240,7 @@ class TwoRegions:
         self.regions = start_regions(procs, prefix)
         self.cluster = Cluster(procs, self.regions.home, prefix)
         self.lb_ports = {"eu": free_port(), "us": free_port()}
+        self.agents: dict[str, Proc] = {}
 
     def broker(self, region: str) -> Broker:
         return self.regions.home if region == "eu" else self.regions.away
@@ -270,7 +271,7 @@ class TwoRegions:
                 name=f"balancer-{region}",
             )
         for node, (address, region) in NODES.items():
-            self.procs.service(
+            self.agents[node] = self.procs.service(
                 "agent",
                 self.broker(region).url,
                 "--node-id",
