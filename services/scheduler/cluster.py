@@ -543,7 +543,7 @@ class Cluster:
             for p in problems
         )
         if not message and leaving:
-            message = f"{leaving} replica(s) leaving draining nodes once replacements are ready"
+            message = f"{leaving} replica(s) leaving (drain or region move) once others are ready"
         if not message and key in self.held:
             message = self.held[key]
         nodes: dict[str, int] = defaultdict(int)

@@ -689,3 +689,25 @@ async def test_the_last_will_says_offline_and_a_reconnect_reports_again() -> Non
             lambda: seen[-1].status == "ready", message="ready again after reconnecting"
         )
         await eventually(lambda: reports.get("n1"), message="the report sent again")
+
+
+async def test_a_stale_report_replayed_over_ours_is_replaced_at_once() -> None:
+    # A bridge between region brokers that reconnects replays the copy the other region
+    # kept; the agent, this topic's only writer, publishes its own report again.
+    engine = FakeEngine()
+    async with running(engine) as (_, client):
+        reports = await client.view(NODE_REPLICAS)
+        reps = replicas(2)
+        await client.publish(NODE_ASSIGN, assignment(reps))
+        await eventually(
+            lambda: (r := reports.get("n1")) is not None and len(r.replicas) == 2,
+            message="2 replicas in the report",
+        )
+        current = reports["n1"]
+        stale = current.model_copy(update={"replicas": current.replicas[:1], "ts": 1.0})
+        await client.publish(NODE_REPLICAS, stale)
+        await eventually(
+            lambda: (r := reports.get("n1")) is not None and len(r.replicas) == 2 and r.ts > 1.0,
+            message="the agent's own report back",
+        )
+        assert engine.calls.count("create") == 2  # nothing restarted for it
