@@ -120,8 +120,15 @@ def one_round(
         wait_for(lambda: not us_before & us_hosts(regions), timeout, message="stale stopped")
         stopped = time.monotonic() - back
         wait_for(lambda: regions.per_region()["us"] >= 1, timeout, message="minimum back")
-        wait_for(lambda: len(regions.running()) == 4, timeout, message="4 running")
+        try:
+            wait_for(lambda: len(regions.running()) == 4, timeout, message="4 running")
+        except TimeoutError:
+            print(regions.cluster.shoal("describe", "app", "web", check=False).stdout)
+            print(regions.cluster.shoal("get", "replicas", "-o", "wide", check=False).stdout)
+            print(regions.cluster.shoal("get", "nodes", check=False).stdout, flush=True)
+            raise
         minimum = time.monotonic() - back
+        print(f"{fault}: settled, running per region {dict(regions.per_region())}", flush=True)
         eu_end, us_end = eu_load.snapshot(), us_load.snapshot()
     return Round(
         fault,
@@ -147,7 +154,7 @@ def main() -> None:
     ensure_echo_image()
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     with proc_group("shoal-bench-regions-") as procs:
-        regions = TwoRegions(procs, prefix, lost_grace=args.lost_grace)
+        regions = TwoRegions(procs, prefix, lost_grace=args.lost_grace, node_grace=6.0)
         try:
             regions.start()
             regions.cluster.apply_text(APP, "--wait")

@@ -24,8 +24,8 @@ from tests.support.cluster import Cluster, http_get
 from tests.support.net import free_port, wait_port
 from tests.support.procs import Broker, Proc, ProcGroup
 
-#: seconds between the bridge's attempts to reconnect (``restart_timeout``)
-BRIDGE_RESTART = 1
+#: the bridge's reconnect backoff, base and cap in seconds (``restart_timeout``)
+BRIDGE_RESTART = "1 3"
 #: the bridge's MQTT keepalive: a link that drops packets silently is found within 1.5x
 BRIDGE_KEEPALIVE = 5
 
@@ -136,29 +136,26 @@ class Link:
             s.close()
 
 
-#: Topics the home region alone writes (the control plane runs there): bridged ``in`` only,
-#: so the copies a cut region kept are never replayed over newer ones when the link returns.
+#: Retained topics the home region's control plane alone writes: bridged ``in`` only, so
+#: the copies a cut region kept are never replayed over newer ones when the link returns.
 HOME_WRITTEN = ("apps/#", "status/#", "health/#", "nodes/+/assign", "nodes/+/cordon")
-#: Topics written in either region (agents, balancers, every service's presence, commands
-#: and their replies, events, metrics, logs): bridged both ways.
-SHARED = (
-    "nodes/+/info",
-    "nodes/+/replicas",
-    "services/#",
-    "cmd/#",
-    "reply/#",
-    "events/#",
-    "metrics/#",
-    "wake/#",
-    "logs/#",
-)
+#: Retained topics each region's own agents and services write: bridged ``out`` only, so
+#: a region holds no copy of another region's (which it would replay, stale, on return).
+REGION_WRITTEN = ("nodes/+/info", "services/#")
+#: Retained, written by each region's agents, and read in every region (each node's mesh
+#: relays to replicas anywhere): both ways; its writer republishes over a stale replay.
+GUARDED = ("nodes/+/replicas",)
+#: Messages that are not retained (commands and their replies, events, metrics, wake-ups,
+#: logs): nothing to replay, bridged both ways.
+SHARED = ("cmd/#", "reply/#", "events/#", "metrics/#", "wake/#", "logs/#")
 
 
 def bridge_conf(name: str, address: str, prefix: str) -> str:
     """The bridge section of an away region broker's mosquitto.conf, as in
     ``configs/mosquitto-bridge.conf`` (which adds TLS and a user)."""
     topics = [f"topic {prefix}/{t} in 1\n" for t in HOME_WRITTEN]
-    topics += [f"topic {prefix}/{t} both 1\n" for t in SHARED]
+    topics += [f"topic {prefix}/{t} out 1\n" for t in REGION_WRITTEN]
+    topics += [f"topic {prefix}/{t} both 1\n" for t in (*GUARDED, *SHARED)]
     return (
         f"connection {name}\n"
         f"address {address}\n" + "".join(topics) + "cleansession true\n"
@@ -233,10 +230,13 @@ class TwoRegions:
     health), a balancer (``--region eu``) and the ``eu`` agents on the home broker; a
     balancer (``--region us``) and the ``us`` agents on the away broker."""
 
-    def __init__(self, procs: ProcGroup, prefix: str, *, lost_grace: float = 6.0) -> None:
+    def __init__(
+        self, procs: ProcGroup, prefix: str, *, lost_grace: float = 6.0, node_grace: float = 4.0
+    ) -> None:
         self.procs = procs
         self.prefix = prefix
         self.lost_grace = lost_grace
+        self.node_grace = node_grace
         self.regions = start_regions(procs, prefix)
         self.cluster = Cluster(procs, self.regions.home, prefix)
         self.lb_ports = {"eu": free_port(), "us": free_port()}
@@ -253,7 +253,7 @@ class TwoRegions:
             "scheduler",
             home,
             "--node-grace",
-            "2",
+            str(self.node_grace),
             "--lost-grace",
             str(self.lost_grace),
             prefix=self.prefix,

@@ -1,7 +1,8 @@
 """The region bridge (``configs/mosquitto-bridge.conf``, and the same topics in the test
-rig): every channel and command of the contract is bridged by exactly one topic line, the
-retained channels only the control plane writes go one way (home -> region), and the
-``bridge`` user of the ACL may write exactly what goes the other way."""
+rig): every channel and command of the contract is bridged by exactly one topic line;
+retained state goes one way only (the control plane's home -> region, a region's own
+region -> home), so no broker replays a stale copy of another's; the ``bridge`` user of
+the ACL may write exactly what comes from a region."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from core.channels import CHANNELS, COMMANDS, reply_topic
 from core.topics import matches
-from tests.support.regions import HOME_WRITTEN, SHARED, bridge_conf
+from tests.support.regions import GUARDED, HOME_WRITTEN, REGION_WRITTEN, SHARED, bridge_conf
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTROL_PLANE = ("controller", "scheduler", "health", "scaler")
@@ -41,10 +42,10 @@ def test_the_config_file_and_the_test_rig_bridge_the_same_topics() -> None:
     conf = bridged((ROOT / "configs/mosquitto-bridge.conf").read_text())
     rig = bridged(bridge_conf("r", "127.0.0.1:1", "shoal"))
     assert conf == rig
-    assert set(conf) == {f"shoal/{t}" for t in (*HOME_WRITTEN, *SHARED)}
+    assert set(conf) == {f"shoal/{t}" for t in (*HOME_WRITTEN, *REGION_WRITTEN, *GUARDED, *SHARED)}
 
 
-def test_every_topic_is_bridged_once_and_control_plane_state_one_way() -> None:
+def test_every_topic_is_bridged_once_and_retained_state_one_way() -> None:
     conf = bridged((ROOT / "configs/mosquitto-bridge.conf").read_text())
     retained = {
         "shoal/" + "/".join("x" if p.startswith("{") else p for p in c.path.split("/"))
@@ -55,8 +56,15 @@ def test_every_topic_is_bridged_once_and_control_plane_state_one_way() -> None:
         lines = [p for p in conf if matches(p, topic)]
         assert len(lines) == 1, (topic, lines)
         direction = conf[lines[0]]
-        one_way = topic in retained and writer.split()[0] in CONTROL_PLANE
-        assert direction == ("in" if one_way else "both"), (topic, writer, direction)
+        if topic not in retained:
+            wanted = "both"  # nothing to replay
+        elif any(matches(f"shoal/{g}", topic) for g in GUARDED):
+            wanted = "both"  # read everywhere; its writer republishes over a stale replay
+        elif writer.split()[0] in CONTROL_PLANE:
+            wanted = "in"  # written at home only
+        else:
+            wanted = "out"  # written by each region for itself
+        assert direction == wanted, (topic, writer, direction)
 
 
 def test_the_bridge_user_writes_what_comes_from_a_region() -> None:
@@ -64,4 +72,4 @@ def test_the_bridge_user_writes_what_comes_from_a_region() -> None:
     block = acl.split("\n\n", 1)[0]
     writes = {line.split()[2] for line in block.splitlines() if line.startswith("topic write")}
     conf = bridged((ROOT / "configs/mosquitto-bridge.conf").read_text())
-    assert writes == {p for p, d in conf.items() if d == "both"}
+    assert writes == {p for p, d in conf.items() if d != "in"}
