@@ -277,11 +277,38 @@ class Route(Model):
         return v
 
 
+#: the node label that names a node's region (``--labels region=eu``)
+REGION_LABEL = "region"
+
+
+class RegionPlacement(Model):
+    """``placement.regions``: spread the app over every region that can take it."""
+
+    min_per_region: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_COUNT,
+        description="replicas each reachable region gets before any region gets more",
+    )
+
+
 class Placement(Model):
     strategy: Literal["spread", "binpack"] = "spread"
     constraints: dict[str, list[str]] = Field(default_factory=dict)
     spread_by: str | None = None
     max_per_node: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    regions: RegionPlacement | None = Field(
+        default=None,
+        description="a minimum per value of the nodes' region label; implies spread_by region",
+    )
+
+    @property
+    def spread_label(self) -> str | None:
+        """The label replicas are balanced over: ``spread_by``, else ``region`` with
+        ``regions``."""
+        if self.spread_by is not None:
+            return self.spread_by
+        return REGION_LABEL if self.regions is not None else None
 
     @field_validator("constraints", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from core.bus import Bus
 from core.channels import NODE_INFO, NODE_REPLICAS
 from core.errors import BusError
 from core.spec import Resources
-from core.state import NodeInfo, NodeStatus
+from core.state import NodeInfo, NodeReplicas, NodeStatus
 from services.agent.node import AgentOptions, Node, host_capacity
 from services.agent.plan import Snapshot, node_replicas
 
@@ -78,6 +78,19 @@ class Report:
             await asyncio.sleep(self.node.options.heartbeat)
             if self.bus.connected:
                 await self.publish_info()
+
+    def on_own_report(self, report: NodeReplicas) -> None:
+        """Our retained report came back from the broker. One that is not the last one we
+        sent (a bridge between region brokers replaying the stale copy a region kept while
+        cut off, or any other writer) is replaced by ours at once: the agent is this topic's
+        only writer and, unlike ``info``, it is not republished on a timer. Our own earlier
+        reports coming back late cost one more publish of the current one."""
+        if self._last is None:
+            return
+        if report.model_dump(mode="json", exclude={"ts"}) != self._last:
+            self.node.log.info("report overwritten by someone else; publishing ours again")
+            self._last = None
+            self.node.report_due.set()
 
     async def replicas_loop(self) -> None:
         node, due = self.node, self.node.report_due

@@ -132,9 +132,12 @@ class AgentService(Service):
     def _on_own_report(self, _: str, report: NodeReplicas | None) -> None:
         """The retained report of this node from before a restart: restart counters and
         exec readiness verdicts of container starts still running continue from it."""
-        if not self.node.synced and report is not None:
+        if report is None:
+            return
+        if not self.node.synced:
             self.node.previous_report = report
-        # after the start-up sync these are our own reports coming back: ignored
+        else:  # ours coming back, or a stale copy replayed over it (``on_own_report``)
+            self.report.on_own_report(report)
 
     async def _publish_events(self) -> None:
         while True:

@@ -157,6 +157,12 @@ def admin_token(path: Path | None) -> str | None:
     show_default=True,
     help="add X-Shoal-Replica (the id of the replica that answered) to every proxied response",
 )
+@click.option(
+    "--region",
+    default=None,
+    help="this balancer's region: replicas on nodes labelled region=REGION first, "
+    "the other regions' when none of them is ready",
+)
 @service_options
 def command(
     config: ServiceConfig,
@@ -182,6 +188,7 @@ def command(
     hold_max: int,
     admin_token_file: Path | None,
     replica_header: bool,
+    region: str | None,
 ) -> None:
     """Reverse proxy: route by Host and path prefix to ready replicas.
 
@@ -223,6 +230,7 @@ def command(
         reuse_port=reuse_port,
         engine=engine,
         acme=acme,
+        region=region or None,
         proxy=ProxyOptions(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,

@@ -320,14 +320,7 @@ class Policy:
             tried: set[str] = set()
             last = ""
             for _ in range(1 if upgrade else 1 + max(0, self.options.retries)):
-                exclude: Collection[str] = ()
-                if tried or self.ejected:
-                    exclude = tried | self.ejected.current()
-                backend = picker.pick(route.backends, key=key, exclude=exclude, inflight=inflight)
-                if backend is None and len(exclude) > len(tried):
-                    # every replica not yet tried is ejected: health still finds them
-                    # ready, so try them anyway (Envoy's panic routing) rather than 503
-                    backend = picker.pick(route.backends, key=key, exclude=tried, inflight=inflight)
+                backend = self._choose(picker, route, key, tried)
                 if backend is None:
                     break
                 rid = replica = backend.id
@@ -370,6 +363,27 @@ class Policy:
             f"{self.options.hold_timeout:g}s"
         )
 
+    def _choose(self, picker: Picker, route: AppRoute, key: str, tried: set[str]) -> Backend | None:
+        """The next replica to try: the route's own backends (its region's, with
+        ``--region``), then its ``remote`` ones, skipping those tried and ejected; when
+        every replica not yet tried is ejected, health still finds them ready, so they are
+        tried anyway in the same order (Envoy's panic routing) rather than a 503."""
+        inflight = self.inflight
+        exclude: Collection[str] = ()
+        if tried or self.ejected:
+            exclude = tried | self.ejected.current()
+        tiers = (route.backends, route.remote) if route.remote else (route.backends,)
+        for tier in tiers:
+            backend = picker.pick(tier, key=key, exclude=exclude, inflight=inflight)
+            if backend is not None:
+                return backend
+        if len(exclude) > len(tried):
+            for tier in tiers:
+                backend = picker.pick(tier, key=key, exclude=tried, inflight=inflight)
+                if backend is not None:
+                    return backend
+        return None
+
     def _refuse(self, ex: Exchange, route: AppRoute) -> int:
         """Answer what cannot be forwarded (no replica, a body too large) -> its status,
         or 0 to go on."""
@@ -406,7 +420,7 @@ class Policy:
         if isinstance(err, ConnectTimeout):
             stats.upstream_errors += 1
             self._eject(route, backend, stats, "connect timeout")
-            return err.status if tried >= len(route.backends) else 0
+            return err.status if tried >= len(route.backends) + len(route.remote) else 0
         if isinstance(err, Closed):
             stats.upstream_errors += 1
             if err.new:

@@ -14,12 +14,13 @@ so every balancer instance picks the same one.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from core.keys import AppKey
 from core.spec import Route
 from core.state import AppHealth, AppState
+from services.balancer.locality import split
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,9 @@ class AppRoute:
     desired: int = 0
     scale_to_zero: bool = False
     redirect: bool = False  # plain HTTP is answered 308 to HTTPS (``tls.redirect``)
+    #: ready backends of other regions, tried when none of ``backends`` is left
+    #: (``locality.py``; empty without ``--region``)
+    remote: list[Backend] = field(default_factory=list)
 
     @property
     def hash_header(self) -> str | None:
@@ -85,8 +89,14 @@ def version_weights(app: AppState) -> dict[int, float]:
     return {rev: w / total_weight for rev, w in out.items()}
 
 
-def app_route(app: AppState, health: AppHealth | None) -> AppRoute | None:
-    """The route of one app, or None when it declares none."""
+def app_route(
+    app: AppState,
+    health: AppHealth | None,
+    regions: Mapping[str, str] | None = None,
+    region: str | None = None,
+) -> AppRoute | None:
+    """The route of one app, or None when it declares none. With ``region`` (and the
+    nodes' ``regions``) the backends of that region come first (``locality.split``)."""
     route: Route | None = app.spec.route
     if route is None:
         return None
@@ -106,6 +116,10 @@ def app_route(app: AppState, health: AppHealth | None) -> AppRoute | None:
         backend = Backend.make(r.id, r.revision, r.endpoint, share / per_revision[r.revision])
         if backend is not None:
             backends.append(backend)
+    remote: list[Backend] = []
+    if region is not None:
+        tiers = split(backends, {r.id: r.node for r in ready}, regions or {}, region)
+        backends, remote = list(tiers.local), list(tiers.remote)
     autoscale = app.spec.autoscale
     return AppRoute(
         key=AppKey(app.namespace, app.name),
@@ -118,6 +132,7 @@ def app_route(app: AppState, health: AppHealth | None) -> AppRoute | None:
         desired=app.replicas,
         scale_to_zero=autoscale is not None and autoscale.min == 0,
         redirect=route.tls is not None and route.tls.redirect,
+        remote=remote,
     )
 
 

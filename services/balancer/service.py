@@ -27,12 +27,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from core.channels import ACME_CHALLENGES, APPS, HEALTH, LB_METRICS, WAKE
+from core.channels import ACME_CHALLENGES, APPS, HEALTH, LB_METRICS, NODE_INFO, WAKE
 from core.config import ServiceConfig
 from core.keys import AppKey
 from core.runner import Reconciler
 from core.service import Service
-from core.state import AcmeChallenge, AppHealth, AppState, WakeUp
+from core.spec import REGION_LABEL
+from core.state import AcmeChallenge, AppHealth, AppState, NodeInfo, WakeUp
 from core.view import View
 from services.balancer import admin_auth
 from services.balancer.acme_manager import AcmeManager, AcmeSettings
@@ -53,6 +54,9 @@ class BalancerOptions:
     reuse_port: bool = False
     metrics_interval: float = 1.0
     engine: str = "fast"  # "fast" (httptools protocols) or "aiohttp"
+    #: this balancer's region: its replicas first, the others' when none is ready
+    #: (``locality.py``); None: every ready replica alike
+    region: str | None = None
     proxy: ProxyOptions = field(default_factory=ProxyOptions)
     #: ``Authorization: Bearer`` token the admin endpoint asks for (``admin_auth.py``)
     admin_token: str | None = field(default=None, repr=False)
@@ -86,6 +90,8 @@ class BalancerService(Service):
         self.options = options or BalancerOptions()
         self.listeners = listeners  # None: bind ``options.listen``/``admin`` ourselves
         self.routes: dict[AppKey, AppRoute] = {}
+        #: node -> its ``region`` label (only with ``--region``)
+        self.node_regions: dict[str, str] = {}
         self._dirty: set[AppKey] = set()
         self._synced = asyncio.Event()
         self._woken: dict[AppKey, float] = {}
@@ -125,6 +131,21 @@ class BalancerService(Service):
         self.health = await self.bus.view(HEALTH, on_change=self._on_health)
         # every instance answers every instance's HTTP-01 challenges (``acme_manager.py``)
         self.challenges = await self.bus.view(ACME_CHALLENGES, on_change=self.acme.on_challenge)
+        if self.options.region is not None:
+            await self.bus.subscribe(NODE_INFO, self._on_node)
+
+    async def _on_node(self, node: str, info: NodeInfo | None) -> None:
+        """A node's region label: when it changes (a node joins, leaves, or is
+        relabelled), every route is rebuilt; heartbeats change nothing."""
+        region = info.labels.get(REGION_LABEL) if info is not None else None
+        if region == self.node_regions.get(node):
+            return
+        if region is None:
+            del self.node_regions[node]
+        else:
+            self.node_regions[node] = region
+        self._dirty.update(self.apps.keys())
+        self.runner.mark("table")
 
     def _changed(self, key: AppKey, _: object) -> None:
         self._dirty.add(key)
@@ -159,7 +180,11 @@ class BalancerService(Service):
         dirty, self._dirty = self._dirty, set()
         for key in dirty:
             app = self.apps.get(key)
-            route = app_route(app, self.health.get(key)) if app is not None else None
+            route = (
+                app_route(app, self.health.get(key), self.node_regions, self.options.region)
+                if app is not None
+                else None
+            )
             if route is None:
                 self.routes.pop(key, None)
             else:
@@ -234,7 +259,11 @@ class BalancerService(Service):
                     {"id": b.id, "endpoint": f"{b.host}:{b.port}", "weight": b.weight}
                     for b in r.backends
                 ],
-                "ejected": [b.id for b in r.backends if b.id in ejected],
+                "remote": [
+                    {"id": b.id, "endpoint": f"{b.host}:{b.port}", "weight": b.weight}
+                    for b in r.remote
+                ],
+                "ejected": [b.id for b in (*r.backends, *r.remote) if b.id in ejected],
             }
             for key, r in self.routes.items()
         }

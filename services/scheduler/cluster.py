@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from core.keys import AppKey
-from core.spec import AppSpec
+from core.spec import REGION_LABEL, AppSpec
 from core.state import (
     AppState,
     AppVersion,
@@ -61,6 +61,13 @@ from services.scheduler.placement import (
     select,
 )
 from services.scheduler.rebalance import Move, plan_moves
+from services.scheduler.regions import (
+    reachable_regions,
+    region_counts,
+    short_regions,
+    surplus_victim,
+    with_regions,
+)
 from services.scheduler.scorers import fused
 
 Constraints = tuple[tuple[str, frozenset[str]], ...]
@@ -197,7 +204,17 @@ class Cluster:
             self.dirty.add(node.id)  # re-send the empty set: its stale replicas stop
         if node.usable and (not was_usable or grew):
             affected |= set(self.pending)
+        if node.usable and not was_usable:
+            # a region may be reachable again: apps with a minimum per region rebalance
+            affected |= self._regional()
         return affected
+
+    def _regional(self) -> set[AppKey]:
+        return {
+            key
+            for key, rec in self.apps.items()
+            if rec.state is not None and rec.state.spec.placement.regions is not None
+        }
 
     def _evict_overflow(self, node: NodeView) -> set[AppKey]:
         """The node now reports less capacity than its replicas request: move the largest
@@ -304,7 +321,7 @@ class Cluster:
         rec.state = state
         if state is not None:
             rec.seen = True
-            self._set_spread(rec, state.spec.placement.spread_by)
+            self._set_spread(rec, state.spec.placement.spread_label)
 
     def set_ready(self, key: AppKey, ready: set[str] | None) -> bool:
         """The health monitor's ready replicas of an app; True if a decision waits on it
@@ -391,6 +408,10 @@ class Cluster:
                     demand = self._demand(rec, version)
                     total, reasons = explain(self.nodes.values(), demand)
                     out.unplaceable.append(Unplaceable(rev, missing - len(placed), total, reasons))
+
+        # 4b. a reachable region short of the app's minimum, all replicas placed: move one
+        if not waits and not out.unplaceable:
+            self._move_to_short_region(rec, versions, by_rev, out)
 
         # 5. leaving replicas whose replacements are ready
         for rev, replicas in by_rev.items():
@@ -527,7 +548,8 @@ class Cluster:
         )
         if not message and leaving:
             message = (
-                f"{leaving} replica(s) leaving (drained or rebalanced) once replacements are ready"
+                f"{leaving} replica(s) leaving (drained, rebalanced or moved to their region) "
+                "once replacements are ready"
             )
         if not message and key in self.held:
             message = self.held[key]
@@ -616,21 +638,82 @@ class Cluster:
             domains=rec.domains,
         )
 
-    def _place(self, rec: AppRecord, version: AppVersion, count: int) -> list[Replica]:
+    def _move_to_short_region(
+        self,
+        rec: AppRecord,
+        versions: Mapping[int, AppVersion],
+        by_rev: Mapping[int, list[Replica]],
+        out: Outcome,
+    ) -> None:
+        """``regions.py``: place one replica of the newest revision in a reachable region
+        short of its minimum and mark one of the fullest region leaving (dropped in step 5
+        once the new one is ready). Nothing while a move (or a drain) is under way."""
+        rev = max(versions)
+        regions = versions[rev].spec.placement.regions
+        if regions is None or any(r.leaving for r in rec.replicas.values()):
+            return
+        current = by_rev.get(rev, [])
+        counts = region_counts(current, self.nodes)
+        constraints = constraints_of(versions[rev].spec)
+        reachable = reachable_regions(self._ring(constraints).nodes)
+        short = short_regions(counts, reachable, regions.min_per_region)
+        if not short or surplus_victim(current, self.nodes, counts, regions.min_per_region) is None:
+            return
+        placed = self._place(rec, versions[rev], 1, only=short)
+        if not placed:
+            return
+        victim = surplus_victim(current, self.nodes, counts, regions.min_per_region)
+        assert victim is not None
+        victim.leaving = True
+        self.dirty.add(victim.node)
+        by_rev[rev].extend(placed)
+        out.placed.extend(placed)
+
+    def _place(
+        self,
+        rec: AppRecord,
+        version: AppVersion,
+        count: int,
+        only: frozenset[str] | None = None,
+    ) -> list[Replica]:
+        """Place up to ``count`` replicas; with ``placement.regions``, each in a reachable
+        region short of its minimum when one fits (``only``: in those regions or nowhere)."""
         demand = self._demand(rec, version)
         ring = self._ring(demand.constraints)
         score = fused(demand.strategy, demand.spread_by)
         limit = candidate_limit(len(ring.nodes), self.candidates)
         namespace, name = rec.key
         self._specs.setdefault(spec_key(namespace, name, version.revision), version.spec)
+        regions = version.spec.placement.regions
+        counts = reachable = None
+        if regions is not None:
+            same = [r for r in rec.replicas.values() if r.revision == version.revision]
+            counts = region_counts(same, self.nodes)
+            reachable = reachable_regions(ring.nodes)
         placed: list[Replica] = []
         targets = self.move_targets.get(rec.key)
         for _ in range(count):
             node = self._move_target(targets, demand) if targets else None
+            if (
+                node is None
+                and regions is not None
+                and counts is not None
+                and reachable is not None
+            ):
+                short = only or short_regions(counts, reachable, regions.min_per_region)
+                if short:
+                    sub = self._ring(with_regions(demand.constraints, short))
+                    node = select(
+                        sub, demand, score, candidate_limit(len(sub.nodes), self.candidates)
+                    )
+                if node is None and only is not None:
+                    break
             if node is None:
                 node = select(ring, demand, score, limit)
             if node is None:
                 break
+            if counts is not None and (region := node.labels.get(REGION_LABEL)) is not None:
+                counts[region] += 1
             replica = Replica(
                 id=self._new_id(namespace, name),
                 app_key=rec.key,

@@ -689,3 +689,35 @@ async def test_the_last_will_says_offline_and_a_reconnect_reports_again() -> Non
             lambda: seen[-1].status == "ready", message="ready again after reconnecting"
         )
         await eventually(lambda: reports.get("n1"), message="the report sent again")
+
+
+async def test_a_stale_report_replayed_over_ours_is_replaced_at_once() -> None:
+    # A bridge between region brokers that reconnects replays the copy the other region
+    # kept; the agent, this topic's only writer, publishes its own report again.
+    engine = FakeEngine()
+    broker = MemoryBroker()
+    observer = broker.bus(Topics(PREFIX), client_id="observer")
+    observer_task = asyncio.create_task(observer.run())
+    await observer.wait_connected(5)
+    try:
+        async with running(engine, broker) as (_, client):
+            seen = await observer.view(NODE_REPLICAS)
+            await client.publish(NODE_ASSIGN, assignment(replicas(2)))
+            await eventually(
+                lambda: (r := seen.get("n1")) is not None and len(r.replicas) == 2,
+                message="2 replicas in the report",
+            )
+            current = seen["n1"]
+            stale = current.model_copy(update={"replicas": current.replicas[:1], "ts": 1.0})
+            await client.publish(NODE_REPLICAS, stale)
+            await eventually(lambda: seen["n1"].ts == 1.0, message="the stale copy delivered")
+            await eventually(
+                lambda: len(seen["n1"].replicas) == 2 and seen["n1"].ts > 1.0,
+                message="the agent's own report back",
+            )
+            assert engine.calls.count("create") == 2  # nothing restarted for it
+    finally:
+        observer.close()
+        observer_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await observer_task

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from core.bus import Bus
-from core.channels import ACME_CHALLENGES, APPS, HEALTH, LB_METRICS, WAKE
+from core.channels import ACME_CHALLENGES, APPS, HEALTH, LB_METRICS, NODE_INFO, WAKE
 from core.config import ServiceConfig
 from core.keys import AppKey
 from core.memory import MemoryBroker
@@ -24,6 +24,7 @@ from core.state import (
     AppState,
     AppVersion,
     LbMetrics,
+    NodeInfo,
     ReplicaHealth,
     RouteMetrics,
     WakeUp,
@@ -56,13 +57,14 @@ async def listening(port: int, timeout: float = 5.0) -> None:
 
 @asynccontextmanager
 async def running(
-    broker: MemoryBroker, engine: str = "fast"
+    broker: MemoryBroker, engine: str = "fast", region: str | None = None
 ) -> AsyncIterator[tuple[BalancerService, Bus, str]]:
     """The balancer on a free port, and a bus that plays the controller and health."""
     port = free_port()
     options = BalancerOptions(
         listen=("127.0.0.1", port),
         engine=engine,
+        region=region,
         metrics_interval=0.1,
         proxy=ProxyOptions(hold_timeout=0.5),
     )
@@ -132,6 +134,40 @@ async def test_routes_follow_apps_and_health() -> None:
         await bus.clear(APPS, WEB)
         await eventually(lambda: not service.route_table())
         assert service.policy.table.match("web.test", "/") is None
+
+
+def node(name: str, region: str | None) -> NodeInfo:
+    labels = {"region": region} if region else {}
+    return NodeInfo(
+        node=name, address="127.0.0.1", labels=labels, capacity={"cpu": 1, "memory": 2**30}
+    )
+
+
+async def test_a_regional_balancer_prefers_its_regions_replicas() -> None:
+    broker = MemoryBroker()
+    async with running(broker, region="eu") as (service, bus, _url):
+        both = health(WEB, ["r1", "r2"])
+        both = both.model_copy(
+            update={
+                "replicas": [both.replicas[0], both.replicas[1].model_copy(update={"node": "n2"})]
+            }
+        )
+        await bus.publish(APPS, app(WEB))
+        await bus.publish(HEALTH, both)
+        await bus.publish(NODE_INFO, node("n1", "us"))
+        await bus.publish(NODE_INFO, node("n2", "eu"))
+        await eventually(lambda: backends(service, "d/web") == ["r2"])
+        assert [b["id"] for b in service.route_table()["d/web"]["remote"]] == ["r1"]
+        # heartbeats change nothing; a relabelled node moves its replicas between tiers
+        await bus.publish(NODE_INFO, node("n1", "us"))
+        await bus.publish(NODE_INFO, node("n1", "eu"))
+        await eventually(lambda: backends(service, "d/web") == ["r1", "r2"])
+        await bus.clear(NODE_INFO, "n2")
+        await bus.clear(NODE_INFO, "n1")
+        # no node of the region known any more: every ready replica alike
+        await eventually(lambda: service.node_regions == {})
+        await eventually(lambda: backends(service, "d/web") == ["r1", "r2"])
+        assert service.route_table()["d/web"]["remote"] == []
 
 
 async def test_a_restarted_balancer_serves_the_retained_routes() -> None:
