@@ -249,6 +249,22 @@ class Route(Model):
         return v
 
 
+#: TCP listeners one app may ask the balancer for.
+MAX_TCP_ROUTES = 16
+
+
+class TcpRoute(Model):
+    """An L4 route at the edge: the balancer listens on ``listen`` (on the host of its
+    ``--listen``) and relays every connection, bytes both ways, to a ready replica's
+    ``port``. No Host header: a listen port belongs to one app of the cluster."""
+
+    listen: int = Field(ge=1, le=65535, description="the balancer's listen port")
+    port: PortRef | None = None
+    algorithm: Literal["round_robin", "least_conn", "hash"] = Field(
+        default="round_robin", description="hash: rendezvous on the client IP"
+    )
+
+
 class Placement(Model):
     strategy: Literal["spread", "binpack"] = "spread"
     constraints: dict[str, list[str]] = Field(default_factory=dict)
@@ -519,6 +535,11 @@ class AppSpec(Model):
     ports: dict[str, int] = Field(default_factory=dict)
     health: Health = Field(default_factory=Health)
     route: Route | None = None
+    tcp_routes: list[TcpRoute] = Field(
+        default_factory=list,
+        max_length=MAX_TCP_ROUTES,
+        description="TCP listeners at the balancer's edge (L4, no Host header)",
+    )
     placement: Placement = Field(default_factory=Placement)
     update: Update = Field(default_factory=Update)
     autoscale: Autoscale | None = None
@@ -602,6 +623,14 @@ class AppSpec(Model):
             check_port(self.route.port, "route")
             if self.network.internal:
                 raise ValueError("an internal app (network.internal: true) cannot have a route")
+        listens: set[int] = set()
+        for i, tcp in enumerate(self.tcp_routes):
+            check_port(tcp.port, f"tcp_routes[{i}]")
+            if tcp.listen in listens:
+                raise ValueError(f"tcp_routes[{i}]: listen port {tcp.listen} is listed twice")
+            listens.add(tcp.listen)
+            if self.network.internal:
+                raise ValueError("an internal app (network.internal: true) cannot have tcp_routes")
         if self.autoscale is not None and self.autoscale.min == 0 and self.route is None:
             raise ValueError(
                 "autoscale min 0 (scale to zero) needs a route: only the balancer can hold "
