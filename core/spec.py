@@ -387,11 +387,27 @@ class Mount(Model):
 class Network(Model):
     """East-west reachability (see the README's Networking): every app is reachable by name
     (``<name>``, ``<name>.<namespace>``) from containers of its own namespace; ``allow_from``
-    lists other namespaces whose containers may reach it too (``*``: every namespace).
-    ``internal: true`` keeps it off the edge: it cannot have a ``route``."""
+    lists other namespaces whose containers may reach it too (``*``: every namespace);
+    ``aliases`` are more names for it, in its namespace (compose's ``container_name`` and
+    network ``aliases``). ``internal: true`` keeps it off the edge: it cannot have a
+    ``route``."""
 
     internal: bool = False
     allow_from: list[str] = Field(default_factory=list, max_length=MAX_ALLOW)
+    aliases: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_ALLOW,
+        description="extra names of the app in its namespace (an app's own name wins)",
+    )
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: list[str]) -> list[str]:
+        for item in v:
+            check_dns_label(item, "network alias")
+        if len(set(v)) != len(v):
+            raise ValueError("network aliases must not repeat")
+        return v
 
     @field_validator("allow_from")
     @classmethod

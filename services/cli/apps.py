@@ -30,8 +30,16 @@ from services.cli.client import (
     run_async,
 )
 from services.cli.completion import complete_object
-from services.cli.compose import ComposeOptions, Mode, compose_documents, compose_options
+from services.cli.compose import (
+    ComposeOptions,
+    ComposeSecret,
+    Mode,
+    compose_documents,
+    compose_file,
+    compose_options,
+)
 from services.cli.output import FORMATS, age, name_lines, parse_selector, render_document
+from services.cli.secrets import put_secret
 from services.cli.views import (
     APP_COLUMNS,
     APP_WIDE_COLUMNS,
@@ -65,21 +73,27 @@ def _read(path: str) -> tuple[str, str]:
 
 
 def _load_files(
-    files: tuple[str, ...], compose: ComposeOptions | None = None, mode: Mode = "apply"
+    files: tuple[str, ...],
+    compose: ComposeOptions | None = None,
+    mode: Mode = "apply",
+    secrets: list[ComposeSecret] | None = None,
 ) -> list[Any]:
     """Raw documents of every file, validated locally first (errors exit 1, nothing sent).
 
     A compose file (a top-level ``services:``) is translated, its images built
-    (``services.cli.compose``)."""
+    (``services.cli.compose``); ``secrets`` gets the secrets it creates (``apply``)."""
     docs: list[Any] = []
     errors: list[str] = []
     for path in files:
         text, source = _read(path)
         try:
-            translated = compose_documents(text, source, compose or ComposeOptions(), mode)
-            if translated is not None:
+            found = compose_file(text, source, compose or ComposeOptions(), mode)
+            if found is not None:
+                translated, file_secrets = found
                 validate_apps(translated, source)
                 docs.extend(translated)
+                if secrets is not None:
+                    secrets.extend(file_secrets)
                 continue
             if compose is not None and compose.namespace is not None:
                 errors.append(f"{source}: -n applies to compose files; a spec names its namespace")
@@ -163,8 +177,9 @@ def apply(
     "Compose files".
     """
     # --dry-run builds nothing: built images are named by the tag a build would give
-    docs = _load_files(files, compose, "diff" if dry_run else "apply")
-    run_async(_apply(opts, docs, wait, wait_timeout, dry_run, ",".join(files)))
+    secrets: list[ComposeSecret] = []
+    docs = _load_files(files, compose, "diff" if dry_run else "apply", secrets)
+    run_async(_apply(opts, docs, wait, wait_timeout, dry_run, ",".join(files), secrets))
 
 
 async def _apply(
@@ -174,8 +189,11 @@ async def _apply(
     wait_timeout: float,
     dry_run: bool,
     source: str,
+    secrets: Sequence[ComposeSecret] = (),
 ) -> None:
     async with connect(opts) as bus:
+        for secret in secrets:
+            await _put_compose_secret(bus, secret, opts.timeout)
         reply = await bus.request(
             APPLY,
             ApplyCommand(apps=docs, dry_run=dry_run, source=f"cli:{source}"),
@@ -185,6 +203,17 @@ async def _apply(
         if wait and not dry_run:
             keys = [AppKey(r.namespace, r.name) for r in reply.results]
             await wait_ready(bus, keys, wait_timeout)
+
+
+async def _put_compose_secret(bus: Bus, secret: ComposeSecret, timeout: float) -> None:
+    """A compose file's secret, stored before its apps are applied: a value already held
+    is ``unchanged`` (nothing rolls); a new one rolls the apps using it."""
+    answer = await put_secret(bus, secret.namespace, secret.name, secret.value, timeout, "compose")
+    label = f"{secret.namespace}/{secret.name}"
+    if isinstance(answer, Reply):
+        _fail([f"secret {label}: {line}" for line in answer.errors])
+    if answer.change != "unchanged":
+        click.echo(f"secret {label} {answer.change} (version {answer.version})")
 
 
 async def wait_ready(bus: Bus, keys: list[AppKey], timeout: float) -> None:
