@@ -16,10 +16,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.bus import Bus
-from core.channels import APPLY, APPS, DELETE, HEALTH, NODE_REPLICAS, SCHEDULER_STATUS
+from core.channels import (
+    APPLY,
+    APPS,
+    DELETE,
+    HEALTH,
+    NODE_REPLICAS,
+    SCHEDULER_STATUS,
+    SECRET_RM,
+)
 from core.commands import ApplyCommand, DeleteCommand, Reply
 from core.errors import ShoalError, SpecError
 from core.keys import AppKey
+from core.secrets import SecretDelete
 from core.spec import load_specs, parse_documents, validate_apps
 from services.cli.client import (
     ClientOptions,
@@ -34,7 +43,6 @@ from services.cli.compose import (
     ComposeOptions,
     ComposeSecret,
     Mode,
-    compose_documents,
     compose_file,
     compose_options,
 )
@@ -458,18 +466,19 @@ def delete(
     """Delete apps: ``delete app NAME [-n NS]`` or ``delete -f FILE`` (a compose file:
     every app of its services)."""
     commands: list[DeleteCommand] = []
+    secrets: list[ComposeSecret] = []
     if files:
         if target:
             raise click.UsageError("give either -f FILE or 'app NAME', not both")
         for path in files:
             text, source = _read(path)
             try:
-                translated = compose_documents(text, source, ComposeOptions(namespace), "delete")
-                specs = (
-                    validate_apps(translated, source)
-                    if translated is not None
-                    else load_specs(text, source)
-                )
+                found = compose_file(text, source, ComposeOptions(namespace), "delete")
+                if found is not None:
+                    specs = validate_apps(found[0], source)
+                    secrets.extend(found[1])
+                else:
+                    specs = load_specs(text, source)
             except SpecError as err:
                 _fail(err.errors)
             commands.extend(DeleteCommand(namespace=s.namespace, name=s.name) for s in specs)
@@ -480,10 +489,14 @@ def delete(
             raise click.BadParameter(str(err)) from err
     else:
         raise click.UsageError("usage: shoal delete app NAME [-n NS]  |  shoal delete -f FILE")
-    run_async(_delete(opts, commands))
+    run_async(_delete(opts, commands, secrets))
 
 
-async def _delete(opts: ClientOptions, commands: list[DeleteCommand]) -> None:
+async def _delete(
+    opts: ClientOptions, commands: list[DeleteCommand], secrets: Sequence[ComposeSecret] = ()
+) -> None:
+    """The apps, then the secrets a compose file created on apply (a secret another app
+    still uses is kept, with a warning)."""
     failed = False
     async with connect(opts) as bus:
         for cmd in commands:
@@ -494,6 +507,15 @@ async def _delete(opts: ClientOptions, commands: list[DeleteCommand]) -> None:
                 failed = True
                 for line in reply.errors:
                     err_console.print(f"[red]error:[/red] {line}", highlight=False)
+        for secret in secrets if not failed else ():
+            body = SecretDelete(namespace=secret.namespace, name=secret.name)
+            answer = await bus.request(SECRET_RM, body, timeout=opts.timeout)
+            label = f"{secret.namespace}/{secret.name}"
+            if answer.ok:
+                click.echo(f"secret {label} deleted")
+            else:
+                reason = "; ".join(answer.errors)
+                err_console.print(f"warning: secret {label} kept: {reason}", highlight=False)
     if failed:
         sys.exit(1)
 

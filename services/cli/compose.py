@@ -137,8 +137,10 @@ def compose_file(
     if mode != "delete":
         for warning in compose.warnings:
             click.echo(f"warning: {source}: {warning}", err=True)
-    if mode == "delete":
-        return compose.apps, []
+    if mode == "delete":  # the secrets it creates, by name (delete -f removes them too)
+        return compose.apps, [
+            ComposeSecret(compose.namespace, x.name, b"") for x in compose.secrets
+        ]
     secrets = _secret_values(compose.namespace, compose.secrets) if mode == "apply" else []
     if not compose.builds:
         return compose.apps, secrets

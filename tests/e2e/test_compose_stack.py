@@ -3,7 +3,8 @@ key-value store; each tier healthy before the next starts) on three agents with 
 meshes. It comes up with ``shoal apply -f``, serves through the balancer (HTTP for the
 front end, a TCP route for the store), its containers reach each other by name and alias,
 the API gets its secret (created from the file by apply), and it survives a replica kill
-and a node loss with at most a handful of failed requests; ``delete -f`` removes it all.
+and a node loss with at most a handful of failed requests; ``delete -f`` removes it all,
+the secret it created included.
 """
 
 from __future__ import annotations
@@ -71,5 +72,6 @@ def test_three_service_compose_app_comes_up_serves_and_survives(cluster: Cluster
 
     deleted = cluster.shoal("delete", "-f", str(stack.compose)).stdout
     assert all(f"app {NAMESPACE}/{app} deleted" in deleted for app in ("front", "api", "kv"))
+    assert f"secret {NAMESPACE}/api-token deleted" in deleted  # the file's secret goes too
     wait_for(lambda: cluster.containers(all_states=True) == [], 60, message="containers gone")
     wait_for(lambda: ask_tcp(stack.kv_port) == "", 30, message="kv's TCP listener closed")
