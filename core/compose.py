@@ -24,14 +24,8 @@ from core.errors import SpecError
 from core.spec import DNS_LABEL
 from core.spec_yaml import _check_keys, text_document, yaml_loader
 
-#: Keys other engineers' branches will map (networking, secrets): "not supported yet".
-NOT_YET = {
-    "networks": "container networking between apps is not in Shoal yet",
-    "container_name": "extra container names come with container networking",
-    "expose": "ports reachable only from other containers come with container networking",
-    "secrets": "secrets come with the security work",
-    "configs": "configs come with the security work",
-}
+#: Keys of the specification Shoal means to map and does not yet: "not supported yet".
+NOT_YET: dict[str, str] = {}
 
 #: The service keys Shoal maps, and what each becomes (the README's table).
 SERVICE_KEYS = {
@@ -41,7 +35,14 @@ SERVICE_KEYS = {
     "entrypoint": "command (the image's ENTRYPOINT)",
     "environment": "env",
     "env_file": "env (environment wins)",
-    "ports": "ports + route: the balancer serves the first published port over HTTP",
+    "ports": "ports + route (the first HTTP port, by Host) + tcp_routes (every other "
+    "published port: a TCP listener of the balancer)",
+    "expose": "ports (reachable by name from the namespace's containers, not routed)",
+    "networks": "the namespace's network (every service of the file shares one); aliases: "
+    "network.aliases",
+    "container_name": "network.aliases (one more name; one replica only)",
+    "secrets": "secrets (files in /run/secrets); top-level file:/environment: created on apply",
+    "configs": "secrets, mounted at /<name> or target (created on apply like secrets)",
     "healthcheck": "health.readiness: an exec probe",
     "depends_on": "depends_on: started or healthy",
     "deploy": "replicas, resources, update, placement, labels",
@@ -68,7 +69,7 @@ RUN_TO_COMPLETION = (
     "containers that run to completion are not supported"
 )
 
-_TOP_KEYS = {"services", "name", "version", "volumes"}
+_TOP_KEYS = {"services", "name", "version", "volumes", "networks", "secrets", "configs"}
 _COMPOSE_DEFAULTS = {"interval": "30s", "timeout": "30s", "retries": 3}
 
 
@@ -87,12 +88,25 @@ class Build:
     repository: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class SecretSource:
+    """A secret (or config) of the file that ``apply`` creates in the namespace, from a
+    file (``file:``, an absolute path), a variable's value (``environment:``) or the text
+    given (``content:``). ``external: true`` ones are not listed: they must exist."""
+
+    name: str
+    file: str | None = None
+    value: str | None = None
+
+
 @dataclass
 class Compose:
     """A compose file translated: the namespace, one app document per service."""
 
     namespace: str
     apps: list[dict[str, Any]] = field(default_factory=list)
+    #: secrets and configs to create before the apps are applied
+    secrets: list[SecretSource] = field(default_factory=list)
     #: app name -> its build (its ``image`` is set once the tag is known: ``with_images``)
     builds: dict[str, Build] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -173,6 +187,13 @@ class _Context:
     raw: Any
     volumes: dict[str, str]
     errors: list[str] = field(default_factory=list)
+    #: top-level networks declared (name -> its definition)
+    networks: dict[str, Any] = field(default_factory=dict)
+    #: top-level secrets and configs: key -> the Shoal secret name
+    secret_names: dict[str, dict[str, str]] = field(default_factory=dict)
+    sources: list[SecretSource] = field(default_factory=list)
+    #: service -> the networks it is on
+    service_networks: dict[str, set[str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def unsupported(self, service: str, key: str, why: str = "", yet: bool = False) -> None:
@@ -298,6 +319,8 @@ def translate(
         if build is not None:
             out.builds[names[service]] = build
     _check_routes(out.apps, ctx)
+    _check_networks(ctx)
+    out.secrets = list(ctx.sources)
     _check_cycles(out.apps, ctx)
     _check_healthy_dependencies(out.apps, ctx)
     if ctx.errors:
@@ -332,6 +355,9 @@ def _top_level(data: Mapping[str, Any], ctx: _Context) -> None:
                 ctx.not_yet("", key)
             continue
         ctx.unsupported("", key)
+    _top_networks(data.get("networks"), ctx)
+    for kind in ("secrets", "configs"):
+        _top_secrets(kind, data.get(kind), ctx)
     volumes = data.get("volumes") or {}
     if not isinstance(volumes, dict):
         ctx.errors.append("volumes: must map volume names to volumes")
@@ -378,6 +404,12 @@ def _service(
             pass  # below: env_file first, environment over it
         elif key == "ports":
             _ports(service, value, doc, ctx, body.get("x-shoal-host"))
+        elif key in ("expose", "container_name"):
+            pass  # below: once ports and replicas are known
+        elif key == "networks":
+            _service_networks(service, value, doc, ctx)
+        elif key in ("secrets", "configs"):
+            doc.setdefault("secrets", []).extend(_secret_uses(service, key, value, ctx))
         elif key == "healthcheck":
             probe = _healthcheck(service, value, ctx)
             if probe is not None:
@@ -412,6 +444,11 @@ def _service(
             ctx.unsupported(service, key)
     if "resources" in doc:
         _settle_resources(doc["resources"])
+    if "expose" in body:
+        _expose(service, body["expose"], doc, ctx)
+    if "container_name" in body:
+        _container_name(service, body["container_name"], doc, ctx)
+    ctx.service_networks.setdefault(service, {"default"})
     env = _environment(service, body, ctx)
     if env:
         doc["env"] = env
@@ -562,78 +599,157 @@ _PORT = re.compile(
 )
 
 
+#: Container ports of well-known protocols that are not HTTP: a short-syntax port mapping
+#: (``"5432:5432"``) of one of these is a TCP port, any other an HTTP one (the long syntax
+#: says it with ``app_protocol``).
+TCP_PORTS = {
+    21: "ftp",
+    22: "ssh",
+    25: "smtp",
+    53: "dns",
+    110: "pop3",
+    143: "imap",
+    389: "ldap",
+    465: "smtps",
+    587: "submission",
+    636: "ldaps",
+    993: "imaps",
+    995: "pop3s",
+    1433: "sqlserver",
+    1521: "oracle",
+    1883: "mqtt",
+    2181: "zookeeper",
+    2379: "etcd",
+    3306: "mysql",
+    4222: "nats",
+    5432: "postgresql",
+    5672: "amqp",
+    6379: "redis",
+    8883: "mqtts",
+    9042: "cassandra",
+    9092: "kafka",
+    11211: "memcached",
+    26257: "cockroachdb",
+    27017: "mongodb",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Port:
+    target: int
+    published: int | None
+    http: bool
+
+
+def _port_entry(service: str, i: int, item: Any, ctx: _Context) -> _Port | None:
+    if isinstance(item, dict):
+        for key in item:
+            if key not in (
+                "target",
+                "published",
+                "protocol",
+                "host_ip",
+                "app_protocol",
+                "mode",
+                "name",
+            ):
+                ctx.unsupported(service, f"ports[{i}].{key}")
+        protocol = str(item.get("protocol") or "tcp")
+        app_protocol = item.get("app_protocol")
+        target = item.get("target")
+        published = item.get("published")
+        if item.get("mode", "ingress") not in ("ingress", "host"):
+            ctx.refuse(service, f"ports[{i}].mode", "must be ingress or host")
+    else:
+        text = ctx.text(item, ("services", service, "ports", i))
+        match = _PORT.match(text)
+        if match is None:
+            ctx.refuse(service, f"ports[{i}]", f"{text!r} is not a port mapping")
+            return None
+        protocol = match["protocol"] or "tcp"
+        app_protocol = None
+        target = match["target"]
+        published = match["published"]
+        if "-" in target or "-" in (published or ""):
+            ctx.unsupported(service, f"ports[{i}]", f"{text!r}: port ranges")
+            return None
+    if protocol != "tcp":
+        ctx.unsupported(service, f"ports[{i}]", f"protocol {protocol}: only TCP")
+        return None
+    try:
+        number = int(str(target))
+        listen = int(str(published)) if published not in (None, "") else None
+    except ValueError:
+        ctx.refuse(service, f"ports[{i}]", f"{target!r}:{published!r} is not a port number")
+        return None
+    if not 1 <= number <= 65535 or (listen is not None and not 0 <= listen <= 65535):
+        ctx.refuse(service, f"ports[{i}]", "a port number is 1-65535")
+        return None
+    if app_protocol is None:
+        http = number not in TCP_PORTS
+    else:
+        http = str(app_protocol) in ("http", "https")
+    return _Port(number, listen or None, http)
+
+
 def _ports(service: str, value: Any, doc: dict[str, Any], ctx: _Context, host: Any = None) -> None:
-    """The first published TCP port becomes the app's HTTP route (the balancer serves it
-    on its own listener: the published host port is not bound). ``host``: the service's
-    ``x-shoal-host``, the Host header the route answers (none: every host)."""
+    """The first HTTP port becomes the app's HTTP route (the balancer serves it on its own
+    listener by Host: its published host port is not bound); ``host``: the service's
+    ``x-shoal-host``, the Host header the route answers (none: every host). Every other
+    port is declared (``tcp-<port>``, reachable by name) and, when published, becomes a
+    TCP route: the balancer listens on the published port and relays to it."""
     if not isinstance(value, list):
         ctx.refuse(service, "ports", "must be a list")
         return
-    targets: list[int] = []
-    for i, item in enumerate(value):
-        if isinstance(item, dict):
-            for key in item:
-                if key not in (
-                    "target",
-                    "published",
-                    "protocol",
-                    "host_ip",
-                    "app_protocol",
-                    "mode",
-                    "name",
-                ):
-                    ctx.unsupported(service, f"ports[{i}].{key}")
-            protocol = str(item.get("protocol") or "tcp")
-            app_protocol = str(item.get("app_protocol") or "http")
-            target = item.get("target")
-            if item.get("mode", "ingress") not in ("ingress", "host"):
-                ctx.refuse(service, f"ports[{i}].mode", "must be ingress or host")
-        else:
-            text = ctx.text(item, ("services", service, "ports", i))
-            match = _PORT.match(text)
-            if match is None:
-                ctx.refuse(service, f"ports[{i}]", f"{text!r} is not a port mapping")
-                continue
-            protocol = match["protocol"] or "tcp"
-            app_protocol = "http"
-            target = match["target"]
-            if "-" in target or "-" in (match["published"] or ""):
-                ctx.unsupported(service, f"ports[{i}]", f"{text!r}: port ranges")
-                continue
-        if protocol != "tcp":
-            ctx.unsupported(service, f"ports[{i}]", f"protocol {protocol}: only TCP")
+    entries = [e for i, item in enumerate(value) if (e := _port_entry(service, i, item, ctx))]
+    http = next((e for e in entries if e.http), None)
+    ports: dict[str, int] = {}
+    if http is not None:
+        ports["http"] = http.target
+        route: dict[str, Any] = {"port": "http"}
+        if isinstance(host, str) and host:
+            route["host"] = host
+        doc["route"] = route
+    tcp_routes: list[dict[str, Any]] = []
+    listens: set[int] = set()
+    for entry in entries:
+        name = "http" if http is not None and entry.target == http.target else None
+        if name is None:
+            name = f"tcp-{entry.target}"
+            ports.setdefault(name, entry.target)
+        if entry is http or entry.published is None:
             continue
-        if app_protocol not in ("http", "https"):
-            ctx.unsupported(
-                service,
-                f"ports[{i}]",
-                f"app_protocol {app_protocol}: TCP listeners at the edge come with the "
-                "networking work; only HTTP ports are routed",
-                yet=True,
-            )
+        if entry.published in listens:
+            ctx.refuse(service, "ports", f"host port {entry.published} is published twice")
             continue
-        try:
-            number = int(str(target))
-        except ValueError:
-            ctx.refuse(service, f"ports[{i}].target", f"{target!r} is not a port number")
-            continue
-        if number not in targets:
-            targets.append(number)
-    if not targets:
+        listens.add(entry.published)
+        tcp_routes.append({"listen": entry.published, "port": name})
+    if ports:
+        doc["ports"] = {**doc.get("ports", {}), **ports}
+    if tcp_routes:
+        doc["tcp_routes"] = tcp_routes
+
+
+def _expose(service: str, value: Any, doc: dict[str, Any], ctx: _Context) -> None:
+    """Ports reachable from other containers only: declared, never routed."""
+    if not isinstance(value, list):
+        ctx.refuse(service, "expose", "must be a list")
         return
-    if len(targets) > 1:
-        ctx.unsupported(
-            service,
-            "ports",
-            f"{len(targets)} ports: one HTTP route per app; more ports, TCP ones included, "
-            "come with the networking work",
-            yet=True,
-        )
-    doc["ports"] = {"http": targets[0]}
-    route: dict[str, Any] = {"port": "http"}
-    if isinstance(host, str) and host:
-        route["host"] = host
-    doc["route"] = route
+    ports: dict[str, int] = doc.setdefault("ports", {})
+    for i, item in enumerate(value):
+        text = ctx.text(item, ("services", service, "expose", i))
+        number_text, _, protocol = text.partition("/")
+        if protocol not in ("", "tcp"):
+            ctx.unsupported(service, f"expose[{i}]", f"protocol {protocol}: only TCP")
+            continue
+        if not number_text.isdigit() or not 1 <= int(number_text) <= 65535:
+            ctx.refuse(service, f"expose[{i}]", f"{text!r} is not a port number (ranges: no)")
+            continue
+        number = int(number_text)
+        if number not in ports.values():
+            ports[f"tcp-{number}"] = number
+    if not ports:
+        del doc["ports"]
 
 
 def _check_routes(apps: list[dict[str, Any]], ctx: _Context) -> None:
@@ -1009,4 +1125,221 @@ def _volumes(service: str, value: Any, ctx: _Context) -> list[dict[str, Any]]:
         else:
             source = ctx.volumes[source]
         out.append({"source": source, "target": str(target), "read_only": read_only})
+    return out
+
+
+# -- networks, names ---------------------------------------------------------------------------
+
+
+def _top_networks(value: Any, ctx: _Context) -> None:
+    """Declared networks. Shoal gives each namespace one network: a declaration is accepted
+    when it asks for nothing else (a local bridge, a name)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        ctx.errors.append("networks: must map network names to networks")
+        return
+    for name, body in value.items():
+        body = body or {}
+        where = f"networks.{name}"
+        if not isinstance(body, dict):
+            ctx.errors.append(f"{where}: must be a mapping")
+            continue
+        ctx.networks[str(name)] = body
+        for key, setting in body.items():
+            key = str(key)
+            if key == "name" or key.startswith("x-"):
+                continue
+            if key == "driver" and setting == "bridge":
+                continue
+            if key in ("external", "internal", "attachable") and setting is False:
+                continue
+            why = {
+                "external": "Shoal makes and removes the namespace's network itself",
+                "internal": "every app reaches outside; use network.internal on the app for "
+                "no edge route",
+                "driver": "the namespace network is a bridge on every node",
+            }.get(key, "the namespace network is made by Shoal")
+            ctx.unsupported("", f"{where}.{key}", why)
+
+
+def _service_networks(service: str, value: Any, doc: dict[str, Any], ctx: _Context) -> None:
+    names: list[str] = []
+    aliases: list[str] = []
+    if isinstance(value, list):
+        names = [str(v) for v in value]
+    elif isinstance(value, dict):
+        for name, body in value.items():
+            names.append(str(name))
+            body = body or {}
+            if not isinstance(body, dict):
+                ctx.refuse(service, f"networks.{name}", "must be a mapping")
+                continue
+            for key, setting in body.items():
+                if key == "aliases" and isinstance(setting, list):
+                    aliases.extend(str(a) for a in setting)
+                elif key == "aliases":
+                    ctx.refuse(service, f"networks.{name}.aliases", "must be a list of names")
+                elif not str(key).startswith("x-"):
+                    ctx.unsupported(
+                        service,
+                        f"networks.{name}.{key}",
+                        "Shoal gives addresses itself (a VIP per app, names by DNS)",
+                    )
+    else:
+        ctx.refuse(service, "networks", "must be a list of network names or a mapping")
+        return
+    for name in names:
+        if name != "default" and name not in ctx.networks:
+            ctx.refuse(service, f"networks.{name}", "is not declared under top-level networks:")
+    ctx.service_networks[service] = set(names) or {"default"}
+    _add_aliases(service, "networks.aliases", aliases, doc, ctx)
+
+
+def _add_aliases(
+    service: str, key: str, names: list[str], doc: dict[str, Any], ctx: _Context
+) -> None:
+    network = doc.setdefault("network", {})
+    known: list[str] = network.setdefault("aliases", [])
+    for alias in names:
+        label = app_name(alias)
+        if not DNS_LABEL.match(label):
+            ctx.refuse(service, key, f"{alias!r} gives no valid name (a DNS label)")
+        elif label != doc["name"] and label not in known:
+            known.append(label)
+    if not known:
+        del network["aliases"]
+        if not network:
+            del doc["network"]
+
+
+def _container_name(service: str, value: Any, doc: dict[str, Any], ctx: _Context) -> None:
+    replicas = doc.get("replicas", 1)
+    if isinstance(replicas, int) and replicas > 1:
+        ctx.refuse(
+            service,
+            "container_name",
+            f"names one container, and the service has {replicas} replicas: drop "
+            "container_name (every replica is reachable by the service's name) or use "
+            "one replica",
+        )
+        return
+    text = ctx.text(value, ("services", service, "container_name"))
+    _add_aliases(service, "container_name", [text], doc, ctx)
+
+
+def _check_networks(ctx: _Context) -> None:
+    """Shoal puts every app of a namespace on one network: each one reaches every other.
+    A file whose services are split (two that share no network) asks for isolation
+    between them that Shoal would not give."""
+    services = sorted(ctx.service_networks)
+    for i, a in enumerate(services):
+        for b in services[i + 1 :]:
+            if not ctx.service_networks[a] & ctx.service_networks[b]:
+                ctx.unsupported(
+                    "",
+                    "networks",
+                    f"services {a} and {b} share no network, and every app of a namespace "
+                    "reaches every other in Shoal: put them in one network, or in two "
+                    "compose files (two namespaces, network.allow_from between them)",
+                )
+                return
+
+
+# -- secrets and configs -----------------------------------------------------------------------
+
+
+def _top_secrets(kind: str, value: Any, ctx: _Context) -> None:
+    names = ctx.secret_names.setdefault(kind, {})
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        ctx.errors.append(f"{kind}: must map names to definitions")
+        return
+    for key, body in value.items():
+        key = str(key)
+        where = f"{kind}.{key}"
+        if not isinstance(body, dict):
+            ctx.errors.append(f"{where}: must be a mapping")
+            continue
+        name = str(body.get("name") or key)
+        if not _SECRET_NAME.match(name):
+            ctx.errors.append(
+                f"{where}: {name!r} is no valid secret name (1-63 letters, digits, '_', '.', '-')"
+            )
+            continue
+        for other_kind, other in ctx.secret_names.items():
+            if other_kind != kind and name in other.values():
+                ctx.errors.append(
+                    f"{where}: the name {name} is also one of the file's {other_kind}: "
+                    "both are Shoal secrets of the namespace"
+                )
+        names[key] = name
+        sources = [k for k in ("file", "environment", "content") if k in body]
+        external = body.get("external", False) is True
+        for extra in set(body) - {"file", "environment", "content", "external", "name"}:
+            if not str(extra).startswith("x-"):
+                ctx.unsupported("", f"{where}.{extra}")
+        if external:
+            if sources:
+                ctx.errors.append(f"{where}: external and {sources[0]} exclude each other")
+            continue  # must exist: the controller refuses the apply naming it otherwise
+        if len(sources) != 1:
+            ctx.errors.append(
+                f"{where}: needs one of file, environment or content (or external: true "
+                f"for a secret made with `shoal secret create {name}`)"
+            )
+            continue
+        source = sources[0]
+        if source == "file":
+            ctx.sources.append(SecretSource(name, file=ctx.path(str(body["file"]))))
+        elif source == "environment":
+            variable = str(body["environment"])
+            if variable not in ctx.env:
+                ctx.errors.append(f"{where}: environment variable {variable} is not set")
+                continue
+            ctx.sources.append(SecretSource(name, value=ctx.env[variable]))
+        else:
+            ctx.sources.append(SecretSource(name, value=ctx.text(body["content"], ())))
+
+
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-]{0,61}[A-Za-z0-9])?$")
+
+
+def _secret_uses(service: str, kind: str, value: Any, ctx: _Context) -> list[dict[str, Any]]:
+    """A service's ``secrets:``/``configs:`` as Shoal secret uses: a secret at
+    ``/run/secrets/<source>`` (or ``target``), a config at ``/<source>`` (or ``target``)."""
+    if not isinstance(value, list):
+        ctx.refuse(service, kind, "must be a list")
+        return []
+    declared = ctx.secret_names.get(kind, {})
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        where = f"{kind}[{i}]"
+        if isinstance(item, dict):
+            source = item.get("source")
+            target = item.get("target")
+            for key in item:
+                if key in ("source", "target"):
+                    continue
+                if key in ("uid", "gid", "mode"):
+                    ctx.unsupported(
+                        service, f"{where}.{key}", "Shoal mounts secrets read-only, mode 0444"
+                    )
+                else:
+                    ctx.unsupported(service, f"{where}.{key}")
+        else:
+            source, target = item, None
+        if not isinstance(source, str) or not source:
+            ctx.refuse(service, where, "names no source")
+            continue
+        if source not in declared:
+            ctx.refuse(service, where, f"{source} is not declared under top-level {kind}:")
+            continue
+        use: dict[str, Any] = {"name": declared[source]}
+        if kind == "configs":
+            use["target"] = str(target) if target else f"/{source}"
+        elif target:
+            use["target"] = str(target)
+        out.append(use)
     return out

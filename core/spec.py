@@ -292,6 +292,22 @@ class RegionPlacement(Model):
     )
 
 
+#: TCP listeners one app may ask the balancer for.
+MAX_TCP_ROUTES = 16
+
+
+class TcpRoute(Model):
+    """An L4 route at the edge: the balancer listens on ``listen`` (on the host of its
+    ``--listen``) and relays every connection, bytes both ways, to a ready replica's
+    ``port``. No Host header: a listen port belongs to one app of the cluster."""
+
+    listen: int = Field(ge=1, le=65535, description="the balancer's listen port")
+    port: PortRef | None = None
+    algorithm: Literal["round_robin", "least_conn", "hash"] = Field(
+        default="round_robin", description="hash: rendezvous on the client IP"
+    )
+
+
 class Placement(Model):
     strategy: Literal["spread", "binpack"] = "spread"
     constraints: dict[str, list[str]] = Field(default_factory=dict)
@@ -426,11 +442,27 @@ class Mount(Model):
 class Network(Model):
     """East-west reachability (see the README's Networking): every app is reachable by name
     (``<name>``, ``<name>.<namespace>``) from containers of its own namespace; ``allow_from``
-    lists other namespaces whose containers may reach it too (``*``: every namespace).
-    ``internal: true`` keeps it off the edge: it cannot have a ``route``."""
+    lists other namespaces whose containers may reach it too (``*``: every namespace);
+    ``aliases`` are more names for it, in its namespace (compose's ``container_name`` and
+    network ``aliases``). ``internal: true`` keeps it off the edge: it cannot have a
+    ``route``."""
 
     internal: bool = False
     allow_from: list[str] = Field(default_factory=list, max_length=MAX_ALLOW)
+    aliases: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_ALLOW,
+        description="extra names of the app in its namespace (an app's own name wins)",
+    )
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: list[str]) -> list[str]:
+        for item in v:
+            check_dns_label(item, "network alias")
+        if len(set(v)) != len(v):
+            raise ValueError("network aliases must not repeat")
+        return v
 
     @field_validator("allow_from")
     @classmethod
@@ -574,6 +606,11 @@ class AppSpec(Model):
     ports: dict[str, int] = Field(default_factory=dict)
     health: Health = Field(default_factory=Health)
     route: Route | None = None
+    tcp_routes: list[TcpRoute] = Field(
+        default_factory=list,
+        max_length=MAX_TCP_ROUTES,
+        description="TCP listeners at the balancer's edge (L4, no Host header)",
+    )
     placement: Placement = Field(default_factory=Placement)
     update: Update = Field(default_factory=Update)
     autoscale: Autoscale | None = None
@@ -657,6 +694,14 @@ class AppSpec(Model):
             check_port(self.route.port, "route")
             if self.network.internal:
                 raise ValueError("an internal app (network.internal: true) cannot have a route")
+        listens: set[int] = set()
+        for i, tcp in enumerate(self.tcp_routes):
+            check_port(tcp.port, f"tcp_routes[{i}]")
+            if tcp.listen in listens:
+                raise ValueError(f"tcp_routes[{i}]: listen port {tcp.listen} is listed twice")
+            listens.add(tcp.listen)
+            if self.network.internal:
+                raise ValueError("an internal app (network.internal: true) cannot have tcp_routes")
         if self.autoscale is not None and self.autoscale.min == 0 and self.route is None:
             raise ValueError(
                 "autoscale min 0 (scale to zero) needs a route: only the balancer can hold "

@@ -209,6 +209,10 @@ class ReplicaHealth(Model):
     revision: Count
     node: str
     endpoint: str = Field(description="host:port the balancer should send traffic to")
+    endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="port name -> host:port, every published port (for TCP routes)",
+    )
     ready: bool
     terminating: bool = False
     since: float = 0.0
@@ -293,12 +297,30 @@ class RouteMetrics(Model):
     )
 
 
+class TcpRouteMetrics(Model):
+    """One balancer instance's view of one app's TCP routes over the last window."""
+
+    connections: Count = Field(default=0, description="connections accepted in the window")
+    active: Count = Field(default=0, description="connections open now")
+    bytes_in: Count = Field(default=0, description="client -> replica bytes in the window")
+    bytes_out: Count = Field(default=0, description="replica -> client bytes in the window")
+    errors: Count = Field(
+        default=0, description="connections closed unserved: no ready replica, none reachable"
+    )
+    per_replica: dict[str, Count] = Field(
+        default_factory=dict, description="replica id -> connections open now"
+    )
+
+
 class LbMetrics(Model):
     """``metrics/lb/<instance>``, every second: per app ``<ns>/<name>``."""
 
     instance: str
     window: float = 1.0
     apps: dict[str, RouteMetrics] = Field(default_factory=dict)
+    tcp: dict[str, TcpRouteMetrics] = Field(
+        default_factory=dict, description="per app <ns>/<name>: its TCP routes (L4)"
+    )
     ts: float = 0.0
 
 

@@ -42,6 +42,9 @@ from services.balancer.policy import Policy, ProxyOptions
 from services.balancer.prom import LbCollector
 from services.balancer.proxy import AiohttpEngine
 from services.balancer.routes import AppRoute, RouteTable, app_route
+from services.balancer.tcp_relay import TcpOptions, TcpRelay
+from services.balancer.tcp_routes import TcpAppRoute, TcpTable, tcp_app_routes
+from services.balancer.tcp_stats import TcpCollector, TcpStats
 from services.balancer.tls import Certificates
 
 
@@ -122,6 +125,20 @@ class BalancerService(Service):
             "acme", self._sync_acme, keys=lambda: ["acme"], resync=30.0
         )
         self.metrics.register(LbCollector(self.policy))
+        self.tcp_routes: dict[AppKey, list[TcpAppRoute]] = {}
+        self.tcp_stats = TcpStats()
+        proxy = self.options.proxy
+        self.tcp = TcpRelay(
+            self.options.listen[0],
+            self.tcp_stats,
+            TcpOptions(
+                connect_timeout=proxy.connect_timeout,
+                retries=proxy.retries,
+                eject_seconds=proxy.eject_seconds,
+            ),
+        )
+        self._tcp_pending = False  # a listen port could not be bound: try again
+        self.metrics.register(TcpCollector(self.tcp_stats))
         self.bus.on_connect(self._after_connect)
 
     # -- inputs ------------------------------------------------------------------------
@@ -169,6 +186,7 @@ class BalancerService(Service):
         if health is not None:
             for rid in self.policy.ejected.readmit(health.replicas):
                 self.log.info("replica readmitted: ready again after its ejection", replica=rid)
+            self.tcp.ejected.readmit(health.replicas)
         self._changed(key, health)
 
     async def _after_connect(self) -> None:
@@ -180,8 +198,9 @@ class BalancerService(Service):
         dirty, self._dirty = self._dirty, set()
         for key in dirty:
             app = self.apps.get(key)
+            health = self.health.get(key)
             route = (
-                app_route(app, self.health.get(key), self.node_regions, self.options.region)
+                app_route(app, health, self.node_regions, self.options.region)
                 if app is not None
                 else None
             )
@@ -189,6 +208,14 @@ class BalancerService(Service):
                 self.routes.pop(key, None)
             else:
                 self.routes[key] = route
+            tcp = tcp_app_routes(app, health) if app is not None else []
+            if tcp:
+                self.tcp_routes[key] = tcp
+            else:
+                self.tcp_routes.pop(key, None)
+        if dirty or self._tcp_pending:
+            table = TcpTable.build(r for rs in self.tcp_routes.values() for r in rs)
+            self._tcp_pending = not await self.tcp.apply(table)
         if dirty:
             self.policy.set_table(RouteTable(self.routes.values()))
             self.log.debug(
@@ -196,7 +223,7 @@ class BalancerService(Service):
                 apps=len(self.routes),
                 changed=[str(k) for k in sorted(dirty)[:10]],
             )
-        return None
+        return 2.0 if self._tcp_pending else None
 
     # -- scale from zero ---------------------------------------------------------------
 
@@ -233,6 +260,9 @@ class BalancerService(Service):
             policy = self.policy
             policy.ejected.purge()
             snapshot = policy.stats.snapshot(self.instance, window, time.time(), policy.inflight)
+            tcp = self.tcp_stats.snapshot()
+            if tcp:
+                snapshot = snapshot.model_copy(update={"tcp": tcp})
             for key, s in policy.stats.apps.items():
                 route = self.routes.get(key)
                 if s.held > 0 and route is not None:
@@ -266,6 +296,22 @@ class BalancerService(Service):
                 "ejected": [b.id for b in (*r.backends, *r.remote) if b.id in ejected],
             }
             for key, r in self.routes.items()
+        }
+
+    def tcp_route_table(self) -> dict[str, Any]:
+        """The TCP routes as ``/routes/tcp`` shows them, by listen port."""
+        table = self.tcp.table
+        return {
+            str(port): {
+                "app": str(r.key),
+                "algorithm": r.algorithm,
+                "desired": r.desired,
+                "listening": port in self.tcp.servers,
+                "error": self.tcp.bind_errors.get(port, ""),
+                "backends": [{"id": b.id, "endpoint": f"{b.host}:{b.port}"} for b in r.backends],
+                "ejected": [b.id for b in r.backends if b.id in self.tcp.ejected],
+            }
+            for port, r in sorted(table.by_port.items())
         }
 
     def admin_app(self) -> web.Application:
@@ -304,7 +350,12 @@ class BalancerService(Service):
 
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
+
+        async def tcp_routes(_: web.Request) -> web.Response:
+            return web.json_response(self.tcp_route_table())
+
         app.router.add_get("/routes", routes)
+        app.router.add_get("/routes/tcp", tcp_routes)
         return app
 
     async def main(self) -> None:
@@ -374,7 +425,7 @@ class BalancerService(Service):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             # in-flight requests finish (up to the shutdown timeout), new ones are refused
-            await engine.close()
+            await asyncio.gather(engine.close(), self.tcp.close())
             for cert_task in (tls_task, acme_task):
                 if cert_task is not None:
                     cert_task.cancel()

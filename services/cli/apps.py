@@ -16,10 +16,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.bus import Bus
-from core.channels import APPLY, APPS, DELETE, HEALTH, NODE_REPLICAS, SCHEDULER_STATUS
+from core.channels import (
+    APPLY,
+    APPS,
+    DELETE,
+    HEALTH,
+    NODE_REPLICAS,
+    SCHEDULER_STATUS,
+    SECRET_RM,
+)
 from core.commands import ApplyCommand, DeleteCommand, Reply
 from core.errors import ShoalError, SpecError
 from core.keys import AppKey
+from core.secrets import SecretDelete
 from core.spec import load_specs, parse_documents, validate_apps
 from services.cli.client import (
     ClientOptions,
@@ -30,8 +39,15 @@ from services.cli.client import (
     run_async,
 )
 from services.cli.completion import complete_object
-from services.cli.compose import ComposeOptions, Mode, compose_documents, compose_options
+from services.cli.compose import (
+    ComposeOptions,
+    ComposeSecret,
+    Mode,
+    compose_file,
+    compose_options,
+)
 from services.cli.output import FORMATS, age, name_lines, parse_selector, render_document
+from services.cli.secrets import put_secret
 from services.cli.views import (
     APP_COLUMNS,
     APP_WIDE_COLUMNS,
@@ -65,21 +81,27 @@ def _read(path: str) -> tuple[str, str]:
 
 
 def _load_files(
-    files: tuple[str, ...], compose: ComposeOptions | None = None, mode: Mode = "apply"
+    files: tuple[str, ...],
+    compose: ComposeOptions | None = None,
+    mode: Mode = "apply",
+    secrets: list[ComposeSecret] | None = None,
 ) -> list[Any]:
     """Raw documents of every file, validated locally first (errors exit 1, nothing sent).
 
     A compose file (a top-level ``services:``) is translated, its images built
-    (``services.cli.compose``)."""
+    (``services.cli.compose``); ``secrets`` gets the secrets it creates (``apply``)."""
     docs: list[Any] = []
     errors: list[str] = []
     for path in files:
         text, source = _read(path)
         try:
-            translated = compose_documents(text, source, compose or ComposeOptions(), mode)
-            if translated is not None:
+            found = compose_file(text, source, compose or ComposeOptions(), mode)
+            if found is not None:
+                translated, file_secrets = found
                 validate_apps(translated, source)
                 docs.extend(translated)
+                if secrets is not None:
+                    secrets.extend(file_secrets)
                 continue
             if compose is not None and compose.namespace is not None:
                 errors.append(f"{source}: -n applies to compose files; a spec names its namespace")
@@ -163,8 +185,9 @@ def apply(
     "Compose files".
     """
     # --dry-run builds nothing: built images are named by the tag a build would give
-    docs = _load_files(files, compose, "diff" if dry_run else "apply")
-    run_async(_apply(opts, docs, wait, wait_timeout, dry_run, ",".join(files)))
+    secrets: list[ComposeSecret] = []
+    docs = _load_files(files, compose, "diff" if dry_run else "apply", secrets)
+    run_async(_apply(opts, docs, wait, wait_timeout, dry_run, ",".join(files), secrets))
 
 
 async def _apply(
@@ -174,8 +197,11 @@ async def _apply(
     wait_timeout: float,
     dry_run: bool,
     source: str,
+    secrets: Sequence[ComposeSecret] = (),
 ) -> None:
     async with connect(opts) as bus:
+        for secret in secrets:
+            await _put_compose_secret(bus, secret, opts.timeout)
         reply = await bus.request(
             APPLY,
             ApplyCommand(apps=docs, dry_run=dry_run, source=f"cli:{source}"),
@@ -185,6 +211,17 @@ async def _apply(
         if wait and not dry_run:
             keys = [AppKey(r.namespace, r.name) for r in reply.results]
             await wait_ready(bus, keys, wait_timeout)
+
+
+async def _put_compose_secret(bus: Bus, secret: ComposeSecret, timeout: float) -> None:
+    """A compose file's secret, stored before its apps are applied: a value already held
+    is ``unchanged`` (nothing rolls); a new one rolls the apps using it."""
+    answer = await put_secret(bus, secret.namespace, secret.name, secret.value, timeout, "compose")
+    label = f"{secret.namespace}/{secret.name}"
+    if isinstance(answer, Reply):
+        _fail([f"secret {label}: {line}" for line in answer.errors])
+    if answer.change != "unchanged":
+        click.echo(f"secret {label} {answer.change} (version {answer.version})")
 
 
 async def wait_ready(bus: Bus, keys: list[AppKey], timeout: float) -> None:
@@ -429,18 +466,19 @@ def delete(
     """Delete apps: ``delete app NAME [-n NS]`` or ``delete -f FILE`` (a compose file:
     every app of its services)."""
     commands: list[DeleteCommand] = []
+    secrets: list[ComposeSecret] = []
     if files:
         if target:
             raise click.UsageError("give either -f FILE or 'app NAME', not both")
         for path in files:
             text, source = _read(path)
             try:
-                translated = compose_documents(text, source, ComposeOptions(namespace), "delete")
-                specs = (
-                    validate_apps(translated, source)
-                    if translated is not None
-                    else load_specs(text, source)
-                )
+                found = compose_file(text, source, ComposeOptions(namespace), "delete")
+                if found is not None:
+                    specs = validate_apps(found[0], source)
+                    secrets.extend(found[1])
+                else:
+                    specs = load_specs(text, source)
             except SpecError as err:
                 _fail(err.errors)
             commands.extend(DeleteCommand(namespace=s.namespace, name=s.name) for s in specs)
@@ -451,10 +489,14 @@ def delete(
             raise click.BadParameter(str(err)) from err
     else:
         raise click.UsageError("usage: shoal delete app NAME [-n NS]  |  shoal delete -f FILE")
-    run_async(_delete(opts, commands))
+    run_async(_delete(opts, commands, secrets))
 
 
-async def _delete(opts: ClientOptions, commands: list[DeleteCommand]) -> None:
+async def _delete(
+    opts: ClientOptions, commands: list[DeleteCommand], secrets: Sequence[ComposeSecret] = ()
+) -> None:
+    """The apps, then the secrets a compose file created on apply (a secret another app
+    still uses is kept, with a warning)."""
     failed = False
     async with connect(opts) as bus:
         for cmd in commands:
@@ -465,6 +507,15 @@ async def _delete(opts: ClientOptions, commands: list[DeleteCommand]) -> None:
                 failed = True
                 for line in reply.errors:
                     err_console.print(f"[red]error:[/red] {line}", highlight=False)
+        for secret in secrets if not failed else ():
+            body = SecretDelete(namespace=secret.namespace, name=secret.name)
+            answer = await bus.request(SECRET_RM, body, timeout=opts.timeout)
+            label = f"{secret.namespace}/{secret.name}"
+            if answer.ok:
+                click.echo(f"secret {label} deleted")
+            else:
+                reason = "; ".join(answer.errors)
+                err_console.print(f"warning: secret {label} kept: {reason}", highlight=False)
     if failed:
         sys.exit(1)
 

@@ -28,10 +28,11 @@ from typing import Any, Literal
 
 import click
 
-from core.compose import Build, is_compose, read_compose, translate
+from core.compose import Build, SecretSource, is_compose, read_compose, translate
 from core.compose_build import ContextFile, build_digest, image_tag
 from core.compose_env import parse_env_file
 from core.errors import ShoalError, SpecError
+from core.secrets import MAX_SECRET_BYTES
 
 Mode = Literal["apply", "diff", "delete"]
 
@@ -83,13 +84,32 @@ def compose_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+@dataclass(frozen=True)
+class ComposeSecret:
+    """A secret (or config) of a compose file, its value read: created on apply."""
+
+    namespace: str
+    name: str
+    value: bytes
+
+
 def compose_documents(
     text: str, source: str, options: ComposeOptions, mode: Mode
 ) -> list[dict[str, Any]] | None:
-    """The app documents of a compose file (None: ``text`` is not one). ``apply`` builds
-    (and pushes) the images of ``build:`` sections; ``diff`` only computes their tags;
-    ``delete`` needs names only (unsupported keys are then no obstacle). Raises
-    ``SpecError`` for an invalid file, ``ShoalError`` for a failed build."""
+    """The app documents of a compose file (None: ``text`` is not one); see
+    ``compose_file``."""
+    found = compose_file(text, source, options, mode)
+    return None if found is None else found[0]
+
+
+def compose_file(
+    text: str, source: str, options: ComposeOptions, mode: Mode
+) -> tuple[list[dict[str, Any]], list[ComposeSecret]] | None:
+    """The app documents of a compose file and the secrets to create for it (None:
+    ``text`` is not one). ``apply`` builds (and pushes) the images of ``build:`` sections
+    and reads the secrets' values; ``diff`` only computes the images' tags; ``delete``
+    needs names only (unsupported keys are then no obstacle). Raises ``SpecError`` for an
+    invalid file, ``ShoalError`` for a failed build."""
     try:
         data, raw = read_compose(text, source)
     except SpecError:
@@ -117,15 +137,44 @@ def compose_documents(
     if mode != "delete":
         for warning in compose.warnings:
             click.echo(f"warning: {source}: {warning}", err=True)
-    if mode == "delete" or not compose.builds:
-        return compose.apps
+    if mode == "delete":  # the secrets it creates, by name (delete -f removes them too)
+        return compose.apps, [
+            ComposeSecret(compose.namespace, x.name, b"") for x in compose.secrets
+        ]
+    secrets = _secret_values(compose.namespace, compose.secrets) if mode == "apply" else []
+    if not compose.builds:
+        return compose.apps, secrets
     tags = {}
     for app, build in compose.builds.items():
         tag = image_tag(build, _digest(build), options.registry)
         if mode == "apply":
             _build(build, tag, push=options.registry is not None)
         tags[app] = tag
-    return compose.with_images(tags)
+    return compose.with_images(tags), secrets
+
+
+def _secret_values(namespace: str, sources: list[SecretSource]) -> list[ComposeSecret]:
+    out: list[ComposeSecret] = []
+    errors: list[str] = []
+    for source in sources:
+        if source.file is None:
+            out.append(ComposeSecret(namespace, source.name, (source.value or "").encode()))
+            continue
+        try:
+            value = Path(source.file).read_bytes()
+        except OSError as err:
+            errors.append(f"secret {source.name}: file {source.file}: {err.strerror}")
+            continue
+        if len(value) > MAX_SECRET_BYTES:
+            errors.append(
+                f"secret {source.name}: {source.file} is {len(value)} bytes; a secret holds "
+                f"at most {MAX_SECRET_BYTES}"
+            )
+            continue
+        out.append(ComposeSecret(namespace, source.name, value))
+    if errors:
+        raise SpecError(errors)
+    return out
 
 
 def _read_text(path: str) -> str | None:

@@ -135,6 +135,20 @@ class Supervisor:
             await child.start()
 
 
+def mesh_wanted(no_mesh: bool, euid: int) -> tuple[bool, str]:
+    """Whether ``shoal up`` runs the node's mesh (app names for containers), and a note
+    for the banner when it does not. The mesh adds addresses to bridges and binds port 53
+    on them: it needs root."""
+    if no_mesh:
+        return False, "\n  mesh: off (--no-mesh): containers cannot reach apps by name"
+    if euid != 0:
+        return False, (
+            "\n  mesh: off (it needs root): containers cannot reach apps by name; run "
+            "shoal up as root for names (db, api.prod)"
+        )
+    return True, ""
+
+
 def _has_service(name: str) -> bool:
     return importlib.util.find_spec(f"services.{name}.command") is not None
 
@@ -197,6 +211,11 @@ def _has_service(name: str) -> bool:
 )
 @click.option("--no-agent", is_flag=True, help="do not run a local agent (control plane only)")
 @click.option(
+    "--no-mesh",
+    is_flag=True,
+    help="do not run the local mesh (app names and VIPs for containers; needs root)",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -218,6 +237,7 @@ def up(
     labels: str,
     policy: str | None,
     no_agent: bool,
+    no_mesh: bool,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -271,11 +291,17 @@ def up(
         ("scaler", []),
         ("dashboard", ["--listen", dashboard]),
     ]
+    mesh_note = ""
     if not no_agent:
         agent_args = ["--node-id", node_id, "--address", address]
         if labels:
             agent_args += ["--labels", labels]
+        mesh, mesh_note = mesh_wanted(no_mesh, os.geteuid())
+        if mesh:
+            agent_args.append("--mesh")
         plan.insert(2, ("agent", agent_args))
+        if mesh:
+            plan.insert(2, ("mesh", ["--node-id", node_id]))
     for name, args in plan:
         if _has_service(name):
             children.append(Child(name, f"services.{name}", [*common, *args], env=secret_env))
@@ -283,7 +309,7 @@ def up(
     err_console.print(
         f"[bold]shoal up[/bold]: broker {url} · balancer http://{listen} · data {data_dir}\n"
         f"  dashboard: http://{dashboard}/\n"
-        f"  services: {names}\n  try: shoal apply -f configs/demo.yaml --wait",
+        f"  services: {names}{mesh_note}\n  try: shoal apply -f configs/demo.yaml --wait",
         highlight=False,
     )
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

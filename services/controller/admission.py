@@ -24,7 +24,8 @@ the spec has no such fields, so a spec naming one is refused as an unknown field
 
 Route hosts belong to one namespace: an app may not take a host (exact or wildcard) that
 an app of another namespace uses, nor one that overlaps it (``*.example.com`` and
-``api.example.com``), since either would take part of the other's traffic.
+``api.example.com``), since either would take part of the other's traffic. A TCP listen
+port belongs to one app of the cluster (``listen_ports.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from core.errors import SpecError
 from core.keys import AppKey
 from core.spec import AppSpec, Model, check_dns_label, format_validation_error
 from core.spec_yaml import read_documents
+from services.controller.listen_ports import listen_port_errors
 
 #: Where the Docker socket lives on a node.
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
@@ -218,6 +220,7 @@ def check_admission(
     batch = list(specs)
     errors = [line for spec in batch for line in admission_errors(spec, policy)]
     errors += host_errors(batch, current)
+    errors += listen_port_errors(batch, current)
     if errors:
         raise SpecError(errors)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Iterable, Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from core.keys import AppKey
@@ -59,6 +59,7 @@ class Target:
     offline: bool = False  # its node's agent is offline: probed directly, by endpoint
     unassigned: bool = False  # its node's assignment no longer lists it
     hold: bool = False  # offline and nothing to check: the last verdict is kept
+    endpoints: Mapping[str, str] = field(default_factory=dict)  # every published port
 
     def probe(self, role: ProbeRole) -> tuple[Probe | None, str]:
         if role == "readiness":
@@ -147,6 +148,7 @@ def targets_for(
                 offline=offline,
                 unassigned=unassigned,
                 hold=hold,
+                endpoints=dict(st.endpoints),
             )
         )
     out.sort(key=lambda t: t.replica)
@@ -251,6 +253,7 @@ def replica_health(
         revision=target.revision,
         node=target.node,
         endpoint=target.endpoint,
+        endpoints=dict(target.endpoints),
         ready=ready,
         terminating=terminating,
         since=since,

@@ -107,6 +107,16 @@ def source_namespace(peer: str, networks: Iterable[NodeNetwork]) -> str | None:
     return None
 
 
+def by_alias(apps: Mapping[AppKey, AppState], key: AppKey) -> AppState | None:
+    """The app of ``key.namespace`` that has ``key.name`` among its ``network.aliases``
+    (the first by name when several claim it, so every node answers alike)."""
+    for candidate_key in sorted(k for k in apps if k.namespace == key.namespace):
+        app = apps[candidate_key]
+        if key.name in app.spec.network.aliases:
+            return app
+    return None
+
+
 def lookup(
     qname: str,
     querier: str,
@@ -120,6 +130,8 @@ def lookup(
     key = resolve_name(qname, querier)
     ours = qname.lower().rstrip(".").endswith("." + domain)
     app = apps.get(key) if key is not None else None
+    if app is None and key is not None:
+        app = by_alias(apps, key)
     if app is None:
         return [] if ours else FORWARD
     if not may_reach(querier, app.spec):

@@ -85,6 +85,14 @@ def test_shoal_up_with_embedded_broker_serves_traffic_and_stops_cleanly(
         names = {http_get(f"http://{listen}/").body for _ in range(12)}
         assert len(names) == 2
         assert all(n.startswith("v2 ") for n in names)
+        if os.geteuid() == 0:  # shoal up runs the mesh: containers reach apps by name
+            container = docker_ids(prefix)[0]
+            call = ["docker", "exec", container, "call", "http://hello:8080/"]
+            wait_for(
+                lambda: subprocess.run(call, capture_output=True).returncode == 0,
+                30,
+                message="hello by name from a container",
+            )
         assert f"dashboard: http://{dashboard}/" in up.output()
         state = json.loads(http_get(f"http://{dashboard}/api/state").body)
         assert [a["key"] for a in state["apps"]] == ["default/hello"]
@@ -92,14 +100,27 @@ def test_shoal_up_with_embedded_broker_serves_traffic_and_stops_cleanly(
         wait_for(lambda: http_get(f"http://{listen}/").status == 404, 30)
     finally:
         code = up.stop(timeout=30)
-        ids = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=shoal.prefix={prefix}"],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        clean_up(prefix)
     assert code == 0, up.output()[-3000:]
+
+
+def docker_ids(prefix: str, *what: str) -> list[str]:
+    """Containers (or, with ``what`` = ("network",), networks) of this test's prefix."""
+    argv = ["docker", *what, "ls" if what else "ps", "-q"]
+    if not what:
+        argv.append("-a")
+    argv += ["--filter", f"label=shoal.prefix={prefix}"]
+    return subprocess.run(argv, capture_output=True, text=True).stdout.split()
+
+
+def clean_up(prefix: str) -> None:
+    """This test's containers and the mesh's networks, by the prefix label."""
+    ids = docker_ids(prefix)
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+    networks = docker_ids(prefix, "network")
+    if networks:
+        subprocess.run(["docker", "network", "rm", *networks], capture_output=True)
 
 
 SERVICES = {
@@ -112,7 +133,7 @@ SERVICES = {
     "services.balancer.worker",
     "services.scaler",
     "services.dashboard",
-}
+} | ({"services.mesh"} if os.geteuid() == 0 else set())  # the mesh needs root
 
 
 def test_shoal_up_killed_with_sigkill_leaves_no_service_process(
@@ -188,10 +209,4 @@ def test_shoal_up_killed_with_sigkill_leaves_no_service_process(
         for pid in ours():  # a failed test leaves nothing behind either
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        ids = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=shoal.prefix={prefix}"],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        clean_up(prefix)

@@ -18,6 +18,7 @@ from services.controller.admission import (
     host_errors,
     load_policy,
 )
+from services.controller.listen_ports import listen_port_errors
 
 
 def spec(namespace: str = "default", name: str = "web", **fields: Any) -> AppSpec:
@@ -252,3 +253,41 @@ def test_check_admission_refuses_the_whole_batch_with_every_line() -> None:
         check_admission(batch, current, DEFAULT_POLICY)
     assert [line.split(":")[0] for line in caught.value.errors] == ["default/a", "aaa/evil"]
     check_admission([spec("default", "fine")], current, DEFAULT_POLICY)
+
+
+def listening(namespace: str, name: str, *ports: int) -> AppSpec:
+    return spec(
+        namespace, name, ports={"db": 5432}, tcp_routes=[{"listen": p, "port": "db"} for p in ports]
+    )
+
+
+@pytest.mark.parametrize(
+    ("current", "batch", "errors"),
+    [
+        # re-applying an app with its own port, or moving it to another port
+        ([("prod", "db", 15432)], [("prod", "db", 15432)], []),
+        ([("prod", "db", 15432)], [("prod", "db", 15433), ("prod", "db2", 15432)], []),
+        # another app, in any namespace, cannot take it
+        ([("prod", "db", 15432)], [("prod", "db2", 15432)], ["prod/db2 ... prod/db"]),
+        ([("prod", "db", 15432)], [("test", "db", 15432)], ["test/db ... prod/db"]),
+        # two specs of one batch asking for one port: the second is refused
+        ([], [("a", "one", 9000), ("b", "two", 9000)], ["b/two ... a/one"]),
+        ([("prod", "db", 15432)], [("prod", "other", 1, 2)], []),
+    ],
+)
+def test_a_tcp_listen_port_belongs_to_one_app(
+    current: list[tuple[Any, ...]], batch: list[tuple[Any, ...]], errors: list[str]
+) -> None:
+    apps = {AppKey(c[0], c[1]): listening(*c) for c in current}
+    lines = listen_port_errors([listening(*b) for b in batch], apps)
+    assert len(lines) == len(errors), lines
+    for line, expected in zip(lines, errors, strict=True):
+        app, _, owner = expected.partition(" ... ")
+        assert line.startswith(f"{app}: tcp_routes[0].listen: port ")
+        assert line.endswith(f"already used by app {owner}: a listen port belongs to one app")
+
+
+def test_check_admission_refuses_a_taken_listen_port() -> None:
+    current = {AppKey("prod", "db"): listening("prod", "db", 15432)}
+    with pytest.raises(SpecError, match="a listen port belongs to one app"):
+        check_admission([listening("test", "db", 15432)], current, DEFAULT_POLICY)

@@ -41,6 +41,9 @@ def service(body: str, **kwargs: Any) -> dict[str, Any]:
     text += "  db:\n    image: redis:7\n    healthcheck: {test: [CMD, true]}\n"
     text += "    ports: ['6379']\n    x-shoal-host: db.local\n"
     text += "volumes:\n  data: {}\n  shared: {external: true}\n  named: {name: the-name}\n"
+    text += "networks:\n  front: {}\n  back: {driver: bridge, name: shop-back}\n"
+    text += "secrets:\n  token: {file: ./token.txt}\n  api: {external: true, name: api-key}\n"
+    text += "configs:\n  conf: {content: 'x=1'}\n"
     result = compose(text, **kwargs)
     docs = result.with_images({app: f"built/{app}:1" for app in result.builds})
     validate_apps(docs, "compose.yaml")  # every translation is a valid spec
@@ -119,6 +122,74 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         {"ports": {"http": 80}},
     ),
     ("ports container only", "image: i\nports: [80]", {"ports": {"http": 80}}),
+    (
+        "ports: a well-known TCP port is a TCP route at its published port",
+        "image: i\nports: ['5432:5432']",
+        {"ports": {"tcp-5432": 5432}, "tcp_routes": [{"listen": 5432, "port": "tcp-5432"}]},
+    ),
+    (
+        "ports: a TCP port not published is declared only",
+        "image: i\nports: ['6379']",
+        {"ports": {"tcp-6379": 6379}},
+    ),
+    (
+        "ports: a second port is a TCP route too",
+        "image: i\nports: ['8080:80', '8443:443', '127.0.0.1:15432:5432']",
+        {
+            "ports": {"http": 80, "tcp-443": 443, "tcp-5432": 5432},
+            "route": {"port": "http"},
+            "tcp_routes": [
+                {"listen": 8443, "port": "tcp-443"},
+                {"listen": 15432, "port": "tcp-5432"},
+            ],
+        },
+    ),
+    (
+        "ports long, app_protocol not http",
+        "image: i\nports: [{target: 5000, published: 15000, app_protocol: postgresql}]",
+        {"ports": {"tcp-5000": 5000}, "tcp_routes": [{"listen": 15000, "port": "tcp-5000"}]},
+    ),
+    (
+        "ports long, app_protocol http on a TCP-looking port",
+        "image: i\nports: [{target: 6379, published: 6379, app_protocol: http}]",
+        {"ports": {"http": 6379}, "route": {"port": "http"}},
+    ),
+    (
+        "expose",
+        "image: i\nports: ['8080:80']\nexpose: ['3000', 80, '9000/tcp']",
+        {"ports": {"http": 80, "tcp-3000": 3000, "tcp-9000": 9000}, "route": {"port": "http"}},
+    ),
+    ("networks list", "image: i\nnetworks: [default, front]", {}),
+    (
+        "networks map with aliases",
+        "image: i\nnetworks: {front: {aliases: [www, Web_Site]}, default: null}",
+        {"network": {"aliases": ["www", "web-site"]}},
+    ),
+    (
+        "container_name",
+        "image: i\ncontainer_name: shop_web_1",
+        {"network": {"aliases": ["shop-web-1"]}},
+    ),
+    (
+        "container_name equal to the app's name adds nothing",
+        "image: i\ncontainer_name: web",
+        {},
+    ),
+    (
+        "secrets short and long",
+        "image: i\nsecrets: [token, {source: api, target: /etc/api.key}]",
+        {"secrets": [{"name": "token"}, {"name": "api-key", "target": "/etc/api.key"}]},
+    ),
+    (
+        "configs short",
+        "image: i\nconfigs: [conf]",
+        {"secrets": [{"name": "conf", "target": "/conf"}]},
+    ),
+    (
+        "configs long",
+        "image: i\nconfigs: [{source: conf, target: /etc/app.conf}]",
+        {"secrets": [{"name": "conf", "target": "/etc/app.conf"}]},
+    ),
     (
         "ports long",
         "image: i\nports: [{target: 80, published: 8080, protocol: tcp, app_protocol: http}]",
@@ -393,23 +464,15 @@ DB_AND_WEB += "  web:\n    image: i\n"
 
 UNSUPPORTED = [
     ("tty: true", "service web: tty is not supported"),
-    ("networks: [front]", "service web: networks is not supported yet (container networking"),
-    ("container_name: shop-web", "service web: container_name is not supported yet"),
-    ("expose: ['3000']", "service web: expose is not supported yet"),
-    ("secrets: [token]", "service web: secrets is not supported yet"),
-    ("configs: [conf]", "service web: configs is not supported yet"),
+    (
+        "networks: {default: {ipv4_address: 10.0.0.5}}",
+        "service web: networks.default.ipv4_address is not supported: Shoal gives addresses",
+    ),
+    ("expose: ['53/udp']", "service web: expose[0] is not supported: protocol udp"),
     ("ports: ['53:53/udp']", "service web: ports[0] is not supported: protocol udp"),
     (
         "ports: ['8000-8001:80-81']",
         "service web: ports[0] is not supported: '8000-8001:80-81': port ranges",
-    ),
-    (
-        "ports: [{target: 5432, app_protocol: postgresql}]",
-        "service web: ports[0] is not supported yet (app_protocol postgresql: TCP listeners",
-    ),
-    (
-        "ports: ['80:80', '443:443']",
-        "service web: ports is not supported yet (2 ports",
     ),
     (
         "healthcheck: {test: [CMD, x], start_interval: 1s}",
@@ -482,6 +545,15 @@ REFUSED = [
         "running",
     ),
     ("depends_on: [cache]", "service web: depends_on.cache: no such service in the file"),
+    (
+        "container_name: the-web\ndeploy: {replicas: 2}",
+        "service web: container_name: names one container, and the service has 2 replicas",
+    ),
+    ("networks: [nowhere]", "service web: networks.nowhere: is not declared under top-level"),
+    ("secrets: [nope]", "service web: secrets[0]: nope is not declared under top-level secrets:"),
+    ("configs: [token]", "service web: configs[0]: token is not declared under top-level configs:"),
+    ("ports: ['5432:5432', '6432:5432', '5432:6379']", "host port 5432 is published twice"),
+    ("expose: ['30-40']", "service web: expose[0]: '30-40' is not a port number"),
     ("volumes: ['undeclared:/x']", "volume undeclared is not declared under top-level volumes:"),
     ("env_file: nowhere.env", "service web: env_file: /srv/shop/nowhere.env does not exist"),
     ('command: "unbalanced \'quote"', "service web: command: cannot split"),
@@ -497,9 +569,19 @@ def test_what_shoal_refuses_even_with_allow_unsupported(body: str, error: str) -
 
 
 def test_file_level_problems() -> None:
+    split = "services: {db: {image: i}, web: {image: i, networks: [front]}}\nnetworks: {front: {}}"
     assert any(
-        "top level: networks is not supported yet" in e
-        for e in errors("services: {web: {image: i}}\nnetworks: {front: {}}")
+        "top level: networks is not supported: services db and web share no network" in e
+        for e in errors(split)
+    )
+    assert compose(split, allow_unsupported=True).warnings
+    assert any(
+        "top level: networks.front.external is not supported: Shoal makes and removes" in e
+        for e in errors("services: {web: {image: i}}\nnetworks: {front: {external: true}}")
+    )
+    assert any(
+        "top level: networks.front.internal is not supported" in e
+        for e in errors("services: {web: {image: i}}\nnetworks: {front: {internal: true}}")
     )
     assert any(
         "top level: include is not supported" in e
@@ -594,3 +676,71 @@ def test_compose_nested_too_deeply_is_a_spec_error() -> None:
     with pytest.raises(SpecError) as caught:
         read_compose("services: " + "[" * 2000 + "]" * 2000, "c.yaml")
     assert caught.value.errors == ["c.yaml: not valid YAML: nested too deeply"]
+
+
+def test_services_on_one_network_and_secrets_created_on_apply() -> None:
+    result = compose(
+        """
+        services:
+          api:
+            image: i
+            networks: [back]
+            secrets: [db-pass, {source: token, target: token.txt}]
+            configs: [nginx]
+          db:
+            image: i
+            networks: {back: {aliases: [postgres]}}
+            container_name: the-db
+        networks: {back: {}}
+        secrets:
+          db-pass: {file: ./secrets/db.txt}
+          token: {environment: TOKEN}
+          shared: {external: true}
+        configs:
+          nginx: {content: "listen 80;", name: nginx-conf}
+        """,
+        env={"TOKEN": "t0k"},
+    )
+    validate_apps(result.apps, "compose.yaml")
+    api, db = sorted(result.apps, key=lambda d: d["name"])
+    assert api["secrets"] == [
+        {"name": "db-pass"},
+        {"name": "token", "target": "token.txt"},
+        {"name": "nginx-conf", "target": "/nginx"},
+    ]
+    assert db["network"] == {"aliases": ["postgres", "the-db"]}
+    assert [(s.name, s.file, s.value) for s in result.secrets] == [
+        ("db-pass", f"{FOLDER}/secrets/db.txt", None),
+        ("token", None, "t0k"),
+        ("nginx-conf", None, "listen 80;"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("top", "error"),
+    [
+        (
+            "secrets: {s: {file: x}}\n"
+            "services: {web: {image: i, secrets: [{source: s, mode: 0400}]}}",
+            "service web: secrets[0].mode is not supported: Shoal mounts secrets read-only",
+        ),
+        (
+            "configs: {c: {file: x}}\n"
+            "services: {web: {image: i, configs: [{source: c, uid: '1'}]}}",
+            "service web: configs[0].uid is not supported",
+        ),
+        ("secrets: {s: {}}", "secrets.s: needs one of file, environment or content"),
+        ("secrets: {s: {environment: UNSET}}", "secrets.s: environment variable UNSET is not set"),
+        ("secrets: {s: {external: true, file: x}}", "secrets.s: external and file exclude"),
+        ("secrets: {s: {file: x, name: 'bad name'}}", "secrets.s: 'bad name' is no valid secret"),
+        ("secrets: {s: {file: x, driver: vault}}", "top level: secrets.s.driver is not supported"),
+        (
+            "secrets: {s: {file: x}}\nconfigs: {c: {file: y, name: s}}",
+            "configs.c: the name s is also one of the file's secrets",
+        ),
+    ],
+)
+def test_secret_declarations_that_are_refused(top: str, error: str) -> None:
+    text = top if "services:" in top else "services: {web: {image: i}}\n" + top
+    found = errors(text)
+    assert any(error in line for line in found), found

@@ -143,6 +143,60 @@ def test_several_documents_json_list_and_apps_wrapper() -> None:
             {"name": "a", "image": "x", "placement": {"strategy": "random"}},
             "app 1 (a): placement.strategy: Input should be 'spread' or 'binpack'",
         ),
+        (
+            {"name": "a", "image": "x", "ports": {"db": 5432}, "tcp_routes": [{"port": "db"}]},
+            "app 1 (a): tcp_routes[0].listen: required field is missing",
+        ),
+        (
+            {"name": "a", "image": "x", "tcp_routes": [{"listen": 5432}]},
+            "app 1 (a): tcp_routes[0] needs a port, and the app declares no ports",
+        ),
+        (
+            {
+                "name": "a",
+                "image": "x",
+                "ports": {"db": 5432},
+                "tcp_routes": [{"listen": 70000, "port": "db"}],
+            },
+            "app 1 (a): tcp_routes[0].listen: Input should be less than or equal to 65535",
+        ),
+        (
+            {
+                "name": "a",
+                "image": "x",
+                "ports": {"db": 5432},
+                "tcp_routes": [{"listen": 5432, "port": "dbx"}],
+            },
+            "app 1 (a): tcp_routes[0] refers to port 'dbx', not among ports (db)",
+        ),
+        (
+            {
+                "name": "a",
+                "image": "x",
+                "ports": {"db": 5432},
+                "tcp_routes": [{"listen": 5432}, {"listen": 5432, "port": 5432}],
+            },
+            "app 1 (a): tcp_routes[1]: listen port 5432 is listed twice",
+        ),
+        (
+            {
+                "name": "a",
+                "image": "x",
+                "ports": {"db": 5432},
+                "tcp_routes": [{"listen": 5432, "algorithm": "weighted"}],
+            },
+            "app 1 (a): tcp_routes[0].algorithm: Input should be 'round_robin', 'least_conn'",
+        ),
+        (
+            {
+                "name": "a",
+                "image": "x",
+                "ports": {"db": 5432},
+                "network": {"internal": True},
+                "tcp_routes": [{"listen": 5432}],
+            },
+            "app 1 (a): an internal app (network.internal: true) cannot have tcp_routes",
+        ),
         ("just a string", "app 1: expected a mapping, got str"),
     ],
 )
@@ -179,6 +233,8 @@ def test_template_hash_ignores_replicas_route_and_scaling() -> None:
     assert base.template_hash() == base.model_copy(update={"replicas": 7}).template_hash()
     routed = AppSpec(name="a", image="x:1", ports={"http": 80}, route={"path": "/api"})
     assert base.template_hash() == routed.template_hash()
+    tcp = AppSpec(name="a", image="x:1", ports={"http": 80}, tcp_routes=[{"listen": 9000}])
+    assert base.template_hash() == tcp.template_hash()
     assert (
         base.template_hash() != AppSpec(name="a", image="x:2", ports={"http": 80}).template_hash()
     )

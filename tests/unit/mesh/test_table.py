@@ -149,3 +149,17 @@ def test_lookup_answers_allowed_names_errors_cluster_names_and_forwards_the_rest
     assert lookup("nope.prod.shoal.internal", "prod", apps, vips, DOMAIN) == []
     assert lookup("example.com", "prod", apps, vips, DOMAIN) is None
     assert lookup("db", "prod", apps, {}, DOMAIN) == []  # no VIP yet
+
+
+def test_an_alias_is_one_more_name_and_an_apps_own_name_wins() -> None:
+    vip, other = ipaddress.IPv4Address("10.9.0.130"), ipaddress.IPv4Address("10.9.0.131")
+    apps = {
+        DB: app(**PORTS, network={"aliases": ["postgres", "cache"]}),
+        AppKey("prod", "cache"): app("cache"),
+    }
+    vips = {DB: vip, AppKey("prod", "cache"): other}
+    assert lookup("postgres", "prod", apps, vips, DOMAIN) == [vip]
+    assert lookup("postgres.prod.shoal.internal", "prod", apps, vips, DOMAIN) == [vip]
+    assert lookup("cache", "prod", apps, vips, DOMAIN) == [other]  # the app named cache
+    assert lookup("postgres.prod", "test", apps, vips, DOMAIN) == []  # isolated alike
+    assert lookup("postgres", "test", apps, vips, DOMAIN) is None
