@@ -67,6 +67,7 @@ def _register() -> None:
         "contexts",
         "completion",
         "secrets",
+        "auth",
     ):
         try:
             module = importlib.import_module(f"services.cli.{module_name}")

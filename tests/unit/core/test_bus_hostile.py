@@ -7,7 +7,7 @@ import pytest
 
 from core import codec
 from core.bus import Bus
-from core.channels import APPLY, HEALTH, reply_topic
+from core.channels import APPLY, HEALTH
 from core.codec import Envelope
 from core.commands import ApplyCommand, Reply
 from core.keys import AppKey
@@ -45,7 +45,7 @@ async def test_a_hostile_reply_leaves_the_client_working(payload: bytes) -> None
         connected(broker, PREFIX, "attacker") as attacker,
     ):
         await _answering(server)
-        await attacker.publish_raw(reply_topic(PREFIX, "victim"), payload)
+        await attacker.publish_raw(victim.reply_topic, payload)
         assert await victim.request(APPLY, ApplyCommand(apps=[{}])) == Reply(ok=True, revision=1)
 
 
