@@ -656,6 +656,7 @@ class MqttBus(Bus):
     connection_errors = (aiomqtt.MqttError,)
 
     def __init__(self, broker: BrokerURL, topics: Topics, **kwargs: Any) -> None:
+        kwargs.setdefault("user", broker.username or "")  # the ACL pins it to the login
         super().__init__(topics, **kwargs)
         self.broker = broker
         self._client: _Client | None = None
