@@ -6,6 +6,7 @@ applies an app that is placed, probed and served; a user granted `test` is refus
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ ports: {{http: 8080}}
 health:
   readiness: {{http: /healthz, port: http, interval: 300ms, timeout: 500ms, failures: 1}}
 route: {{host: web-{ns}.test, path: /, port: http}}
+secrets: [{secrets}]
 """
 
 
@@ -47,18 +49,29 @@ def test_the_cluster_runs_with_authentication_and_the_generated_acl_over_tls(
     cluster = Cluster(procs, broker, identities=identities)
     try:
         cluster.start()
-        out = cluster.apply_text(APP.format(ns="prod"), "--wait", "--wait-timeout", "60").stdout
+        # the agent gets its node's secrets with its own credentials
+        cluster.shoal("secret", "create", "db-pass", "-n", "prod", "--from-literal", "s3cret")
+        prod = APP.format(ns="prod", secrets="db-pass")
+        out = cluster.apply_text(prod, "--wait", "--wait-timeout", "60").stdout
         assert "app prod/web created" in out
         wait_for(lambda: cluster.get("/", host="web-prod.test").status == 200, 30, "served")
+        [cid, *_] = cluster.containers(app="web")
+        read = subprocess.run(
+            ["docker", "exec", cid, "cat", "/run/secrets/db-pass"], capture_output=True, text=True
+        )
+        assert read.stdout == "s3cret"
 
         cluster.cli_user = "alice"
-        refused = cluster.apply_text(APP.format(ns="prod").replace("v1", "v2"), check=False)
+        refused = cluster.apply_text(prod.replace("v1", "v2"), check=False)
         assert refused.returncode == 1
         assert "not allowed: user 'alice' may not apply in namespace 'prod'" in refused.stderr
         drain = cluster.shoal("node", "drain", "node-1", check=False)
         assert drain.returncode == 1
         assert "not allowed: user 'alice' may not drain on the cluster" in drain.stderr
-        ok = cluster.apply_text(APP.format(ns="test"), "--wait", "--wait-timeout", "60")
+        secret = cluster.shoal("secret", "rm", "db-pass", "-n", "prod", check=False)
+        assert "not allowed: user 'alice' may not secret_rm in namespace 'prod'" in secret.stderr
+        test = APP.format(ns="test", secrets="")
+        ok = cluster.apply_text(test, "--wait", "--wait-timeout", "60")
         assert "app test/web created" in ok.stdout
 
         cluster.cli_user = "ops"
