@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import socket
 import time
@@ -36,11 +37,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ValidationError
 
 from core import codec
 from core.backoff import Backoff
-from core.channels import REPLY_KINDS, Channel, Command, reply_topic
+from core.channels import REPLY_KINDS, Channel, Command, level, reply_base, reply_topic
 from core.codec import Envelope
 from core.commands import Reply
 from core.config import BrokerURL, InProcessBroker
@@ -105,6 +108,7 @@ class Bus:
         *,
         client_id: str,
         src: str = "",
+        user: str = "",
         will: LastWill | None = None,
         keepalive: int = 10,
     ) -> None:
@@ -112,9 +116,12 @@ class Bus:
         self.prefix = topics.prefix
         self.client_id = client_id
         self.src = src or client_id
+        #: the user level of this client's command and reply topics: its broker user name
+        #: (the ACL pins it), or without one the service name it says it is
+        self.user = level(user or self.src.split("/")[0] or "anonymous")
         self.will = will
         self.keepalive = keepalive
-        self.reply_topic = reply_topic(self.prefix, client_id)
+        self.reply_topic = reply_topic(self.prefix, self.user, client_id)
         self._subs: list[Subscription] = []
         self._hooks: list[Hook] = []
         self._connected = asyncio.Event()
@@ -416,7 +423,8 @@ class Bus:
     async def request(self, command: Command[M, R], body: M, *, timeout: float = 10.0) -> R | Reply:
         """Send a command and wait for its answer: ``command.answer``, or a ``Reply`` (with
         ``ok=False`` and the errors) when it was refused."""
-        env = await self.request_raw(command.topic(self.prefix), command.kind, body, timeout)
+        topic = command.topic(self.prefix, self.user)
+        env = await self.request_raw(topic, command.kind, body, timeout)
         model = command.answer if env.kind == command.answer_kind else REPLY_KINDS.get(env.kind)
         if model is None:
             raise CodecError(f"{command.name}: unexpected answer kind {env.kind!r}")
@@ -452,20 +460,31 @@ class Bus:
     ) -> None:
         """Serve ``command``: bodies are validated strictly (user input), the handler's
         answer (or the error that stopped it) goes back to the requester. With ``when``,
-        requests that arrive while it is false are ignored (a standby does not answer)."""
+        requests that arrive while it is false are ignored (a standby does not answer).
+
+        The handler's envelope carries the requester's identity (``env.user``: the user
+        level of ``cmd/<name>/<user>``, '' on the bare ``cmd/<name>``); the answer goes only
+        to a reply topic of that user (``reply_to`` elsewhere: no answer, logged)."""
         from core.spec import format_validation_error
 
         async def on_request(topic: str, env: Envelope | None) -> None:
             if env is None or (when is not None and not when()):
                 return
-            if env.reply_to is not None and not self.topics.is_reply(env.reply_to):
+            try:
+                env = env.from_user(command.user_of(self.prefix, topic))
+            except TopicError as err:
+                log.warning("command on a malformed topic dropped", topic=topic, error=str(err))
+                return
+            if env.reply_to is not None and not reply_to_allowed(
+                self.prefix, env.user, env.reply_to
+            ):
                 # Answering would publish wherever the sender asked, with our identity.
                 self.counters.answered[command.name, "refused"] += 1
                 log.warning(
-                    "request refused: reply_to is not a reply topic",
+                    "request refused: reply_to is not one of the requester's reply topics",
                     command=command.name,
-                    src=env.src,
-                    reply_to=env.reply_to,
+                    user=env.user,
+                    reply_to=env.reply_to[:200],
                 )
                 return
             result: BaseModel | None
@@ -507,6 +526,7 @@ class Bus:
                 log.warning("reply not sent", command=command.name, to=env.reply_to, error=str(err))
 
         await self.watch(command.topic(self.prefix), on_request, allow_json=True)
+        await self.watch(command.pattern(self.prefix), on_request, allow_json=True)
 
     def _count_answer(self, command: str, outcome: str, seconds: float) -> None:
         self.counters.answered[command, outcome] += 1
@@ -516,11 +536,17 @@ class Bus:
         durations.observe(seconds)
 
     async def reply(self, request: Envelope, kind: str, body: BaseModel | dict[str, Any]) -> None:
-        """Answer ``request`` on its ``reply_to`` topic, if it has one."""
+        """Answer ``request`` on its ``reply_to`` topic, if it has one and it is one of the
+        requester's reply topics (a request must not make this service write elsewhere)."""
         if not request.reply_to:
             return
-        if not self.topics.is_reply(request.reply_to):
-            raise TopicError(f"{request.reply_to!r} is not a reply topic ({self.prefix}/reply/...)")
+        if not reply_to_allowed(self.prefix, request.user, request.reply_to):
+            log.warning(
+                "reply_to outside the requester's reply topics; not answered",
+                user=request.user,
+                reply_to=request.reply_to[:200],
+            )
+            return
         env = self.envelope(kind, body, re=request.id)
         # Requests that arrived as JSON (mosquitto_pub, a CI job) get a JSON reply.
         payload = codec.encode_json(env) if request.was_json else codec.encode(env)
@@ -559,6 +585,16 @@ class Bus:
             self._pending.pop(marker, None)
 
 
+def reply_to_allowed(prefix: str, user: str, reply_to: str) -> bool:
+    """``reply/<user>/<client>`` for a request from ``user``; any ``reply/...`` topic for
+    one on a bare command topic (no identity: authorisation is off)."""
+    base = reply_base(prefix, user) if user else f"{prefix}/reply/"
+    rest = reply_to[len(base) :] if reply_to.startswith(base) else ""
+    if not rest or any(c in rest for c in "+#\0"):
+        return False
+    return "/" not in rest if user else True
+
+
 # -- MQTT ------------------------------------------------------------------------------
 
 
@@ -580,15 +616,62 @@ def _no_delay(client: aiomqtt.Client) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+#: The message ids of the publishes made in this context (``_Client.publish_checked``).
+_MIDS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("mids", default=None)
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, keeping what aiomqtt drops: the broker's refusal of a QoS 1
+    publish (an MQTT 5 PUBACK reason code such as "Not authorized")."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused: dict[int, str] = {}
+        paho_publish = self._client.publish
+
+        def publish(*a: Any, **kw: Any) -> mqtt.MQTTMessageInfo:
+            info = paho_publish(*a, **kw)
+            mids = _MIDS.get()
+            if mids is not None:
+                mids.append(info.mid)
+            return info
+
+        self._client.publish = publish  # type: ignore[method-assign]
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        if isinstance(reason_code, ReasonCode) and reason_code.is_failure:
+            self.refused[mid] = str(reason_code)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_checked(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Publish; BusError when the broker says it refused the message."""
+        mids: list[int] = []
+        token = _MIDS.set(mids)
+        try:
+            await self.publish(topic, payload, qos=qos, retain=retain)
+        finally:
+            _MIDS.reset(token)
+        refusals = [self.refused.pop(mid) for mid in mids if mid in self.refused]
+        if refusals:
+            raise BusError(f"the broker refused the publish to {topic}: {refusals[0]}")
+
+
 class MqttBus(Bus):
-    """The bus over a real MQTT broker (mosquitto, or the embedded one)."""
+    """The bus over a real MQTT broker (mosquitto, or the embedded one).
+
+    A client with a user name speaks MQTT 5, so it sees what the broker's ACL refuses (a
+    publish or a subscription answered "Not authorized"); without one it speaks 3.1.1,
+    which the embedded broker of ``shoal up`` (amqtt) also speaks."""
 
     connection_errors = (aiomqtt.MqttError,)
 
     def __init__(self, broker: BrokerURL, topics: Topics, **kwargs: Any) -> None:
+        kwargs.setdefault("user", broker.username or "")  # the ACL pins it to the login
         super().__init__(topics, **kwargs)
         self.broker = broker
-        self._client: aiomqtt.Client | None = None
+        self._client: _Client | None = None
         self._tls = broker.tls_context()  # a missing or bad CA/cert file fails here, at once
 
     def describe(self) -> str:
@@ -598,7 +681,13 @@ class MqttBus(Bus):
         will = None
         if self.will is not None:
             will = aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
-        async with aiomqtt.Client(
+        v5 = self.broker.username is not None
+        session: dict[str, Any] = (
+            {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": True}
+            if v5
+            else {"clean_session": True}
+        )
+        async with _Client(
             self.broker.host,
             self.broker.port,
             username=self.broker.username,
@@ -606,9 +695,9 @@ class MqttBus(Bus):
             identifier=self.client_id,
             will=will,
             keepalive=self.keepalive,
-            clean_session=True,
             tls_context=self._tls,
             timeout=10,
+            **session,
         ) as client:
             self._client = client
             _no_delay(client)
@@ -620,7 +709,7 @@ class MqttBus(Bus):
                 )
             try:
                 for pattern, qos in self.patterns():
-                    await client.subscribe(pattern, qos=qos)
+                    _check_granted(pattern, await client.subscribe(pattern, qos=qos))
                 self._on_session_start()
                 async for message in client.messages:
                     self._receive(str(message.topic), _payload_bytes(message.payload))
@@ -633,7 +722,7 @@ class MqttBus(Bus):
         if client is None:
             raise BusError("not connected")
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain)
+            await client.publish_checked(topic, payload, qos, retain)
         except aiomqtt.MqttError as err:
             raise BusError(f"publish to {topic} failed: {err}") from err
 
@@ -642,9 +731,19 @@ class MqttBus(Bus):
         if client is None:
             return  # the next session subscribes it
         try:
-            await client.subscribe(pattern, qos=qos)
+            granted = await client.subscribe(pattern, qos=qos)
         except aiomqtt.MqttError as err:
             raise BusError(f"subscribe {pattern}: {err}") from err
+        _check_granted(pattern, granted)
+
+
+def _check_granted(pattern: str, granted: Any) -> None:
+    """Log a subscription the broker refused (MQTT 5 says why; 3.1.1 says 0x80): the
+    session goes on with the others, as a service that may not read one topic should."""
+    for code in granted if isinstance(granted, list | tuple) else ():
+        failed = code.is_failure if isinstance(code, ReasonCode) else code == 0x80
+        if failed:
+            log.error("the broker refused a subscription", pattern=pattern, reason=str(code))
 
 
 def connect_bus(broker: BrokerURL | InProcessBroker, topics: Topics, **kwargs: Any) -> Bus:

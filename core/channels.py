@@ -179,9 +179,13 @@ class Channel(Generic[M, K]):
 
 @dataclass(frozen=True, slots=True)
 class Command(Generic[M, R]):
-    """A request on ``cmd/<name>``, answered on the requester's ``reply/<client>``.
+    """A request on ``cmd/<name>/<user>``, answered on the requester's
+    ``reply/<user>/<client>``.
 
-    Failures are answered with ``Reply(ok=False, errors=[...])``; a success with ``answer``.
+    ``<user>`` is the requester's broker user name: the generated ACL (``core.acl``) lets a
+    user write only its own level, so the answerer knows who asks (``Envelope.user``) and
+    replies only under that user's ``reply/<user>/``. Failures are answered with
+    ``Reply(ok=False, errors=[...])``; a success with ``answer``.
     """
 
     name: str
@@ -192,8 +196,24 @@ class Command(Generic[M, R]):
     served_by: str
     doc: str
 
-    def topic(self, prefix: str) -> str:
-        return f"{prefix}/cmd/{self.name}"
+    def topic(self, prefix: str, user: str | None = None) -> str:
+        """Where ``user`` sends this command; without a user, the bare ``cmd/<name>`` (no
+        identity: accepted only while authorisation is off, e.g. from ``mosquitto_pub``)."""
+        bare = f"{prefix}/cmd/{self.name}"
+        return bare if user is None else f"{bare}/{level(user)}"
+
+    def pattern(self, prefix: str) -> str:
+        """The answerer's subscription: the command from every user."""
+        return f"{prefix}/cmd/{self.name}/+"
+
+    def user_of(self, prefix: str, topic: str) -> str:
+        """The user level of a request's topic ('' for the bare topic)."""
+        bare = f"{prefix}/cmd/{self.name}"
+        if topic == bare:
+            return ""
+        if not topic.startswith(bare + "/"):
+            raise TopicError(f"{topic!r} is not a cmd/{self.name} topic")
+        return level(topic[len(bare) + 1 :])
 
 
 def _app(body: Any) -> AppKey:
@@ -521,8 +541,15 @@ REPLY_KINDS: dict[str, type[BaseModel]] = {
 }
 
 
-def reply_topic(prefix: str, client: str) -> str:
-    return f"{prefix}/reply/{level(client)}"
+def reply_topic(prefix: str, user: str, client: str) -> str:
+    """Where ``client`` (connected as ``user``) gets its answers: only that user may read
+    it, only that user and the services that answer commands may write it."""
+    return f"{reply_base(prefix, user)}{level(client)}"
+
+
+def reply_base(prefix: str, user: str) -> str:
+    """The reply topics of one user end in one more level after this."""
+    return f"{prefix}/reply/{level(user)}/"
 
 
 def kinds() -> dict[str, type[BaseModel]]:
@@ -551,7 +578,7 @@ def contract_table() -> str:
     ]
     for m in COMMANDS:
         rows.append(
-            f"| `cmd/{m.name}` | `{m.kind}` | `{m.model.__name__}` | `{m.answer.__name__}`"
+            f"| `cmd/{m.name}/<user>` | `{m.kind}` | `{m.model.__name__}` | `{m.answer.__name__}`"
             f" (`{m.answer_kind}`) | {m.served_by} | {m.doc} |"
         )
     return "\n".join(rows)

@@ -59,11 +59,24 @@ class Envelope(BaseModel):
     reply_to: str | None = None
     re: str | None = None
     _json: bool = PrivateAttr(default=False)
+    _user: str = PrivateAttr(default="")
 
     @property
     def was_json(self) -> bool:
         """True when this envelope arrived as JSON rather than msgpack."""
         return self._json
+
+    @property
+    def user(self) -> str:
+        """Who sent this command, as the broker vouches for it: the ``<user>`` level of
+        its ``cmd/<name>/<user>`` topic ('' for the bare topic, or any other message).
+        Never read from the payload (``src`` is what the sender says about itself)."""
+        return self._user
+
+    def from_user(self, user: str) -> Envelope:
+        """This envelope, received on ``user``'s command topic."""
+        self._user = user
+        return self
 
     def open(self, model: type[M], *, lenient: bool = False) -> M:
         """Validate the body as ``model``; raise ``CodecError`` on mismatch.

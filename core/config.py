@@ -6,7 +6,8 @@ import os
 import socket
 import ssl
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -90,6 +91,28 @@ class BrokerURL:
     def __str__(self) -> str:  # never print the password
         auth = f"{self.username}:***@" if self.username else ""
         return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
+
+
+def read_credentials(path: str) -> tuple[str, str]:
+    """``USERNAME:PASSWORD`` from the first non-blank line of a credentials file (what
+    ``shoal auth add-...`` writes), so no password goes on a command line."""
+    file = Path(path).expanduser()
+    try:
+        lines = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    except OSError as err:
+        raise ConfigError(f"credentials file {file}: {err.strerror}") from err
+    if not lines or ":" not in lines[0]:
+        raise ConfigError(f"credentials file {file}: expected one line USERNAME:PASSWORD")
+    username, _, password = lines[0].partition(":")
+    return username, password
+
+
+def with_credentials(url: BrokerURL, credentials: str | None) -> BrokerURL:
+    """``url`` with the user name and password of a credentials file (None: as it is)."""
+    if credentials is None:
+        return url
+    username, password = read_credentials(credentials)
+    return replace(url, username=username, password=password)
 
 
 class InProcessBroker(Protocol):

@@ -5,11 +5,19 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import click
 
-from core.config import DEFAULT_BROKER, BrokerURL, ConfigError, ServiceConfig, default_instance
+from core.config import (
+    DEFAULT_BROKER,
+    BrokerURL,
+    ConfigError,
+    ServiceConfig,
+    default_instance,
+    with_credentials,
+)
 from core.metrics import parse_listen
 
 
@@ -24,6 +32,15 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
         default=DEFAULT_BROKER,
         show_default=True,
         help="mqtt://[user:pass@]host[:port] or mqtts://...[?ca=FILE]",
+    )
+    @click.option(
+        "--broker-credentials",
+        envvar="SHOAL_BROKER_CREDENTIALS",
+        show_envvar=True,
+        default=None,
+        metavar="FILE",
+        help="a file of USERNAME:PASSWORD for the broker (`shoal auth` writes them), "
+        "instead of a password in the URL, which `ps` shows",
     )
     @click.option(
         "--prefix",
@@ -69,6 +86,7 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(
         broker: str,
+        broker_credentials: str | None,
         prefix: str,
         instance: str | None,
         log_level: str,
@@ -82,7 +100,7 @@ def service_options(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.BadParameter(str(err), param_hint="--metrics") from err
         try:
             config = ServiceConfig(
-                broker=BrokerURL.parse(broker),
+                broker=with_credentials(BrokerURL.parse(broker), broker_credentials),
                 prefix=prefix,
                 instance=instance or default_instance(),
                 log_level=log_level,
@@ -112,3 +130,18 @@ def default_data_dir(env: Mapping[str, str], euid: int) -> str:
     if not os.path.isabs(state):  # the XDG spec: a relative value is to be ignored
         state = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".local", "state")
     return os.path.join(state, "shoal")
+
+
+def auth_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--auth FILE``: the identities file (``shoal auth``); authorisation is on with it."""
+    return click.option(
+        "--auth",
+        "auth_file",
+        envvar="SHOAL_AUTH",
+        show_envvar=True,
+        default=None,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="the cluster's identities and grants (`shoal auth ...` writes it): with it, "
+        "every command is authorised per user, namespace and verb; read again when it "
+        "changes",
+    )(func)

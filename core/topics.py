@@ -20,8 +20,8 @@ class Topics:
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
 
-    def reply(self, client: str) -> str:
-        return reply_topic(self.prefix, client)
+    def reply(self, user: str, client: str) -> str:
+        return reply_topic(self.prefix, user, client)
 
     def is_reply(self, topic: str) -> bool:
         """Whether ``topic`` is a reply topic, ``<prefix>/reply/<client>``: the only place

@@ -9,7 +9,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import click
@@ -83,6 +83,15 @@ def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "[default: its current-context]",
     )
     @click.option(
+        "--broker-credentials",
+        envvar="SHOAL_BROKER_CREDENTIALS",
+        default=None,
+        show_envvar=True,
+        metavar="FILE",
+        help="a file of USERNAME:PASSWORD (`shoal auth add-user` writes it)  "
+        "[default: the context's credentials]",
+    )
+    @click.option(
         "--timeout",
         envvar="SHOAL_TIMEOUT",
         show_envvar=True,
@@ -93,9 +102,17 @@ def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )
     @functools.wraps(func)
     def wrapper(
-        broker: str | None, prefix: str | None, timeout: float, context: str | None, **kwargs: Any
+        broker: str | None,
+        prefix: str | None,
+        timeout: float,
+        context: str | None,
+        broker_credentials: str | None,
+        **kwargs: Any,
     ) -> Any:
-        return func(opts=resolve_options(broker, prefix, timeout, context), **kwargs)
+        opts = resolve_options(broker, prefix, timeout, context)
+        if broker_credentials:
+            opts = replace(opts, credentials=broker_credentials)
+        return func(opts=opts, **kwargs)
 
     return wrapper
 

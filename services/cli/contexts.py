@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ import click
 import yaml
 
 from core.config import BrokerURL, ConfigError
+from core.config import read_credentials as read_credentials
+from core.config import with_credentials as with_credentials
 
 
 @dataclass(frozen=True)
@@ -122,26 +124,6 @@ def select_context(config: CliConfig, name: str | None) -> tuple[str | None, Con
         known = ", ".join(sorted(config.contexts)) or "none"
         raise ConfigError(f"no context {chosen!r} in the shoal config (known: {known})")
     return chosen, config.contexts[chosen]
-
-
-def read_credentials(path: str) -> tuple[str, str]:
-    """``USERNAME:PASSWORD`` from the first non-blank line of a credentials file."""
-    file = Path(path).expanduser()
-    try:
-        lines = [line.strip() for line in file.read_text().splitlines() if line.strip()]
-    except OSError as err:
-        raise ConfigError(f"credentials file {file}: {err.strerror}") from err
-    if not lines or ":" not in lines[0]:
-        raise ConfigError(f"credentials file {file}: expected one line USERNAME:PASSWORD")
-    username, _, password = lines[0].partition(":")
-    return username, password
-
-
-def with_credentials(url: BrokerURL, credentials: str | None) -> BrokerURL:
-    if credentials is None:
-        return url
-    username, password = read_credentials(credentials)
-    return replace(url, username=username, password=password)
 
 
 # -- shoal config ... -----------------------------------------------------------------------

@@ -69,6 +69,7 @@ def _register() -> None:
         "completion",
         "secrets",
         "rebalance",
+        "auth",
     ):
         try:
             module = importlib.import_module(f"services.cli.{module_name}")

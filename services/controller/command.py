@@ -4,9 +4,11 @@ from pathlib import Path
 
 import click
 
+from core.authorizer import Authorizer
 from core.config import ServiceConfig
 from core.errors import SpecError
-from core.options import data_dir_default, service_options
+from core.identities import AuthError
+from core.options import auth_option, data_dir_default, service_options
 from core.service import run_service
 from services.controller.admission import read_policy
 from services.controller.service import ControllerService
@@ -52,22 +54,33 @@ from services.controller.service import ControllerService
     "mode 0600); without it, <data-dir>/secrets.key is made on first use. Controllers "
     "sharing a PostgreSQL store need the same file",
 )
+@auth_option
 def command(
     config: ServiceConfig,
     data_dir: str,
     store: str | None,
     policy_file: Path | None,
     secrets_key: Path | None,
+    auth_file: Path | None,
 ) -> None:
     """Validate commands, assign revisions, persist apps, publish desired state, roll out."""
     try:
         policy = read_policy(policy_file)
     except SpecError as err:
         raise click.BadParameter("\n".join(err.errors), param_hint="--policy") from err
+    try:
+        Authorizer(auth_file)
+    except AuthError as err:
+        raise click.BadParameter(str(err), param_hint="--auth") from err
 
     def factory(cfg: ServiceConfig) -> ControllerService:
         return ControllerService(
-            cfg, Path(data_dir), store=store or None, policy=policy, secrets_key=secrets_key
+            cfg,
+            Path(data_dir),
+            store=store or None,
+            policy=policy,
+            secrets_key=secrets_key,
+            auth=auth_file,
         )
 
     factory.name = ControllerService.name  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from core import codec
+from core.authorizer import Authorizer
 from core.channels import (
     APPLY,
     APPS,
@@ -109,9 +110,9 @@ RESYNC = 5.0
 KEY_CHECK = "secrets_key_check"
 
 
-def _source(kind: str, detail: str, env: Envelope) -> str:
+def _source(kind: str, detail: str, who: str) -> str:
     text = f"{kind} {detail}".strip()
-    return f"{text} by {env.src}" if env.src else text
+    return f"{text} by {who}" if who else text
 
 
 def check_encodable(state: AppState) -> None:
@@ -133,8 +134,11 @@ class ControllerService(Service):
         store: str | None = None,
         policy: Policy = DEFAULT_POLICY,
         secrets_key: Path | str | None = None,
+        auth: Path | None = None,
     ) -> None:
         super().__init__(config)
+        #: who may do what (``core.authorizer``; off without an identities file)
+        self.authz = Authorizer(auth)
         #: the secrets key file: given by the operator, else made in the data dir
         self.key_path = Path(secrets_key or Path(data_dir or ".") / "secrets.key")
         self.key_given = secrets_key is not None
@@ -377,7 +381,8 @@ class ControllerService(Service):
 
     async def _cmd_apply(self, cmd: ApplyCommand, env: Envelope) -> Reply:
         specs = validate_apps(cmd.apps, cmd.source)
-        source = _source("apply", cmd.source, env)
+        self.authz.check_all(env, "apply", (spec.namespace for spec in specs))
+        source = _source("apply", cmd.source, self.authz.who(env))
         async with self.lock:
             specs = self._pinned(specs)
             # Refused before anything is decided: nothing stored, nothing published.
@@ -393,6 +398,7 @@ class ControllerService(Service):
         return self._reply(decisions)
 
     async def _cmd_delete(self, cmd: DeleteCommand, env: Envelope) -> Reply:
+        self.authz.check(env, "delete", cmd.namespace)
         async with self.lock:
             key = AppKey(cmd.namespace, cmd.name)
             if key in self.broken:
@@ -407,6 +413,7 @@ class ControllerService(Service):
         return Reply(ok=True, revision=revision, results=[result])
 
     async def _cmd_scale(self, cmd: ScaleCommand, env: Envelope) -> Reply:
+        self.authz.check(env, "scale", cmd.namespace)
         async with self.lock:
             now = time.time()
             decision = decide_scale(self._record(cmd.namespace, cmd.name), cmd, now)
@@ -415,13 +422,15 @@ class ControllerService(Service):
             why = f" ({cmd.reason})" if cmd.reason else ""
             await self.emit(
                 "scale",
-                f"{decision.key} scaled to {cmd.replicas} by {cmd.source}{why}",
+                f"{decision.key} scaled to {cmd.replicas} by {cmd.source}{why}"
+                f" ({self.authz.who(env)})",
                 namespace=cmd.namespace,
                 app=cmd.name,
             )
         return self._reply([decision])
 
     async def _cmd_rollback(self, cmd: RollbackCommand, env: Envelope) -> Reply:
+        self.authz.check(env, "rollback", cmd.namespace)
         async with self.lock:
             record = self._record(cmd.namespace, cmd.name)
             key = record.key
@@ -464,29 +473,31 @@ class ControllerService(Service):
                 old_spec,
                 self.db.last_revision(key) + 1,
                 now,
-                env.src,
+                self.authz.who(env),
             )
             await self._commit([decision], now)
         return self._reply([decision])
 
     async def _cmd_rollout(self, cmd: RolloutCommand, env: Envelope) -> Reply:
+        self.authz.check(env, "rollout", cmd.namespace)
         async with self.lock:
             record = self._record(cmd.namespace, cmd.name)
             now = time.time()
             if cmd.action == "promote":
                 decision = decide_promote(record, now)
             else:
-                decision = decide_abort(record, now, env.src)
+                decision = decide_abort(record, now, self.authz.who(env))
             await self._commit([decision], now)
         await self.emit(
             "rollout",
-            f"{decision.key}: {cmd.action} by {env.src or 'a client'}",
+            f"{decision.key}: {cmd.action} by {self.authz.who(env) or 'a client'}",
             namespace=cmd.namespace,
             app=cmd.name,
         )
         return self._reply([decision])
 
     async def _cmd_history(self, cmd: HistoryQuery, env: Envelope) -> History:
+        self.authz.check(env, "history", cmd.namespace)
         record = self._record(cmd.namespace, cmd.name)
         state = record.state
         rows = self.db.history(record.key)
@@ -580,6 +591,7 @@ class ControllerService(Service):
 
     async def _cmd_secret_put(self, cmd: SecretPut, env: Envelope) -> SecretPutResult:
         ns, name = cmd.namespace, cmd.name
+        self.authz.check(env, "secret_put", ns)
         try:
             value = self._sealing_key().open(cmd.sender, cmd.sealed, put_label(ns, name))
         except SealError as err:
@@ -609,7 +621,8 @@ class ControllerService(Service):
                 len(value),
                 box.seal(value, row_label(ns, name, version)),
             )
-            source = _source("secret", f"{ns}/{name} changed (version {version})", env)
+            who = self.authz.who(env)
+            source = _source("secret", f"{ns}/{name} changed (version {version})", who)
             decisions = []
             for key in apps_using((r.state.spec for r in self.apps.values()), ns, name):
                 record = self.apps[key]
@@ -638,6 +651,7 @@ class ControllerService(Service):
 
     async def _cmd_secret_rm(self, cmd: SecretDelete, env: Envelope) -> Reply:
         ns, name = cmd.namespace, cmd.name
+        self.authz.check(env, "secret_rm", ns)
         async with self.lock:
             if self.db.secret(ns, name) is None:
                 raise SpecError([f"secret {ns}/{name} not found"])
@@ -654,6 +668,8 @@ class ControllerService(Service):
         return Reply(ok=True)
 
     async def _cmd_secret_ls(self, cmd: SecretQuery, env: Envelope) -> SecretList:
+        if cmd.namespace is not None:
+            self.authz.check(env, "secret_ls", cmd.namespace)
         return SecretList(
             secrets=[
                 SecretInfo(
@@ -666,12 +682,15 @@ class ControllerService(Service):
                     used_by=[str(k) for k in self._users(row.namespace, row.name)],
                 )
                 for row in self.db.secrets(cmd.namespace)
+                if self.authz.allows(env, "secret_ls", row.namespace)
             ]
         )
 
     async def _cmd_secret_values(self, cmd: SecretValuesRequest, env: Envelope) -> SecretValues:
         """Only the versions the node's retained assignment pins (a balancer: the route
-        certificates and keys the apps pin), sealed to the requester's key."""
+        certificates and keys the apps pin), sealed to the requester's key; only to that
+        node's agent (that balancer) when authorisation is on."""
+        self.authz.check_secret_values(env, cmd.role, cmd.node)
         if cmd.role == "balancer":
             allowed = route_wanted(r.state.spec for r in self.apps.values())
             who = f"no route of balancer {cmd.node}'s apps uses"

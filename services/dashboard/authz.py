@@ -1,11 +1,12 @@
 """Who may do what from the dashboard: the role it was started with.
 
-Per-user identities do not exist yet, so the dashboard acts with one identity given at
-start (``--read-only``, ``--namespaces a,b``) and refuses, with a message the page shows, an
-action that the same CLI command run with that identity should not do. Namespaced actions
-(scale, rollout, delete) need the app's namespace in the allow-list; node actions (cordon,
-uncordon, drain) touch every namespace's replicas, so they need cluster scope (no
-allow-list). Later the broker's ACL vouches for the identity and pins the command topics.
+The dashboard acts with one identity given at start (``--read-only``, ``--namespaces a,b``)
+and refuses, with a message the page shows, an action that the same CLI command run with
+that identity should not do. Namespaced actions (scale, rollout, delete) need the app's
+namespace in the allow-list; node actions (cordon, uncordon, drain) touch every namespace's
+replicas, so they need cluster scope (no allow-list). With authorisation on, its commands
+go on ``cmd/<name>/<its user>`` and the controller and scheduler also check that identity's
+grants (``shoal auth grant dashboard NS``, or ``--admin`` for node actions).
 """
 
 from __future__ import annotations

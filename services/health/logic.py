@@ -11,6 +11,10 @@ Vocabulary:
 - an *offline* node is one whose agent is gone (its last will): the agent's absence says
   nothing about its containers, so its replicas are still probed directly, by endpoint;
   those without a probe health can run get a TCP ``REACHABILITY`` check instead;
+- a *foreign* endpoint is one a report gives that is not on its node's advertised address
+  (``nodes/<node>/info``): a forged report pointing elsewhere; such a replica is never a
+  target, so it never gets traffic (nor does any replica while its node's address is
+  unknown);
 - an *unassigned* replica is one its node's assignment no longer lists: the scheduler
   replaced it (or is removing it), so it gets no traffic whatever its probes say;
 - an *owner* is the health instance that probes an app: rendezvous hashing of the app key
@@ -91,11 +95,24 @@ def _endpoint(spec: AppSpec, status: ReplicaStatus, ref: str | int | None) -> st
     return ""
 
 
+def endpoint_host(endpoint: str) -> str:
+    """The host of ``host:port`` (``[v6]:port`` too)."""
+    host = endpoint.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def foreign_endpoints(status: ReplicaStatus, address: str | None) -> list[str]:
+    """The endpoints of ``status`` that are not on its node's advertised ``address``
+    (every one while the address is unknown)."""
+    return [e for e in status.endpoints.values() if address is None or endpoint_host(e) != address]
+
+
 def targets_for(
     app: AppState,
     statuses: Iterable[ReplicaStatus],
     offline_nodes: Collection[str] = (),
     assigned: Mapping[str, Set[str]] | None = None,
+    addresses: Mapping[str, str] | None = None,
 ) -> list[Target]:
     """Every observed replica of ``app``, sorted by replica id.
 
@@ -106,10 +123,14 @@ def targets_for(
     ``assigned``: node -> replica ids its assignment lists (nodes missing: not known).
     A replica its node is no longer assigned is ``unassigned`` (out of rotation), and left
     out altogether when its node is offline too: it was replaced elsewhere.
+    ``addresses``: node -> advertised address; a replica with a foreign endpoint is left
+    out (None: not checked).
     """
     out: list[Target] = []
     for st in statuses:
         if st.namespace != app.namespace or st.app != app.name:
+            continue
+        if addresses is not None and foreign_endpoints(st, addresses.get(st.node)):
             continue
         offline = st.node in offline_nodes
         listed = assigned.get(st.node) if assigned is not None else None

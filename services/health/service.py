@@ -33,6 +33,7 @@ from services.health.logic import (
     StateKey,
     Target,
     app_health,
+    foreign_endpoints,
     owner,
     probes_to_run,
     same_health,
@@ -62,6 +63,8 @@ class HealthService(Service):
         self.probe_tasks: dict[StateKey, asyncio.Task[None]] = {}
         self.app_probes: dict[AppKey, set[StateKey]] = {}
         self.synced = False
+        #: node -> the address its agent advertises (a replica's endpoints must be on it)
+        self.addresses: dict[str, str] = {}
         self.checker = Checker(f"shoal-health/{self.instance}")
         self.runner: Reconciler[AppKey] = Reconciler(
             "health", self.reconcile, keys=self.keys, resync=resync
@@ -84,10 +87,28 @@ class HealthService(Service):
         self.runner.mark(key)
 
     def _on_replicas(self, node: str, report: NodeReplicas | None) -> None:
+        for st in report.replicas if report is not None else ():
+            foreign = foreign_endpoints(st, self.addresses.get(node))
+            if foreign and node in self.addresses:
+                self.log.warning(
+                    "replica endpoints off its node's address: never probed nor routed",
+                    node=node,
+                    address=self.addresses[node],
+                    replica=st.id,
+                    endpoints=foreign[:4],
+                )
         for key in self.replicas.update(node, report):
             self.runner.mark(key)
 
     def _on_node_info(self, node: str, info: NodeInfo | None) -> None:
+        address = info.address if info is not None else None
+        if address != self.addresses.get(node):
+            if address is None:
+                self.addresses.pop(node, None)
+            else:
+                self.addresses[node] = address
+            for key in self.replicas.apps_on(node):
+                self.runner.mark(key)
         offline = info is None or info.status == "offline"
         if offline == (node in self.offline_nodes):
             return
@@ -159,7 +180,9 @@ class HealthService(Service):
                 self.mine.pop(key, None)
                 self.log.info("health cleared", app=str(key))
             return None
-        targets = targets_for(app, self.replicas.of(key), self.offline_nodes, self.assigned)
+        targets = targets_for(
+            app, self.replicas.of(key), self.offline_nodes, self.assigned, self.addresses
+        )
         previous = self.mine.get(key) or self.seen.get(key)
         self._sync_probes(key, targets, previous)
         health = app_health(app, targets, self.states, previous, time.time())

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from core.authorizer import Authorizer
 from core.config import ServiceConfig
-from core.options import service_options
+from core.identities import AuthError
+from core.options import auth_option, service_options
 from core.service import run_service
 from services.scheduler.cluster import LOST_GRACE
 from services.scheduler.service import SchedulerOptions, SchedulerService
@@ -48,8 +52,10 @@ from services.scheduler.service import SchedulerOptions, SchedulerService
     show_default=True,
     help="seconds before replicas of apps missing from the broker are removed at start",
 )
+@auth_option
 def command(
     config: ServiceConfig,
+    auth_file: Path | None,
     node_grace: float,
     lost_grace: float,
     debounce: float,
@@ -58,6 +64,10 @@ def command(
     orphan_grace: float,
 ) -> None:
     """Place replicas on nodes and write each node's assignment."""
+    try:
+        Authorizer(auth_file)
+    except AuthError as err:
+        raise click.BadParameter(str(err), param_hint="--auth") from err
     options = SchedulerOptions(
         node_grace=node_grace,
         lost_grace=lost_grace,
@@ -65,6 +75,7 @@ def command(
         seed=seed,
         candidates=candidates,
         orphan_grace=orphan_grace,
+        auth=auth_file,
     )
 
     class Configured(SchedulerService):

@@ -15,7 +15,9 @@ import contextlib
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+from core.authorizer import Authorizer
 from core.channels import (
     APPS,
     HEALTH,
@@ -66,6 +68,8 @@ class SchedulerOptions:
     tick: float = 0.5
     #: every app is reconciled again this often (repairs anything missed)
     resync: float = 30.0
+    #: the identities file: node commands are for admins only (None: authorisation off)
+    auth: Path | None = None
 
 
 def _same(a: NodeAssignment, b: NodeAssignment) -> bool:
@@ -84,6 +88,7 @@ class SchedulerService(Service):
     def __init__(self, config: ServiceConfig, options: SchedulerOptions | None = None) -> None:
         super().__init__(config)
         self.options = options or SchedulerOptions()
+        self.authz = Authorizer(self.options.auth)
         self.leadership = self.elect_leader(
             on_elected=self._take_over,
             on_deposed=self._step_down,
@@ -268,6 +273,7 @@ class SchedulerService(Service):
     async def _on_node_command(self, command: NodeCommand, env: Envelope) -> Reply | None:
         if self.cluster is None:
             return None  # only the leader answers (``when`` above keeps standbys quiet)
+        self.authz.check(env, command.action, None)
         return await self._node_command(self.cluster, command)
 
     async def _node_command(self, cluster: Cluster, command: NodeCommand) -> Reply:
@@ -303,6 +309,8 @@ class SchedulerService(Service):
         cluster = self.cluster
         if cluster is None:
             return None
+        if not command.dry_run:  # a plan only reads what every user may read
+            self.authz.check(env, "rebalance", None)
         moves = cluster.rebalance_plan(command.max_moves, command.tolerance)
         listed = [
             RebalanceMove(

@@ -20,14 +20,15 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from core.bus import Bus, connect_bus
-from core.channels import APPS, HEALTH, NODE_REPLICAS
+from core.channels import APPS, HEALTH, NODE_INFO, NODE_REPLICAS
 from core.config import BrokerURL
 from core.keys import AppKey
-from core.spec import AppSpec
+from core.spec import AppSpec, Resources
 from core.state import (
     AppHealth,
     AppState,
     AppVersion,
+    NodeInfo,
     NodeReplicas,
     ReplicaHealth,
     ReplicaStatus,
@@ -147,13 +148,16 @@ class Backend:
 
 
 @contextlib.asynccontextmanager
-async def backends(n: int, app: str = "web", first_host: int = 2) -> AsyncIterator[list[Backend]]:
+async def backends(
+    n: int, app: str = "web", first_host: int = 2, *, one_host: bool = False
+) -> AsyncIterator[list[Backend]]:
+    """``n`` backends on 127.0.0.<first_host>, .<first_host + 1>, ... (``one_host``: all on
+    the first, as the replicas of one node are)."""
     started: list[Backend] = []
     try:
         for i in range(n):
-            started.append(
-                await Backend(f"default.{app}.{i:08x}", f"127.0.0.{first_host + i}").start()
-            )
+            host = f"127.0.0.{first_host + (0 if one_host else i)}"
+            started.append(await Backend(f"default.{app}.{i:08x}", host).start())
         yield started
     finally:
         for b in started:
@@ -274,6 +278,7 @@ class Publisher:
             BrokerURL.parse(broker_url), Topics(prefix), client_id=f"pub-{prefix}"
         )
         self._task: asyncio.Task[None] | None = None
+        self._addresses: dict[str, str] = {}
 
     async def __aenter__(self) -> Publisher:
         self._task = asyncio.create_task(self.bus.run())
@@ -294,6 +299,13 @@ class Publisher:
         await self.bus.clear(APPS, AppKey(namespace, name))
 
     async def replicas(self, nr: NodeReplicas) -> None:
+        """As an agent does: its node's info first, advertising the address its replicas'
+        endpoints are on (health routes no endpoint off it; the first replica's host)."""
+        hosts = [e.rpartition(":")[0] for r in nr.replicas for e in r.endpoints.values()]
+        if hosts and self._addresses.get(nr.node) != hosts[0]:
+            info = NodeInfo(node=nr.node, address=hosts[0], capacity=Resources())
+            await self.bus.publish(NODE_INFO, info)
+            self._addresses[nr.node] = hosts[0]
         await self.bus.publish(NODE_REPLICAS, nr)
 
     async def health(self, h: AppHealth) -> None:

@@ -81,7 +81,7 @@ async def test_commands_are_answered_and_retained_values_fill_views(
         await server.reply(env, "revisions", History(namespace="default", name="web", revision=2))
 
     await server.answer(APPLY, apply)
-    await server.watch(HISTORY.topic(prefix), history_raw)
+    await server.watch(HISTORY.pattern(prefix), history_raw)
     async with running(server, client):
         assert await client.request(APPLY, ApplyCommand(apps=[]), timeout=5) == Reply(
             ok=True, revision=3

@@ -41,7 +41,7 @@ async def test_readiness_gating_terminating_and_delete(
 ) -> None:
     procs.service("health", broker.url, prefix=prefix)
     async with (
-        backends(3) as bs,
+        backends(3, one_host=True) as bs,
         Publisher(broker.url, prefix) as pub,
         Observer(broker.url, prefix) as obs,
     ):
@@ -206,7 +206,7 @@ async def test_health_and_balancer_gate_traffic(
     wait_port("127.0.0.1", port, 20)
     url = f"http://127.0.0.1:{port}"
     async with (
-        backends(3) as bs,
+        backends(3, one_host=True) as bs,
         Publisher(mosquitto.url, prefix) as pub,
         aiohttp.ClientSession() as s,
     ):

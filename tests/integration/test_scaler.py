@@ -140,7 +140,7 @@ class FakeCluster:
             await asyncio.sleep(0.25)
 
     async def start(self, balancer: bool = True) -> None:
-        await self.bus.watch(SCALE.topic(self.topics.prefix), self._on_scale)
+        await self.bus.watch(SCALE.pattern(self.topics.prefix), self._on_scale)
         self._tasks.append(asyncio.create_task(self.bus.run()))
         await self.bus.wait_connected(10)
         await self.publish_app()

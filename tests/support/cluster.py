@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.auth import Identities
 from tests.support.net import free_port, wait_port
 from tests.support.procs import Broker, Proc, ProcGroup
 
@@ -38,15 +39,34 @@ def http_get(url: str, host: str | None = None, timeout: float = 5.0) -> HttpRes
 
 
 class Cluster:
-    def __init__(self, procs: ProcGroup, broker: Broker, prefix: str | None = None) -> None:
+    """With ``identities`` (``tests.support.auth``) every service, agent and the CLI
+    connects with its own credentials, and the controller and scheduler authorise
+    (``--auth``); the CLI acts as ``cli_user`` (an admin by default)."""
+
+    def __init__(
+        self,
+        procs: ProcGroup,
+        broker: Broker,
+        prefix: str | None = None,
+        identities: Identities | None = None,
+    ) -> None:
         self.procs = procs
         self.broker = broker
-        self.prefix = prefix or f"e2e{uuid.uuid4().hex[:8]}"
+        self.identities = identities
+        self.cli_user = "ops"
+        self.prefix = prefix or (identities.prefix if identities else f"e2e{uuid.uuid4().hex[:8]}")
         self.data_dir = procs.workdir / "data"
         self.listen_port = free_port()
         self.admin_port = free_port()
         self.services: dict[str, Proc] = {}
         self.agents: dict[str, Proc] = {}
+
+    def _as(self, user: str, *, authorises: bool = False) -> list[str]:
+        """The options that make a service connect as ``user`` (and authorise)."""
+        if self.identities is None:
+            return []
+        args = ["--broker-credentials", str(self.identities.credentials[user])]
+        return [*args, "--auth", str(self.identities.file)] if authorises else args
 
     @property
     def lb_url(self) -> str:
@@ -68,13 +88,23 @@ class Cluster:
         """
         url = self.broker.url
         self.services["controller"] = self.procs.service(
-            "controller", url, "--data-dir", str(self.data_dir), prefix=self.prefix
+            "controller",
+            url,
+            "--data-dir",
+            str(self.data_dir),
+            *self._as("controller", authorises=True),
+            prefix=self.prefix,
         )
-        self.services["scheduler"] = self.procs.service("scheduler", url, prefix=self.prefix)
-        self.services["health"] = self.procs.service("health", url, prefix=self.prefix)
+        self.services["scheduler"] = self.procs.service(
+            "scheduler", url, *self._as("scheduler", authorises=True), prefix=self.prefix
+        )
+        self.services["health"] = self.procs.service(
+            "health", url, *self._as("health"), prefix=self.prefix
+        )
         self.services["balancer"] = self.procs.service(
             "balancer",
             url,
+            *self._as("balancer"),
             "--listen",
             f"127.0.0.1:{self.listen_port}",
             "--admin",
@@ -84,7 +114,7 @@ class Cluster:
         )
         if scaler or scaler_args:
             self.services["scaler"] = self.procs.service(
-                "scaler", url, *scaler_args, prefix=self.prefix
+                "scaler", url, *self._as("scaler"), *scaler_args, prefix=self.prefix
             )
         for node, address in ({"node-1": "127.0.0.1"} if agents is None else agents).items():
             self.start_agent(node, address)
@@ -110,6 +140,7 @@ class Cluster:
             node,
             "--address",
             address,
+            *self._as(f"agent-{node}"),
             *extra,
             prefix=self.prefix,
             name=f"agent-{node}",
@@ -138,6 +169,9 @@ class Cluster:
     ) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "services.cli", *args]
         env_args = {"SHOAL_BROKER": self.broker.url, "SHOAL_PREFIX": self.prefix}
+        if self.identities is not None:
+            creds = self.identities.credentials[self.cli_user]
+            env_args["SHOAL_BROKER_CREDENTIALS"] = str(creds)
         import os
 
         result = subprocess.run(

@@ -1,14 +1,16 @@
 """The region bridge (``configs/mosquitto-bridge.conf``, and the same topics in the test
 rig): every channel and command of the contract is bridged by exactly one topic line;
 retained state goes one way only (the control plane's home -> region, a region's own
-region -> home), so no broker replays a stale copy of another's; the ``bridge`` user of
-the ACL may write exactly what comes from a region."""
+region -> home), so no broker replays a stale copy of another's; the ``bridge`` identity
+of the generated ACL may write exactly what comes from a region."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from core.acl import topic_rules
 from core.channels import CHANNELS, COMMANDS, reply_topic
+from core.identities import AuthFile, Identity
 from core.topics import matches
 from tests.support.regions import GUARDED, HOME_WRITTEN, REGION_WRITTEN, SHARED, bridge_conf
 
@@ -33,8 +35,8 @@ def example_topics() -> dict[str, str]:
         levels = ["x" if part.startswith("{") else part for part in channel.path.split("/")]
         topics["shoal/" + "/".join(levels)] = channel.writer
     for command in COMMANDS:
-        topics[command.topic("shoal")] = "any client"
-    topics[reply_topic("shoal", "cli-1")] = "any client"
+        topics[command.topic("shoal", "alice")] = "any client"
+    topics[reply_topic("shoal", "alice", "cli-1")] = "any client"
     return topics
 
 
@@ -68,8 +70,18 @@ def test_every_topic_is_bridged_once_and_retained_state_one_way() -> None:
 
 
 def test_the_bridge_user_writes_what_comes_from_a_region() -> None:
-    acl = (ROOT / "configs/mosquitto.acl").read_text().split("user bridge\n", 1)[1]
-    block = acl.split("\n\n", 1)[0]
-    writes = {line.split()[2] for line in block.splitlines() if line.startswith("topic write")}
+    """The generated ACL's ``bridge`` identity may write every topic bridged out or both
+    ways, and nothing bridged only in (home's own state)."""
+    auth = AuthFile(
+        prefix="shoal",
+        identities={
+            "bridge-us": Identity.model_validate({"role": "bridge", "password_hash": "$7$x"})
+        },
+    )
+    rules = topic_rules(auth, "bridge-us", auth.identities["bridge-us"])
+    writes = [t for access, t in rules if access in ("write", "readwrite")]
     conf = bridged((ROOT / "configs/mosquitto-bridge.conf").read_text())
-    assert writes == {p for p, d in conf.items() if d != "in"}
+    for topic, writer in example_topics().items():
+        line = next(p for p in conf if matches(p, topic))
+        allowed = any(matches(w, topic) for w in writes)
+        assert allowed == (conf[line] != "in"), (topic, writer, conf[line])

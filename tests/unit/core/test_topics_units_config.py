@@ -16,7 +16,7 @@ def test_topic_map_and_parsing() -> None:
     assert NODE_REPLICAS.parse("shoal", "shoal/nodes/n1/replicas") == "n1"
     assert HEALTH.parse("shoal", "shoal/health/prod/web") == AppKey("prod", "web")
     assert APPLY.topic("a/b") == "a/b/cmd/apply"
-    assert Topics("a/b").reply("cli-1") == "a/b/reply/cli-1"
+    assert Topics("a/b").reply("alice", "cli-1") == "a/b/reply/alice/cli-1"
 
 
 @pytest.mark.parametrize("bad", ["a/b", "+", "#", ""])

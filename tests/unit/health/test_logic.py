@@ -25,6 +25,8 @@ from services.health.logic import (
     StateKey,
     Target,
     app_health,
+    endpoint_host,
+    foreign_endpoints,
     owner,
     probes_to_run,
     same_health,
@@ -382,3 +384,17 @@ def test_a_replica_reported_by_two_nodes_keeps_the_latest_status() -> None:
     index.update("n2", NodeReplicas(node="n2", replicas=[status("r1", node="n2")]))
     index.update("n1", None)  # n1's stale report goes: n2's status of r1 stays
     assert [st.node for st in index.of(web)] == ["n2"]
+
+
+def test_a_replica_with_an_endpoint_off_its_nodes_address_is_no_target() -> None:
+    app = make_app()
+    ok = status("r1")
+    forged = status("r2", endpoints={"http": "10.9.9.9:80", "admin": "127.0.0.1:9999"})
+    v6 = status("r3", node="n6", endpoints={"http": "[fd00::1]:80"})
+    addresses = {"n1": "127.0.0.1", "n6": "fd00::1"}
+    targets = targets_for(app, [ok, forged, v6], addresses=addresses)
+    assert [t.replica for t in targets] == ["r1", "r3"]
+    # a node whose address is not known yet: none of its replicas
+    assert targets_for(app, [ok], addresses={}) == []
+    assert foreign_endpoints(forged, "127.0.0.1") == ["10.9.9.9:80"]
+    assert endpoint_host("[fd00::1]:80") == "fd00::1"

@@ -72,6 +72,7 @@ async def test_a_reported_replica_without_probes_is_ready_and_deletion_clears() 
     broker = MemoryBroker()
     async with running(broker) as bus:
         health = await bus.view(HEALTH)
+        await bus.publish(NODE_INFO, node_info())
         await bus.publish(APPS, web_app())
         await bus.publish(NODE_REPLICAS, report("n1"))
 
@@ -95,10 +96,31 @@ async def test_a_reported_replica_without_probes_is_ready_and_deletion_clears() 
         await eventually(lambda: WEB not in health)
 
 
-def node_info(status: str = "ready") -> NodeInfo:
+def node_info(status: str = "ready", address: str = "10.0.0.1", node: str = "n1") -> NodeInfo:
     return NodeInfo.model_validate(
-        {"node": "n1", "address": "10.0.0.1", "capacity": Resources(), "status": status}
+        {"node": node, "address": address, "capacity": Resources(), "status": status}
     )
+
+
+async def test_a_replica_reported_off_its_nodes_address_never_gets_traffic() -> None:
+    """Issue 13 item 7: a forged ``replicas`` pointing at another address was marked
+    ready; endpoints must be on the address the node advertises."""
+    broker = MemoryBroker()
+    async with running(broker) as bus:
+        health = await bus.view(HEALTH)
+        await bus.publish(APPS, web_app())
+        await bus.publish(NODE_REPLICAS, report("n1"))  # n1's address not known yet
+        await bus.publish(NODE_INFO, node_info(address="10.0.0.9"))  # not the report's
+        await bus.sync()
+        forged = report("n2").replicas[0].model_copy(update={"id": "default.web.00000002"})
+        await bus.publish(NODE_INFO, node_info(address="10.0.0.2", node="n2"))
+        await bus.publish(NODE_REPLICAS, NodeReplicas(node="n2", replicas=[forged]))
+        await bus.sync()
+        # n1 now advertises the address its report uses: only that replica is a target
+        await bus.publish(NODE_INFO, node_info(address="10.0.0.1"))
+        verdict = await eventually(lambda: (h := health.get(WEB)) and h.replicas and h)
+        assert [r.id for r in verdict.replicas] == ["default.web.00000001"]
+        assert [r.id for r in verdict.ready] == ["default.web.00000001"]
 
 
 async def test_replicas_of_an_offline_node_stay_while_their_endpoint_answers() -> None:
@@ -117,7 +139,7 @@ async def test_replicas_of_an_offline_node_stay_while_their_endpoint_answers() -
     )
     async with running(broker) as bus:
         health = await bus.view(HEALTH)
-        await bus.publish(NODE_INFO, node_info())
+        await bus.publish(NODE_INFO, node_info(address="127.0.0.1"))
         await bus.publish(APPS, web_app())
         await bus.publish(NODE_REPLICAS, NodeReplicas(node="n1", replicas=[replica]))
         await eventually(lambda: (h := health.get(WEB)) and len(h.ready) == 1)
@@ -125,7 +147,7 @@ async def test_replicas_of_an_offline_node_stay_while_their_endpoint_answers() -
         # the agent dies: its replica (no readiness probe) gets a TCP check, and stays
         flips: list[bool] = []
         await bus.subscribe(HEALTH, lambda _k, h: flips.append(bool(h and h.ready)))
-        await bus.publish(NODE_INFO, node_info("offline"))
+        await bus.publish(NODE_INFO, node_info("offline", address="127.0.0.1"))
         await eventually(lambda: len(connects) >= 3)  # three rounds of the check passed
         assert len(health[WEB].ready) == 1
         assert all(flips)

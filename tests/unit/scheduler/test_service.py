@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from core import codec
@@ -21,6 +23,7 @@ from core.channels import (
 )
 from core.commands import NodeCommand, Reply
 from core.config import ServiceConfig
+from core.identities import AuthFile, Identity, dump_auth
 from core.keys import AppKey, ServiceKey
 from core.memory import MemoryBroker
 from core.state import NodeAssignment
@@ -140,3 +143,35 @@ async def test_a_standby_takes_over_when_the_leader_dies_and_moves_nothing() -> 
         await bus.publish(APPS, app_state("web", 3))
         await eventually(lambda: len(placed(assignments)) == 3)
         assert ids <= placed(assignments)
+
+
+async def test_with_identities_only_admins_send_node_commands(tmp_path: Path) -> None:
+    hashed = "$7$101$AAAAAAAAAAAAAAAA$AAAA"
+    auth = AuthFile(
+        prefix=PREFIX,
+        identities={
+            "alice": Identity(role="user", password_hash=hashed, grants={"*": ["*"]}),
+            "ops": Identity(role="user", password_hash=hashed, admin=True),
+        },
+    )
+    (tmp_path / "ids.yaml").write_text(dump_auth(auth))
+    options = replace(FAST, auth=tmp_path / "ids.yaml")
+    broker = MemoryBroker()
+    service = SchedulerService(ServiceConfig(broker=broker, prefix=PREFIX, instance="s1"), options)
+    async with (
+        connected(broker, PREFIX, "a", user="alice") as alice,
+        connected(broker, PREFIX, "o", user="ops") as ops,
+        serving(service),
+    ):
+        await alice.publish(NODE_INFO, node_info("n1"))
+        await eventually(lambda: service.cluster is not None)
+        cordon = NodeCommand(node="n1", action="cordon")
+        refused = await alice.request(NODE, cordon, timeout=5)
+        assert refused == Reply(
+            ok=False,
+            errors=["not allowed: user 'alice' may not cordon on the cluster (only admins may)"],
+        )
+        assert service.cordons == {}
+        done = await ops.request(NODE, cordon, timeout=5)
+        assert isinstance(done, Reply)
+        assert done.ok, done
