@@ -9,6 +9,9 @@ the bus sends it in pages (``core.paging``) and every reader assembles it.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -156,3 +159,26 @@ async def test_the_scheduler_places_two_apps_of_10000_on_one_node_and_it_arrives
         for name in ("web", "api"):
             s = status[AppKey("default", name)]
             assert (s.placed, s.unplaceable) == (10_000, 0)
+
+
+def test_shoal_apply_of_a_command_too_large_says_so(
+    limited: Broker, prefix: str, procs: ProcGroup
+) -> None:
+    """A 2 MiB apply got no reply at all (the broker dropped it): now the CLI says why."""
+    docs = [
+        f"name: app{i:05d}\nimage: example/app:1\nenv: {{FILLER: {'x' * 220}}}\n"
+        for i in range(8_000)
+    ]
+    spec = procs.workdir / "many.yaml"
+    spec.write_text("---\n".join(docs))
+    assert spec.stat().st_size > 2 * MI
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "apply", "-f", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SHOAL_BROKER": limited.url, "SHOAL_PREFIX": prefix},
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the apply command is" in result.stderr
+    assert "more than the 1048576 the broker carries" in result.stderr
