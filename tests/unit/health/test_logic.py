@@ -382,3 +382,21 @@ def test_a_replica_reported_by_two_nodes_keeps_the_latest_status() -> None:
     index.update("n2", NodeReplicas(node="n2", replicas=[status("r1", node="n2")]))
     index.update("n1", None)  # n1's stale report goes: n2's status of r1 stays
     assert [st.node for st in index.of(web)] == ["n2"]
+
+
+def test_many_transitions_of_one_kind_are_one_event() -> None:
+    from services.health.logic import EVENT_BATCH, Transition, transition_events
+
+    few = [Transition(f"r{i}", "unready", "HTTP 500") for i in range(EVENT_BATCH)]
+    events = transition_events(few)
+    assert [e.replica for e in events] == [f"r{i}" for i in range(EVENT_BATCH)]
+    assert events[0].message == "replica r0 unready: HTTP 500"
+    assert events[0].severity == "warning"
+
+    many = [Transition(f"r{i}", "ready", "") for i in range(20_000)]
+    many.append(Transition("x", "gone", ""))
+    events = transition_events(many)
+    assert [(e.kind, e.replica) for e in events] == [("replica_ready", None), ("replica_gone", "x")]
+    assert events[0].message == "20000 replicas ready"
+    assert events[0].data["count"] == 20_000
+    assert len(events[0].data["replicas"]) == 50
