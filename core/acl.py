@@ -49,6 +49,8 @@ from core.channels import (
     level,
 )
 from core.identities import AuthFile, Identity
+from core.paging import page_pattern
+from core.topics import matches
 
 #: What each service role writes besides its presence and events (the contract's writers).
 SERVICE_WRITES: dict[str, tuple[Channel[Any, Any], ...]] = {
@@ -98,8 +100,19 @@ USER_READS: tuple[Channel[Any, Any], ...] = (
 
 
 def topic_rules(auth: AuthFile, user: str, identity: Identity) -> list[tuple[str, str]]:
-    """(access, topic filter) pairs for one identity, access being read or write."""
+    """(access, topic filter) pairs for one identity, access being read or write; a rule
+    on a paged channel's topic covers its pages too (``core.paging``)."""
     p = check_prefix(auth.prefix)
+    paged = [c.pattern(p) for c in CHANNELS if c.paged]
+    rules: list[tuple[str, str]] = []
+    for access, topic in _rules(p, user, identity):
+        rules.append((access, topic))
+        if not topic.endswith("#") and any(matches(c, topic) for c in paged):
+            rules.append((access, page_pattern(topic)))
+    return rules
+
+
+def _rules(p: str, user: str, identity: Identity) -> list[tuple[str, str]]:
     rules: list[tuple[str, str]] = [
         ("write", f"{p}/cmd/+/{level(user)}"),
         ("readwrite", f"{p}/reply/{user}/#"),

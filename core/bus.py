@@ -41,14 +41,22 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ValidationError
 
-from core import codec
+from core import codec, paging
 from core.backoff import Backoff
 from core.channels import REPLY_KINDS, Channel, Command, level, reply_base, reply_topic
 from core.codec import Envelope
 from core.commands import Reply
 from core.config import BrokerURL, InProcessBroker
 from core.durations import Durations
-from core.errors import BusError, CodecError, RequestTimeout, ShoalError, SpecError, TopicError
+from core.errors import (
+    BusError,
+    CodecError,
+    MessageTooLarge,
+    RequestTimeout,
+    ShoalError,
+    SpecError,
+    TopicError,
+)
 from core.logs import get_logger
 from core.topics import Topics, matches
 from core.view import Handler, View
@@ -90,6 +98,9 @@ class BusCounters:
     published_bytes: int = 0
     dropped: int = 0  # malformed, undecodable, or a handler failed on it
     publish_failures: int = 0
+    #: values sent in pages (``core.paging``) and pages sent
+    paged: int = 0
+    pages: int = 0
     #: commands answered, by (command, result): result is ok, refused, failed or crashed
     answered: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: seconds spent answering, by command
@@ -111,8 +122,13 @@ class Bus:
         user: str = "",
         will: LastWill | None = None,
         keepalive: int = 10,
+        max_message: int | None = None,
     ) -> None:
         self.topics = topics
+        #: the largest payload the broker carries: larger ones are paged or refused here
+        self.max_message = max_message or paging.max_message_from_env()
+        #: retained topics that may hold pages (topic -> how many), cleared when they shrink
+        self._pages_left: dict[str, int] = {}
         self.prefix = topics.prefix
         self.client_id = client_id
         self.src = src or client_id
@@ -318,6 +334,7 @@ class Bus:
         decoded and checked: ``handler(key, value)``; value None when deleted."""
         pattern = channel.topic(self.prefix, key) if key is not None else None
         pattern = pattern or channel.pattern(self.prefix, **fixed)
+        pages = paging.Assembler() if channel.paged else None
 
         async def on_message(topic: str, env: Envelope | None) -> None:
             try:
@@ -325,6 +342,13 @@ class Bus:
             except TopicError as err:
                 log.warning("message on a malformed topic dropped", topic=topic, error=str(err))
                 return
+            if pages is not None:
+                if env is None or env.kind != paging.HEAD_KIND:
+                    pages.whole(topic)
+                else:
+                    env = self._paged_head(pages, topic, env)
+                    if env is None:
+                        return
             value = None if env is None else self.open(channel, topic, env, got_key)
             if env is not None and value is None:
                 return
@@ -333,6 +357,52 @@ class Bus:
                 await result
 
         await self.watch(pattern, on_message, qos=channel.qos, allow_json=channel.json)
+        if pages is not None:
+
+            async def on_page(topic: str, env: Envelope | None) -> None:
+                whole = self._paged_page(pages, topic, env)
+                if whole is not None:
+                    await on_message(*whole)
+
+            await self.watch(paging.page_pattern(pattern), on_page, qos=channel.qos)
+
+    def _paged_head(self, pages: paging.Assembler, topic: str, env: Envelope) -> Envelope | None:
+        """The value a head completes (its pages all here), or None (logged if bad)."""
+        try:
+            head = env.open(paging.PageHead, lenient=True)
+            self._pages_left[topic] = max(self._pages_left.get(topic, 0), head.pages)
+            return self._assembled(topic, pages.head(topic, head))
+        except (CodecError, ValueError) as err:
+            self.counters.dropped += 1
+            log.warning("malformed paged value dropped", topic=topic, error=str(err)[:500])
+            return None
+
+    def _paged_page(
+        self, pages: paging.Assembler, topic: str, env: Envelope | None
+    ) -> tuple[str, Envelope] | None:
+        """``(value topic, value)`` when this page completes a value; None otherwise."""
+        where = paging.value_topic(topic)
+        if env is None or where is None:
+            return None  # a cleared page, or a topic that is not a page's
+        base, index = where
+        try:
+            if env.kind != paging.PAGE_KIND:
+                raise CodecError(f"a {paging.PAGE_KIND!r} was expected, got {env.kind!r}")
+            whole = self._assembled(base, pages.page(base, index, env.open(paging.Page)))
+        except (CodecError, ValueError) as err:
+            self.counters.dropped += 1
+            log.warning("malformed page dropped", topic=topic, error=str(err)[:500])
+            return None
+        return None if whole is None else (base, whole)
+
+    @staticmethod
+    def _assembled(topic: str, payload: bytes | None) -> Envelope | None:
+        if payload is None:
+            return None
+        env = codec.decode(payload, allow_json=False, limit=paging.MAX_ASSEMBLED)
+        if env is None or env.kind == paging.HEAD_KIND:
+            raise CodecError(f"the pages of {topic} make no value")
+        return env
 
     def open(self, channel: Channel[M, K], topic: str, env: Envelope, key: K) -> M | None:
         """The body of one message of ``channel``, or None (logged) when it does not fit."""
@@ -380,18 +450,53 @@ class Bus:
         """Publish ``body`` on its channel, under the key it names (or ``key``)."""
         topic = channel.topic(self.prefix, key if key is not None else channel.key_for(body))
         env = self.envelope(channel.kind, body)
-        await self.publish_raw(
-            topic,
-            codec.encode(env),
-            retain=channel.retained,
-            qos=channel.qos if qos is None else qos,
-            timeout=timeout,
-        )
+        payload = codec.encode(env)
+        qos = channel.qos if qos is None else qos
+        if channel.paged and len(payload) > self.max_message:
+            await self._publish_pages(topic, payload, retain=channel.retained, qos=qos)
+            return env
+        await self.publish_raw(topic, payload, retain=channel.retained, qos=qos, timeout=timeout)
+        if channel.paged and channel.retained:
+            await self._clear_pages(topic, keep=0)
         return env
+
+    async def _publish_pages(self, topic: str, payload: bytes, *, retain: bool, qos: int) -> None:
+        """Pages first, the head last (``core.paging``); then the pages a larger value
+        left behind are cleared. Each publish has its own timeout."""
+        try:
+            head, pages = paging.split(payload, self.max_message)
+        except ValueError as err:
+            self.counters.publish_failures += 1
+            raise MessageTooLarge(f"publish to {topic} refused: {err}") from err
+        for page in pages:
+            env = self.envelope(paging.PAGE_KIND, page)
+            page_topic = paging.page_topic(topic, page.index)
+            await self.publish_raw(page_topic, codec.encode(env), retain=retain, qos=qos)
+        if retain:
+            self._pages_left[topic] = max(self._pages_left.get(topic, 0), head.pages)
+        head_env = self.envelope(paging.HEAD_KIND, head)
+        await self.publish_raw(topic, codec.encode(head_env), retain=retain, qos=qos)
+        self.counters.paged += 1
+        self.counters.pages += len(pages)
+        if retain:
+            await self._clear_pages(topic, keep=head.pages)
+
+    async def _clear_pages(self, topic: str, *, keep: int) -> None:
+        """Clear the retained pages of ``topic`` from ``keep`` on (as far as any were seen)."""
+        left = self._pages_left.get(topic, 0)
+        for index in range(keep, left):
+            await self.clear_raw(paging.page_topic(topic, index))
+        if keep:
+            self._pages_left[topic] = keep
+        else:
+            self._pages_left.pop(topic, None)
 
     async def clear(self, channel: Channel[Any, K], key: K) -> None:
         """Delete the retained value of one key (an empty retained payload)."""
-        await self.clear_raw(channel.topic(self.prefix, key))
+        topic = channel.topic(self.prefix, key)
+        await self.clear_raw(topic)
+        if channel.paged:
+            await self._clear_pages(topic, keep=0)
 
     async def clear_raw(self, topic: str) -> None:
         await self.publish_raw(topic, b"", retain=True)
@@ -405,6 +510,13 @@ class Bus:
         qos: int = 1,
         timeout: float | None = 10.0,
     ) -> None:
+        if len(payload) > self.max_message:
+            # The broker would refuse it, over MQTT 3.1.1 without a word: refuse it here.
+            self.counters.publish_failures += 1
+            raise MessageTooLarge(
+                f"publish to {topic} refused: {len(payload)} bytes is more than the "
+                f"{self.max_message} the broker carries (SHOAL_MAX_MESSAGE)"
+            )
         try:
             await self.wait_connected(timeout)
             async with asyncio.timeout(timeout):
@@ -438,10 +550,17 @@ class Bus:
     ) -> Envelope:
         """Publish a request envelope and wait for the envelope that answers it."""
         env = self.envelope(kind, body, reply_to=self.reply_topic)
+        payload = codec.encode(env)
+        if len(payload) > self.max_message:
+            self.counters.publish_failures += 1
+            raise MessageTooLarge(
+                f"the {kind} command is {len(payload)} bytes, more than the {self.max_message} "
+                "the broker carries (SHOAL_MAX_MESSAGE): send less in one command"
+            )
         fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
         self._pending[env.id] = fut
         try:
-            await self.publish_raw(topic, codec.encode(env), timeout=timeout)
+            await self.publish_raw(topic, payload, timeout=timeout)
             async with asyncio.timeout(timeout):
                 return await fut
         except TimeoutError as err:
@@ -521,7 +640,12 @@ class Bus:
                 log.info("command refused", command=command.name, src=env.src, errors=result.errors)
             kind = command.answer_kind if isinstance(result, command.answer) else "reply"
             try:
-                await self.reply(env, kind, result)
+                try:
+                    await self.reply(env, kind, result)
+                except MessageTooLarge as err:
+                    log.warning("answer too large; refused instead", command=command.name)
+                    too_large = f"{command.name} failed: its answer is too large to send: {err}"
+                    await self.reply(env, "reply", Reply(ok=False, errors=[too_large]))
             except (BusError, TopicError) as err:
                 log.warning("reply not sent", command=command.name, to=env.reply_to, error=str(err))
 

@@ -129,6 +129,9 @@ class Channel(Generic[M, K]):
     qos: int = 1
     lenient: bool = True
     json: bool = False
+    #: Values that grow with the cluster: one larger than a broker message is sent in pages
+    #: (``core.paging``) and assembled whole by every subscriber.
+    paged: bool = False
     _levels: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -229,6 +232,7 @@ APPS: Channel[AppState, AppKey] = Channel(
     APP_KEY,
     _app,
     retained=True,
+    paged=True,
 )
 HEALTH: Channel[AppHealth, AppKey] = Channel(
     "health/{namespace}/{name}",
@@ -239,6 +243,7 @@ HEALTH: Channel[AppHealth, AppKey] = Channel(
     APP_KEY,
     _app,
     retained=True,
+    paged=True,
 )
 SCHEDULER_STATUS: Channel[SchedulerStatus, AppKey] = Channel(
     "status/scheduler/{namespace}/{name}",
@@ -249,6 +254,7 @@ SCHEDULER_STATUS: Channel[SchedulerStatus, AppKey] = Channel(
     APP_KEY,
     _app,
     retained=True,
+    paged=True,
 )
 SCALER_STATUS: Channel[ScalerStatus, AppKey] = Channel(
     "status/scaler/{namespace}/{name}",
@@ -289,6 +295,7 @@ NODE_ASSIGN: Channel[NodeAssignment, str] = Channel(
     NODE_KEY,
     lambda body: body.node,
     retained=True,
+    paged=True,
 )
 NODE_REPLICAS: Channel[NodeReplicas, str] = Channel(
     "nodes/{node}/replicas",
@@ -299,6 +306,7 @@ NODE_REPLICAS: Channel[NodeReplicas, str] = Channel(
     NODE_KEY,
     lambda body: body.node,
     retained=True,
+    paged=True,
 )
 NODE_CORDON: Channel[NodeCordon, str] = Channel(
     "nodes/{node}/cordon",
@@ -319,6 +327,7 @@ LB_METRICS: Channel[LbMetrics, str] = Channel(
     one_level("instance"),
     lambda body: body.instance,
     qos=0,
+    paged=True,
 )
 NODE_METRICS: Channel[NodeMetrics, str] = Channel(
     "metrics/nodes/{node}",
@@ -329,6 +338,7 @@ NODE_METRICS: Channel[NodeMetrics, str] = Channel(
     NODE_KEY,
     lambda body: body.node,
     qos=0,
+    paged=True,
 )
 LOGS_REQUEST: Channel[LogsRequest, None] = Channel(
     "logs/request",

@@ -142,12 +142,13 @@ def encode_json(envelope: Envelope) -> bytes:
     return envelope.model_dump_json(exclude_none=True).encode()
 
 
-def decode(payload: bytes, *, allow_json: bool = True) -> Envelope | None:
-    """Decode one payload; None for an empty (deleted) retained value."""
+def decode(payload: bytes, *, allow_json: bool = True, limit: int = MAX_PAYLOAD) -> Envelope | None:
+    """Decode one payload; None for an empty (deleted) retained value. ``limit`` is the
+    largest payload taken (a value assembled from pages, ``core.paging``, may be larger)."""
     if not payload:
         return None
-    if len(payload) > MAX_PAYLOAD:
-        raise CodecError(f"payload of {len(payload)} bytes is larger than {MAX_PAYLOAD}")
+    if len(payload) > limit:
+        raise CodecError(f"payload of {len(payload)} bytes is larger than {limit}")
     try:
         if payload.lstrip()[:1] == b"{":
             if not allow_json:

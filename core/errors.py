@@ -46,6 +46,12 @@ class BusError(ShoalError):
     retryable = True
 
 
+class MessageTooLarge(BusError):
+    """A message larger than the broker carries (``max_message``); nothing was sent."""
+
+    retryable = False
+
+
 class RequestTimeout(BusError):
     """A request got no reply in time."""
 

@@ -81,6 +81,12 @@ class BusCollector(Collector):
                 "Publishes that failed or timed out",
                 c.publish_failures,
             ),
+            (
+                "shoal_bus_paged_values",
+                "Values larger than a broker message, sent in pages",
+                c.paged,
+            ),
+            ("shoal_bus_pages_published", "Pages of paged values published", c.pages),
             ("shoal_bus_connects", "Sessions started with the broker", self.bus.connects),
         ):
             yield CounterMetricFamily(name, doc, value=value)

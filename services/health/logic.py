@@ -354,6 +354,59 @@ def transitions(previous: AppHealth | None, current: AppHealth | None) -> list[T
     return out
 
 
+#: More transitions of one kind than this in one change are one event (an apply of 20,000
+#: replicas is not 20,000 events); the first ``EVENT_IDS`` replica ids go in its data.
+EVENT_BATCH = 5
+EVENT_IDS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    kind: str
+    message: str
+    replica: str | None
+    severity: Literal["info", "warning"]
+    data: dict[str, object]
+
+
+def transition_events(changes: list[Transition]) -> list[EventSpec]:
+    """The events of one change: one per replica, or one per kind when there are more than
+    ``EVENT_BATCH`` of it (``data``: ``count`` and the first ``EVENT_IDS`` ``replicas``)."""
+    by_kind: dict[str, list[Transition]] = {}
+    for tr in changes:
+        by_kind.setdefault(tr.kind, []).append(tr)
+    out: list[EventSpec] = []
+    for kind, group in by_kind.items():
+        severity: Literal["info", "warning"] = (
+            "info" if kind in ("ready", "terminating", "gone") else "warning"
+        )
+        words = kind.replace("_", " ")
+        if len(group) <= EVENT_BATCH:
+            out.extend(
+                EventSpec(
+                    f"replica_{kind}",
+                    f"replica {tr.replica} {words}" + (f": {tr.reason}" if tr.reason else ""),
+                    tr.replica,
+                    severity,
+                    {},
+                )
+                for tr in group
+            )
+            continue
+        reasons = sorted({tr.reason for tr in group if tr.reason})
+        out.append(
+            EventSpec(
+                f"replica_{kind}",
+                f"{len(group)} replicas {words}"
+                + (f": {'; '.join(reasons[:3])}" if reasons else ""),
+                None,
+                severity,
+                {"count": len(group), "replicas": [tr.replica for tr in group[:EVENT_IDS]]},
+            )
+        )
+    return out
+
+
 def seeded_state(previous: AppHealth | None, target: Target, role: ProbeRole) -> bool | None:
     """A verdict another instance (or this one before a restart) already published for the
     same container start: a takeover continues from it instead of flapping to unready."""

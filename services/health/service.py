@@ -39,6 +39,7 @@ from services.health.logic import (
     same_health,
     seeded_state,
     targets_for,
+    transition_events,
     transitions,
 )
 from services.health.prom import HealthCollector
@@ -190,15 +191,15 @@ class HealthService(Service):
             return None
         await self.bus.publish(HEALTH, health)
         self.mine[key] = health
-        for tr in transitions(previous, health):
+        for event in transition_events(transitions(previous, health)):
             await self.emit(
-                f"replica_{tr.kind}",
-                f"replica {tr.replica} {tr.kind.replace('_', ' ')}"
-                + (f": {tr.reason}" if tr.reason else ""),
+                event.kind,
+                event.message,
                 namespace=key.namespace,
                 app=key.name,
-                replica=tr.replica,
-                severity="info" if tr.kind in ("ready", "terminating", "gone") else "warning",
+                replica=event.replica,
+                severity=event.severity,
+                data=event.data,
             )
         return None
 

@@ -140,8 +140,11 @@ class Broker:
         wait_port(self.host, self.port)
 
 
-def start_broker(group: ProcGroup, kind: str, port: int | None = None) -> Broker:
-    """Start mosquitto or the embedded (amqtt) broker on a free loopback port."""
+def start_broker(
+    group: ProcGroup, kind: str, port: int | None = None, *, conf_lines: Sequence[str] = ()
+) -> Broker:
+    """Start mosquitto or the embedded (amqtt) broker on a free loopback port;
+    ``conf_lines`` are added to mosquitto's configuration (``message_size_limit 1048576``)."""
     port = port or free_port()
     if kind == "mosquitto":
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -149,7 +152,7 @@ def start_broker(group: ProcGroup, kind: str, port: int | None = None) -> Broker
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
             # small request/reply packets must not wait for delayed ACKs (~40 ms each)
-            "set_tcp_nodelay true\n"
+            "set_tcp_nodelay true\n" + "".join(f"{line}\n" for line in conf_lines)
         )
         proc = group.spawn(f"mosquitto-{port}", [exe, "-c", str(conf)])
     elif kind == "embedded":

@@ -138,7 +138,14 @@ class Link:
 
 #: Retained topics the home region's control plane alone writes: bridged ``in`` only, so
 #: the copies a cut region kept are never replayed over newer ones when the link returns.
-HOME_WRITTEN = ("apps/#", "status/#", "health/#", "nodes/+/assign", "nodes/+/cordon")
+HOME_WRITTEN = (
+    "apps/#",
+    "status/#",
+    "health/#",
+    "nodes/+/assign",
+    "nodes/+/assign/page/+",  # an assignment too large for one message (core/paging.py)
+    "nodes/+/cordon",
+)
 #: Retained topics each region's own agents and services write: bridged ``out`` only, so
 #: a region holds no copy of another region's (which it would replay, stale, on return).
 REGION_WRITTEN = ("nodes/+/info", "services/#")
@@ -146,7 +153,7 @@ REGION_WRITTEN = ("nodes/+/info", "services/#")
 #: reports (each node's mesh relays to replicas anywhere): their writer republishes over a
 #: stale replay. ACME challenges (the CA may ask any region's balancer): each carries its
 #: own expiry, so a stale replay is answered only until then.
-GUARDED = ("nodes/+/replicas", "acme/challenges/#")
+GUARDED = ("nodes/+/replicas", "nodes/+/replicas/page/+", "acme/challenges/#")
 #: Messages that are not retained (commands and their replies, events, metrics, wake-ups,
 #: logs): nothing to replay, bridged both ways.
 SHARED = ("cmd/#", "reply/#", "events/#", "metrics/#", "wake/#", "logs/#")

@@ -142,3 +142,21 @@ def test_the_password_file_has_one_line_per_identity() -> None:
     assert lines == sorted(lines)
     assert [line.split(":")[0] for line in lines] == sorted(AUTH.identities)
     assert all(line.endswith(H) for line in lines)
+
+
+def test_whoever_may_read_or_write_a_paged_value_may_do_so_with_its_pages() -> None:
+    """A value too large for one message goes as ``<topic>/page/<i>`` (core/paging.py)."""
+    acl = rules(acl_text(AUTH))
+
+    def allowed(user: str, access: str, topic: str) -> bool:
+        return any(a in (access, "readwrite") and matches(t, topic) for a, t in acl[user])
+
+    page = "/page/3"
+    assert allowed("scheduler", "write", "shoal/nodes/n1/assign" + page)
+    assert allowed("agent-n1", "read", "shoal/nodes/n1/assign" + page)
+    assert not allowed("agent-n1", "read", "shoal/nodes/n2/assign" + page)
+    assert allowed("agent-n1", "write", "shoal/nodes/n1/replicas" + page)
+    assert not allowed("agent-n1", "write", "shoal/nodes/n2/replicas" + page)
+    assert allowed("controller", "write", "shoal/apps/prod/web" + page)
+    assert allowed("alice", "read", "shoal/apps/prod/web" + page)
+    assert not allowed("alice", "write", "shoal/apps/prod/web" + page)

@@ -398,3 +398,21 @@ def test_a_replica_with_an_endpoint_off_its_nodes_address_is_no_target() -> None
     assert targets_for(app, [ok], addresses={}) == []
     assert foreign_endpoints(forged, "127.0.0.1") == ["10.9.9.9:80"]
     assert endpoint_host("[fd00::1]:80") == "fd00::1"
+
+
+def test_many_transitions_of_one_kind_are_one_event() -> None:
+    from services.health.logic import EVENT_BATCH, Transition, transition_events
+
+    few = [Transition(f"r{i}", "unready", "HTTP 500") for i in range(EVENT_BATCH)]
+    events = transition_events(few)
+    assert [e.replica for e in events] == [f"r{i}" for i in range(EVENT_BATCH)]
+    assert events[0].message == "replica r0 unready: HTTP 500"
+    assert events[0].severity == "warning"
+
+    many = [Transition(f"r{i}", "ready", "") for i in range(20_000)]
+    many.append(Transition("x", "gone", ""))
+    events = transition_events(many)
+    assert [(e.kind, e.replica) for e in events] == [("replica_ready", None), ("replica_gone", "x")]
+    assert events[0].message == "20000 replicas ready"
+    assert events[0].data["count"] == 20_000
+    assert len(events[0].data["replicas"]) == 50

@@ -1,0 +1,466 @@
+"""Fleet benchmark: the whole control plane at N simulated nodes, through real mosquitto.
+
+Real processes: mosquitto (with the shipped 1 MiB ``message_size_limit``), the controller,
+the scheduler, ``--health`` health instances and the balancer; the nodes are simulated
+(``tests/benchmarks/fleet_nodes.py``: each one a real MQTT client with its own id, the
+agent's last will, heartbeats, and a report of every assigned replica ``running``, served
+by a tiny HTTP server on the node's own loopback address, which health probes for
+readiness). Per size: N nodes, N/2 apps, 10·N replicas (2,000 nodes: 1,000 apps, 20,000
+replicas), every app with an HTTP readiness probe and a route.
+
+Figures per size, measured on the bus by a client of the benchmark's own:
+- apply of every app (batches of 100 per ``apply``) -> every replica ready in ``health/``;
+- one node lost (its last will) -> its replicas ready elsewhere, none left on it;
+- a rollout of 100 apps at once -> every replica of them ready at the new revision;
+- bus messages per second in steady state (everything under the prefix, 10 s);
+- CPU seconds (whole run) and peak RSS (``VmHWM``) of each service, from ``/proc``;
+- requests through the balancer to a sample of apps (all must answer 200).
+
+    python tests/benchmarks/bench_fleet.py [--sizes 500,1000,2000] [--health 2]
+
+The default size is small (``make bench``). The machine's cores are shared: the figures are
+noisy and include the simulated nodes' own CPU (they run on the same cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from core.bus import Bus, connect_bus  # noqa: E402
+from core.channels import APPLY, APPS, HEALTH, NODE_ASSIGN  # noqa: E402
+from core.codec import Envelope  # noqa: E402
+from core.commands import ApplyCommand, Reply  # noqa: E402
+from core.config import BrokerURL  # noqa: E402
+from core.errors import RequestTimeout  # noqa: E402
+from core.keys import AppKey  # noqa: E402
+from core.topics import Topics  # noqa: E402
+from tests.support.net import free_port, wait_port  # noqa: E402
+from tests.support.procs import Proc, ProcGroup, proc_group, start_broker  # noqa: E402
+
+NODES_PER_PROCESS = 250
+BROKER_CONF = ["message_size_limit 1048576", "max_queued_messages 10000"]  # as shipped
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def app_spec(i: int, replicas: int, rev: int = 1) -> dict[str, Any]:
+    return {
+        "name": f"app{i:04d}",
+        "image": "sim/app:1",
+        "replicas": replicas,
+        "resources": {"cpu": 0.01, "memory": "8Mi"},
+        "ports": {"http": 8080},
+        "env": {"ROLLOUT": str(rev)},
+        "health": {
+            "readiness": {
+                "http": "/healthz",
+                "port": "http",
+                # Kubernetes' defaults (periodSeconds 10, failureThreshold 3); 5 s timeout
+                # as the cores are shared (at 1 s replicas flap on a loaded machine)
+                "interval": "10s",
+                "timeout": "5s",
+                "failures": 3,
+            }
+        },
+        "route": {"host": f"app{i:04d}.fleet", "path": "/", "port": "http"},
+        "termination": {"drain": 0, "grace": "1s"},
+        "update": {"max_surge": max(1, replicas // 4)},  # Kubernetes' default: 25 %
+    }
+
+
+# -- process figures ----------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def with_children(pid: int) -> list[int]:
+    """``pid`` and its children (the balancer's workers run under its master)."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return [pid, *(int(k) for k in kids)]
+
+
+# -- simulated node hosts -------------------------------------------------------------
+
+
+class NodeHosts:
+    """Processes of simulated nodes (``fleet_nodes.py``), driven over stdin/stdout."""
+
+    def __init__(self, url: str, prefix: str, nodes: int, workdir: Path) -> None:
+        self.hosts: list[subprocess.Popen[str]] = []
+        self.owner: dict[str, int] = {}
+        for first in range(0, nodes, NODES_PER_PROCESS):
+            count = min(NODES_PER_PROCESS, nodes - first)
+            log = (workdir / f"nodes-{first}.log").open("w")
+            self.hosts.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tests.benchmarks.fleet_nodes",
+                        "--broker",
+                        url,
+                        "--prefix",
+                        prefix,
+                        "--first",
+                        str(first),
+                        "--count",
+                        str(count),
+                    ],
+                    cwd=ROOT,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    text=True,
+                    start_new_session=True,
+                )
+            )
+            for i in range(first, first + count):
+                self.owner[f"sim{i:05d}"] = len(self.hosts) - 1
+
+    def wait_ready(self) -> None:
+        for host in self.hosts:
+            assert host.stdout is not None
+            line = host.stdout.readline()
+            if not line.startswith("ready"):
+                raise RuntimeError(f"a node host did not start: {line!r}")
+
+    def lose(self, node: str) -> None:
+        host = self.hosts[self.owner[node]]
+        assert host.stdin is not None
+        assert host.stdout is not None
+        host.stdin.write(f"lose {node}\n")
+        host.stdin.flush()
+        if host.stdout.readline().strip() != f"lost {node}":
+            raise RuntimeError(f"{node} was not lost")
+
+    @property
+    def pids(self) -> list[int]:
+        return [h.pid for h in self.hosts]
+
+    def close(self) -> None:
+        for host in self.hosts:
+            if host.poll() is None:
+                host.terminate()
+        for host in self.hosts:
+            try:
+                host.wait(10)
+            except subprocess.TimeoutExpired:
+                host.kill()
+                host.wait(5)
+
+
+# -- the benchmark's own view of the bus ---------------------------------------------
+
+
+@dataclass
+class Watch:
+    bus: Bus
+    health: Any = None
+    apps: Any = None
+    assigns: Any = None
+    messages: int = 0
+    task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, url: str, prefix: str) -> Watch:
+        bus = connect_bus(
+            BrokerURL.parse(url), Topics(prefix), client_id=f"bench-{uuid.uuid4().hex[:6]}"
+        )
+        watch = cls(bus)
+        watch.task = asyncio.create_task(bus.run())
+        await bus.wait_connected(30)
+        watch.health = await bus.view(HEALTH)
+        watch.apps = await bus.view(APPS)
+        watch.assigns = await bus.view(NODE_ASSIGN)
+
+        def count(_: str, __: Envelope | None) -> None:
+            watch.messages += 1
+
+        await bus.watch(f"{prefix}/#", count)
+        return watch
+
+    def ready(self, key: AppKey, want: int, revision: int | None = None) -> bool:
+        h = self.health.get(key)
+        if h is None:
+            return False
+        ready = h.ready
+        if revision is not None and any(r.revision != revision for r in h.replicas):
+            return False
+        return len(ready) >= want
+
+    async def close(self) -> None:
+        self.bus.close()
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.wait({self.task}, timeout=10)
+
+
+async def until(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``check()`` holds (polled every 0.2 s), or raise after ``timeout``."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what}: not within {timeout:.0f}s")
+        await asyncio.sleep(0.2)
+    return time.monotonic() - started
+
+
+async def controller_answering(bus: Bus, timeout: float) -> None:
+    """Until the controller answers (a command sent before it subscribed is lost)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await bus.request(APPLY, ApplyCommand(apps=[], dry_run=True), timeout=2)
+            return
+        except RequestTimeout:
+            if time.monotonic() > deadline:
+                raise
+
+
+async def apply_all(bus: Bus, specs: list[dict[str, Any]]) -> None:
+    for batch in range(0, len(specs), 100):
+        reply = await bus.request(APPLY, ApplyCommand(apps=specs[batch : batch + 100]), timeout=120)
+        if isinstance(reply, Reply) and not reply.ok:
+            raise RuntimeError(f"apply refused: {reply.errors[:3]}")
+
+
+# -- one size ---------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    nodes: int
+    apps: int
+    replicas: int
+    health: int
+    apply_ready: float = 0.0
+    node_lost: float = 0.0
+    lost_replicas: int = 0
+    rollout: float = 0.0
+    rolled_back: int = 0
+    msgs_per_s: float = 0.0
+    served: str = ""
+    cpu: dict[str, float] = field(default_factory=dict)
+    rss: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def control_plane(
+    procs: ProcGroup, url: str, prefix: str, health: int, listen: int
+) -> Iterator[dict[str, Proc]]:
+    quiet = ("--log-level", "info")  # procs.service asks for debug; the last one counts
+    services = {
+        "controller": procs.service(
+            "controller", url, "--data-dir", str(procs.workdir / "data"), *quiet, prefix=prefix
+        ),
+        "scheduler": procs.service(
+            "scheduler", url, "--node-grace", "15", "--lost-grace", "10", *quiet, prefix=prefix
+        ),
+        "balancer": procs.service(
+            "balancer", url, "--listen", f"127.0.0.1:{listen}", *quiet, prefix=prefix
+        ),
+    }
+    for i in range(health):
+        services[f"health-{i}"] = procs.service(
+            "health", url, "--instance", f"h{i}", *quiet, prefix=prefix, name=f"health-{i}"
+        )
+    yield services
+
+
+async def run_size(nodes: int, health: int, timeout: float) -> Figures:
+    apps, per_app = max(1, nodes // 2), 20
+    fig = Figures(nodes, apps, apps * per_app, health)
+    prefix = f"fleet{uuid.uuid4().hex[:8]}"
+    with proc_group("shoal-fleet-") as procs:
+        broker = start_broker(procs, "mosquitto", conf_lines=BROKER_CONF)
+        listen = free_port()
+        hosts = NodeHosts(broker.url, prefix, nodes, procs.workdir)
+        try:
+            with control_plane(procs, broker.url, prefix, health, listen) as services:
+                wait_port("127.0.0.1", listen, timeout=60)
+                hosts.wait_ready()
+                watch = await Watch.open(broker.url, prefix)
+                try:
+                    await run_phases(fig, watch, hosts, apps, per_app, listen, timeout)
+                finally:
+                    for name, proc in services.items():
+                        pids = with_children(proc.pid)
+                        fig.cpu[name] = sum(cpu_seconds(p) for p in pids)
+                        fig.rss[name] = sum(peak_rss_mb(p) for p in pids)
+                    fig.cpu["broker"] = cpu_seconds(broker.proc.pid)
+                    fig.rss["broker"] = peak_rss_mb(broker.proc.pid)
+                    fig.cpu["nodes (sim)"] = sum(cpu_seconds(p) for p in hosts.pids)
+                    fig.rss["nodes (sim)"] = sum(peak_rss_mb(p) for p in hosts.pids)
+                    await watch.close()
+        except Exception:
+            print(procs.dump()[-8000:], file=sys.stderr)
+            raise
+        finally:
+            hosts.close()
+    return fig
+
+
+async def run_phases(
+    fig: Figures,
+    watch: Watch,
+    hosts: NodeHosts,
+    apps: int,
+    per_app: int,
+    listen: int,
+    timeout: float,
+) -> None:
+    keys = [AppKey("default", f"app{i:04d}") for i in range(apps)]
+    specs = [app_spec(i, per_app) for i in range(apps)]
+
+    def all_ready() -> bool:
+        return all(watch.ready(k, per_app) for k in keys)
+
+    await controller_answering(watch.bus, timeout)
+    started = time.monotonic()
+    await apply_all(watch.bus, specs)
+    await until(all_ready, timeout, "every replica ready")
+    fig.apply_ready = time.monotonic() - started
+    print(f"  {fig.nodes} nodes: apply -> all ready {fig.apply_ready:.1f}s", flush=True)
+
+    # steady state: nothing changes, heartbeats and probes go on
+    await asyncio.sleep(2)
+    before, t0 = watch.messages, time.monotonic()
+    await asyncio.sleep(10)
+    fig.msgs_per_s = (watch.messages - before) / (time.monotonic() - t0)
+
+    # through the balancer: a sample of apps answer
+    ok = 0
+    sample = keys[:: max(1, len(keys) // 20)]
+    for key in sample:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{listen}/", headers={"Host": f"{key.name}.fleet"}
+        )
+        try:
+            with await asyncio.to_thread(urllib.request.urlopen, req, timeout=10) as resp:
+                ok += resp.status == 200
+        except OSError:
+            pass
+    fig.served = f"{ok}/{len(sample)}"
+
+    # one node lost: the one with the most replicas of the first host
+    victim = max(
+        (n for n in watch.assigns if hosts.owner.get(n) == 0),
+        key=lambda n: len(watch.assigns[n].replicas),
+    )
+    fig.lost_replicas = len(watch.assigns[victim].replicas)
+    started = time.monotonic()
+    hosts.lose(victim)
+
+    def replaced() -> bool:
+        for k in keys:
+            h = watch.health.get(k)
+            if h is None or any(r.node == victim for r in h.replicas):
+                return False
+        return all_ready()
+
+    await until(replaced, timeout, f"{victim}'s replicas ready elsewhere")
+    fig.node_lost = time.monotonic() - started
+    print(f"  {fig.nodes} nodes: node lost -> replaced {fig.node_lost:.1f}s", flush=True)
+
+    # a rollout of 100 apps at once
+    rolled = list(range(min(100, apps)))
+    before = {i: watch.apps[keys[i]].generation for i in rolled}
+    started = time.monotonic()
+    await apply_all(watch.bus, [app_spec(i, per_app, rev=2) for i in rolled])
+
+    def settled() -> bool:
+        """Every rolled app ready at its newest revision: the new spec, or the old one
+        again when the controller rolled it back (its progress deadline, 60 s)."""
+        for i in rolled:
+            state = watch.apps.get(keys[i])
+            if state is None or state.generation <= before[i] or len(state.versions) != 1:
+                return False
+            if not watch.ready(keys[i], per_app, state.revision):
+                return False
+        return True
+
+    await until(settled, timeout, "100 apps rolled out")
+    fig.rollout = time.monotonic() - started
+    fig.rolled_back = sum(
+        1 for i in rolled if str(watch.apps[keys[i]].spec.env.get("ROLLOUT")) != "2"
+    )
+    print(
+        f"  {fig.nodes} nodes: rollout of {len(rolled)} apps {fig.rollout:.1f}s "
+        f"({fig.rolled_back} rolled back)",
+        flush=True,
+    )
+
+
+def table(figures: list[Figures]) -> str:
+    services = sorted({s for f in figures for s in f.cpu})
+    head = (
+        "| nodes | apps | replicas | health instances | apply -> all ready | node lost -> "
+        "replaced | rollout of 100 apps | bus msgs/s steady | served via balancer |"
+    )
+    rows = [head, "|" + "---|" * 9]
+    for f in figures:
+        rows.append(
+            f"| {f.nodes:,} | {f.apps:,} | {f.replicas:,} | {f.health} | {f.apply_ready:.1f} s "
+            f"| {f.node_lost:.1f} s ({f.lost_replicas} replicas) | {f.rollout:.1f} s "
+            f"({f.rolled_back} rolled back) "
+            f"| {f.msgs_per_s:,.0f} | {f.served} |"
+        )
+    rows += ["", "| nodes | " + " | ".join(services) + " |", "|" + "---|" * (len(services) + 1)]
+    for f in figures:
+        cells = [f"{f.cpu.get(s, 0):.0f} s, {f.rss.get(s, 0):.0f} MB" for s in services]
+        rows.append(f"| {f.nodes:,} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="100", help="node counts, comma-separated")
+    parser.add_argument("--health", type=int, default=1, help="health instances")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per phase")
+    args = parser.parse_args()
+    figures = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        print(f"fleet: {size} nodes ...", flush=True)
+        figures.append(asyncio.run(run_size(size, args.health, args.timeout)))
+    print(
+        "\nCPU seconds over the whole run and peak RSS per service (its processes summed; "
+        "shared 2-core machine):"
+    )
+    print(table(figures))
+
+
+if __name__ == "__main__":
+    main()
