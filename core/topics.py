@@ -23,13 +23,6 @@ class Topics:
     def reply(self, user: str, client: str) -> str:
         return reply_topic(self.prefix, user, client)
 
-    def is_reply(self, topic: str) -> bool:
-        """Whether ``topic`` is a reply topic, ``<prefix>/reply/<client>``: the only place
-        an answer may be sent to (a request's ``reply_to`` is whatever its sender wrote)."""
-        head = f"{self.prefix}/reply/"
-        client = topic.removeprefix(head)
-        return topic.startswith(head) and bool(client) and not any(c in client for c in "/+#\0")
-
     @property
     def everything(self) -> str:
         return f"{self.prefix}/#"

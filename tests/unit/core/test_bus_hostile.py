@@ -13,7 +13,6 @@ from core.commands import ApplyCommand, Reply
 from core.keys import AppKey
 from core.memory import MemoryBroker
 from core.state import AppHealth
-from core.topics import Topics
 from tests.support.memory import connected
 
 PREFIX = "t"
@@ -107,10 +106,3 @@ async def test_a_request_whose_reply_to_is_no_reply_topic_is_refused(target: str
     assert served == [2]
     assert [t for t, env in published if env is not None and env.re == forged.id] == []
     assert server.counters.answered[APPLY.name, "refused"] == 1
-
-
-def test_reply_topics_are_one_level_under_reply() -> None:
-    topics = Topics("t/x")
-    assert topics.is_reply("t/x/reply/shoal-cli-1")
-    for topic in ("t/x/reply", "t/x/reply/", "t/x/reply/a/b", "t/x/reply/#", "t/reply/a", "x"):
-        assert not topics.is_reply(topic), topic
