@@ -85,9 +85,11 @@ class Load:
 
 
 def start_replicas(procs: ProcGroup, n: int) -> tuple[list[Backend], list[Proc]]:
+    """``n`` replicas of node n1, all on its address (health routes no replica whose
+    endpoint is off its node's address)."""
     bs, ps = [], []
     for i in range(n):
-        b = Backend(f"default.web.{i:08x}", f"127.0.0.{2 + i}", free_port(f"127.0.0.{2 + i}"))
+        b = Backend(f"default.web.{i:08x}", "127.0.0.2", free_port("127.0.0.2"))
         ps.append(
             procs.spawn(f"replica-{i}", [sys.executable, "-c", REPLICA, b.host, str(b.port), b.id])
         )
