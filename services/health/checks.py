@@ -7,11 +7,13 @@ Each returns ``(success, reason)`` and never raises for a failing replica. HTTP 
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from core.spec import Probe
 from services.health.http_probe import http_probe, os_reason
 
 
+@functools.lru_cache(maxsize=65536)
 def split_endpoint(endpoint: str) -> tuple[str, int]:
     host, _, port = endpoint.rpartition(":")
     return host.strip("[]"), int(port)

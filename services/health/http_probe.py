@@ -16,6 +16,7 @@ and ``User-Agent``; 200-399 is a success; a redirect is not followed (a 3xx is a
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from typing import cast
 from urllib.parse import quote
@@ -112,6 +113,7 @@ def os_reason(err: OSError) -> str:
     return os.strerror(err.errno) if err.errno else str(err)
 
 
+@functools.lru_cache(maxsize=65536)
 def request_bytes(host: str, path: str, user_agent: str) -> bytes:
     path = quote(path, safe=_PATH_SAFE)
     return (

@@ -10,6 +10,13 @@ then with ``services.health.checks.Checker`` (``http_probe``), alternating for `
 on uvloop (as the services run; ``--loop asyncio`` for the stdlib loop).
 Printed per contender: probes/s and CPU µs per probe (the prober's own process time,
 ``time.process_time``), best of the rounds; nothing is asserted.
+
+Then the same two inside the health service (``--service-apps`` apps of 20 replicas on the
+in-memory bus, every replica's readiness probed each second, all against the local
+server, 1 s timeout): probes/s the service achieves, its whole process's CPU µs per probe
+(bus, reconcile and probe loops included) over 15 s after 5 s of warm-up, and how many
+replicas are ready at the end. A health instance that cannot keep up shows as fewer
+probes/s than replicas, and as replicas never ready (their probes time out on its own loop).
 """
 
 from __future__ import annotations
@@ -28,9 +35,16 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from core.channels import APPS, HEALTH, NODE_INFO, NODE_REPLICAS  # noqa: E402
+from core.config import ServiceConfig  # noqa: E402
+from core.memory import MemoryBroker  # noqa: E402
 from core.service import install_event_loop_policy  # noqa: E402
+from core.spec import AppSpec, Resources  # noqa: E402
+from core.state import AppState, AppVersion, NodeInfo, NodeReplicas, ReplicaStatus  # noqa: E402
 from services.health.checks import Checker  # noqa: E402
 from services.health.logic import http_success  # noqa: E402
+from services.health.service import HealthService  # noqa: E402
+from tests.support.memory import connected, serving  # noqa: E402
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
@@ -89,6 +103,85 @@ class AiohttpReference:
         await self.session.close()
 
 
+class ReferenceChecker(Checker):
+    """Health's checker with the aiohttp probe it had before."""
+
+    async def __aenter__(self) -> ReferenceChecker:
+        self.reference = AiohttpReference(self.user_agent)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.reference.close()
+
+    async def http(self, endpoint: str, path: str, timeout: float) -> tuple[bool, str]:
+        return await self.reference.http(endpoint, path, timeout)
+
+
+def fleet_of(apps: int, endpoint: str) -> tuple[list[AppState], NodeReplicas]:
+    states, replicas = [], []
+    for a in range(apps):
+        spec = AppSpec.model_validate(
+            {
+                "name": f"app{a}",
+                "image": "sim/app:1",
+                "ports": {"http": 8080},
+                "route": {"port": "http"},
+                "health": {"readiness": {"http": "/healthz", "port": "http", "interval": "1s"}},
+            }
+        )
+        versions = [AppVersion(revision=1, spec=spec, replicas=20)]
+        states.append(
+            AppState(
+                namespace="default",
+                name=f"app{a}",
+                revision=1,
+                generation=1,
+                spec=spec,
+                replicas=20,
+                versions=versions,
+            )
+        )
+        replicas += [
+            ReplicaStatus(
+                id=f"default.app{a}.{r:08x}",
+                namespace="default",
+                app=f"app{a}",
+                revision=1,
+                node="n1",
+                phase="running",
+                endpoints={"http": endpoint},
+                started_at=1.0,
+            )
+            for r in range(20)
+        ]
+    return states, NodeReplicas(node="n1", replicas=replicas)
+
+
+async def in_service(endpoint: str, apps: int, reference: bool) -> tuple[float, float, int]:
+    """(probes/s, the health process's CPU µs per probe, replicas ready at the end) with
+    ``apps`` apps of 20, measured over 15 s after 5 s of warm-up."""
+    broker = MemoryBroker()
+    service = HealthService(ServiceConfig(broker=broker, prefix="bench", instance="h1"))
+    if reference:
+        service.checker = ReferenceChecker(service.checker.user_agent)
+    states, report = fleet_of(apps, endpoint)
+    async with serving(service, timeout=30), connected(broker, "bench") as bus:
+        health = await bus.view(HEALTH)
+        address = endpoint.rpartition(":")[0]
+        await bus.publish(NODE_INFO, NodeInfo(node="n1", address=address, capacity=Resources()))
+        for state in states:
+            await bus.publish(APPS, state)
+        await bus.publish(NODE_REPLICAS, report)
+        await asyncio.sleep(5)  # every probe task started, the first results in
+        probes0 = sum(service.prom.probes.values())
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(15)
+        probes = sum(service.prom.probes.values()) - probes0
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        ready = sum(len(h.ready) for h in health.values())
+    return probes / wall, cpu / max(1, probes) * 1e6, ready
+
+
 async def run(probe: Probe, probes: int, concurrency: int) -> tuple[float, float, int]:
     """Run ``probes`` probes ``concurrency`` at a time: (probes/s, CPU µs/probe, failures)."""
     left = probes
@@ -107,7 +200,7 @@ async def run(probe: Probe, probes: int, concurrency: int) -> tuple[float, float
     return probes / wall, cpu / probes * 1e6, failures
 
 
-async def bench(port: int, probes: int, concurrency: int, rounds: int) -> None:
+async def bench(port: int, probes: int, concurrency: int, rounds: int, service_apps: int) -> None:
     endpoint = f"127.0.0.1:{port}"
     reference = AiohttpReference("shoal-health/bench")
     checker = Checker("shoal-health/bench")
@@ -132,6 +225,14 @@ async def bench(port: int, probes: int, concurrency: int, rounds: int) -> None:
         print(f"{name:<44} {rate:>9.0f} {cpu_us:>13.0f} {failures:>7}")
     before, after = (best[name][1] for name in contenders)
     print(f"CPU per probe: {after / before:.2f} of before ({before / after:.1f}x fewer)")
+    if not service_apps:
+        return
+    replicas = service_apps * 20
+    print(f"\nin the health service: {replicas:,} replicas, each probed every second")
+    print(f"{'checker':<44} {'probes/s':>9} {'CPU µs/probe':>13} {'ready at the end':>17}")
+    for name, reference in (("aiohttp (before)", True), ("http_probe", False)):
+        rate, cpu_us, ready = await in_service(endpoint, service_apps, reference)
+        print(f"{name:<44} {rate:>9.0f} {cpu_us:>13.0f} {ready:>17,}")
 
 
 def main() -> None:
@@ -139,6 +240,9 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--service-apps", type=int, default=200, help="apps of 20 replicas (0: skip)"
+    )
     parser.add_argument(
         "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="uvloop: as services run"
     )
@@ -151,7 +255,7 @@ def main() -> None:
     try:
         port = here.recv()
         print(f"prober on {args.loop}; the server is a process of its own (stdlib asyncio)")
-        asyncio.run(bench(port, args.probes, args.concurrency, args.rounds))
+        asyncio.run(bench(port, args.probes, args.concurrency, args.rounds, args.service_apps))
     finally:
         server.terminate()
         server.join(5)
