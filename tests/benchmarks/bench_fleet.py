@@ -326,9 +326,10 @@ def profiled(
 
 
 @dataclass
-class Profiling:
+class RunOptions:
     services: frozenset[str] = frozenset()  # names as in the CPU table: health-0, scheduler
     out: Path = Path(".")
+    lost_grace: float = 10.0  # the scheduler's --lost-grace
 
 
 @contextmanager
@@ -338,20 +339,27 @@ def control_plane(
     prefix: str,
     health: int,
     listen: int,
-    profiling: Profiling,
+    options: RunOptions,
     nodes: int,
 ) -> Iterator[dict[str, Proc]]:
     quiet = ("--log-level", "info")  # procs.service asks for debug; the last one counts
 
     def start(service: str, name: str, *args: str) -> Proc:
-        if name in profiling.services:
-            out = profiling.out / f"{name}-{nodes}-nodes.txt"
+        if name in options.services:
+            out = options.out / f"{name}-{nodes}-nodes.txt"
             return profiled(procs, service, url, *args, *quiet, prefix=prefix, name=name, out=out)
         return procs.service(service, url, *args, *quiet, prefix=prefix, name=name)
 
     services = {
         "controller": start("controller", "controller", "--data-dir", str(procs.workdir / "data")),
-        "scheduler": start("scheduler", "scheduler", "--node-grace", "15", "--lost-grace", "10"),
+        "scheduler": start(
+            "scheduler",
+            "scheduler",
+            "--node-grace",
+            "15",
+            "--lost-grace",
+            f"{options.lost_grace:g}",
+        ),
         "balancer": start("balancer", "balancer", "--listen", f"127.0.0.1:{listen}"),
     }
     for i in range(health):
@@ -359,11 +367,11 @@ def control_plane(
     try:
         yield services
     finally:
-        for name in profiling.services & services.keys():
+        for name in options.services & services.keys():
             services[name].stop(timeout=120)  # rendering a long profile takes a while
 
 
-async def run_size(nodes: int, health: int, timeout: float, profiling: Profiling) -> Figures:
+async def run_size(nodes: int, health: int, timeout: float, options: RunOptions) -> Figures:
     apps, per_app = max(1, nodes // 2), 20
     fig = Figures(nodes, apps, apps * per_app, health)
     prefix = f"fleet{uuid.uuid4().hex[:8]}"
@@ -373,7 +381,7 @@ async def run_size(nodes: int, health: int, timeout: float, profiling: Profiling
         hosts = NodeHosts(broker.url, prefix, nodes, procs.workdir)
         try:
             with control_plane(
-                procs, broker.url, prefix, health, listen, profiling, nodes
+                procs, broker.url, prefix, health, listen, options, nodes
             ) as services:
                 wait_port("127.0.0.1", listen, timeout=60)
                 hosts.wait_ready()
@@ -540,14 +548,17 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900, help="seconds per phase")
     parser.add_argument("--profile", default="", help="services under pyinstrument: health-0,...")
     parser.add_argument("--profile-dir", type=Path, default=Path("."), help="for the profiles")
+    parser.add_argument("--lost-grace", type=float, default=10.0, help="the scheduler's")
     args = parser.parse_args()
-    profiling = Profiling(frozenset(filter(None, args.profile.split(","))), args.profile_dir)
-    if profiling.services:
+    options = RunOptions(
+        frozenset(filter(None, args.profile.split(","))), args.profile_dir, args.lost_grace
+    )
+    if options.services:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
     figures = []
     for size in (int(s) for s in args.sizes.split(",")):
         print(f"fleet: {size} nodes ...", flush=True)
-        figures.append(asyncio.run(run_size(size, args.health, args.timeout, profiling)))
+        figures.append(asyncio.run(run_size(size, args.health, args.timeout, options)))
     print(
         "\nCPU seconds over the whole run and peak RSS per service (its processes summed; "
         "shared 2-core machine):"
