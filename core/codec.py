@@ -197,16 +197,18 @@ def _check_json_depth(payload: bytes) -> None:
 
 
 def _check_depth(value: object) -> None:
-    """Refuse a decoded value nested deeper than ``MAX_DEPTH`` (iteratively: no recursion)."""
-    stack: list[tuple[object, int]] = [(value, 1)]
+    """Refuse a decoded value nested deeper than ``MAX_DEPTH`` (iteratively: no recursion).
+
+    Only containers are visited (a map's keys are never containers: msgpack's arrays are
+    lists, unhashable, and a map key that is one fails to decode)."""
+    if not isinstance(value, dict | list | tuple):
+        return
+    stack: list[tuple[dict[object, object] | list[object] | tuple[object, ...], int]]
+    stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: list[object] = [*item.keys(), *item.values()]
-        elif isinstance(item, list | tuple):
-            children = list(item)
-        else:
-            continue
         if depth > MAX_DEPTH:
             raise CodecError(f"payload is nested deeper than {MAX_DEPTH}")
-        stack.extend((child, depth + 1) for child in children)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list | tuple):
+                stack.append((child, depth + 1))

@@ -108,6 +108,10 @@ def _exact(number: str, value: object, what: str) -> Fraction:
 
 def parse_duration(value: object) -> float:
     """Seconds: ``"500ms"`` -> 0.5, ``"1m30s"`` -> 90.0, ``"2"`` or ``2`` -> 2.0."""
+    if type(value) is float and 0.0 <= value <= MAX_DURATION:
+        # the common case (a decoded message carries seconds as floats): no Fraction needed,
+        # as a float compares exactly with MAX_DURATION
+        return value + 0.0  # + 0.0 turns -0.0 into 0.0
     seconds = _number(value, "duration")
     if seconds is None:
         if not isinstance(value, str):

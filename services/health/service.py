@@ -44,6 +44,12 @@ from services.health.logic import (
 )
 from services.health.prom import HealthCollector
 
+#: probes in flight at once per instance; the others wait for a slot (their timeout and
+#: interval not yet running). Without it an apply's first probes all start in the same
+#: instant: 20,000 connects at once overflow listen backlogs, and SYN retries (1 s, 3 s)
+#: time them out; and every later round stays one herd, anchored to the same instant.
+MAX_PROBES_IN_FLIGHT = 1024
+
 
 class HealthService(Service):
     name = "health"
@@ -67,6 +73,7 @@ class HealthService(Service):
         #: node -> the address its agent advertises (a replica's endpoints must be on it)
         self.addresses: dict[str, str] = {}
         self.checker = Checker(f"shoal-health/{self.instance}")
+        self.probe_slots = asyncio.Semaphore(MAX_PROBES_IN_FLIGHT)
         self.runner: Reconciler[AppKey] = Reconciler(
             "health", self.reconcile, keys=self.keys, resync=resync
         )
@@ -256,8 +263,11 @@ class HealthService(Service):
             probe, endpoint = target.probe(role)
             if probe is None:
                 return
-            started = time.monotonic()
-            success, reason = await self.checker.check(probe, endpoint)
+            async with self.probe_slots:
+                # the next probe is one interval after this one got its slot, so a burst
+                # of first probes spreads out and stays spread
+                started = time.monotonic()
+                success, reason = await self.checker.check(probe, endpoint)
             self.prom.probed(role, probe.kind, success, time.monotonic() - started)
             old = self.states.get(skey)
             if old is None:  # stopped meanwhile

@@ -166,6 +166,8 @@ class Cluster:
         self._rings: dict[Constraints, NodeRing] = {}
         #: app -> target nodes of replicas ``move`` marked leaving, for its next reconcile
         self.move_targets: dict[AppKey, list[str]] = {}
+        #: apps with a minimum per region (kept here: a node joining must not scan them all)
+        self.regional_apps: set[AppKey] = set()
 
     # -- nodes --------------------------------------------------------------------------
 
@@ -210,11 +212,7 @@ class Cluster:
         return affected
 
     def _regional(self) -> set[AppKey]:
-        return {
-            key
-            for key, rec in self.apps.items()
-            if rec.state is not None and rec.state.spec.placement.regions is not None
-        }
+        return set(self.regional_apps)
 
     def _evict_overflow(self, node: NodeView) -> set[AppKey]:
         """The node now reports less capacity than its replicas request: move the largest
@@ -319,6 +317,10 @@ class Cluster:
                 return
             rec = self.apps[key] = AppRecord(key)
         rec.state = state
+        if state is not None and state.spec.placement.regions is not None:
+            self.regional_apps.add(key)
+        else:
+            self.regional_apps.discard(key)
         if state is not None:
             rec.seen = True
             self._set_spread(rec, state.spec.placement.spread_label)
@@ -348,6 +350,7 @@ class Cluster:
                 self._unbind(replica)
                 out.removed.append(replica)
             del self.apps[key]
+            self.regional_apps.discard(key)
             self.pending.pop(key, None)
             self.held.pop(key, None)
             prefix = f"{key}@"

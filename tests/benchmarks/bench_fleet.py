@@ -17,6 +17,12 @@ Figures per size, measured on the bus by a client of the benchmark's own:
 - requests through the balancer to a sample of apps (all must answer 200).
 
     python tests/benchmarks/bench_fleet.py [--sizes 500,1000,2000] [--health 2]
+        [--timeout 900] [--profile health-0,scheduler --profile-dir DIR]
+
+A phase that does not finish within ``--timeout`` ends that size's run: what was reached is
+reported (``apply: 9,120 of 10,000 replicas ready after 300 s``) and the CPU and memory
+figures are still taken. ``--profile``: those services run under pyinstrument (sampling
+every 10 ms), each writing a text profile to ``--profile-dir`` when it stops.
 
 The default size is small (``make bench``). The machine's cores are shared: the figures are
 noisy and include the simulated nodes' own CPU (they run on the same cores).
@@ -228,12 +234,28 @@ class Watch:
             await asyncio.wait({self.task}, timeout=10)
 
 
-async def until(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds until ``check()`` holds (polled every 0.2 s), or raise after ``timeout``."""
+class PhaseTimeout(Exception):
+    """A phase did not finish in time; the message says how far it got."""
+
+
+async def until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    progress: Callable[[], str] | None = None,
+) -> float:
+    """Seconds until ``check()`` holds (polled every 0.2 s), or ``PhaseTimeout`` after
+    ``timeout``; ``progress()`` (how far it got) is printed every 30 s and in the error."""
     started = time.monotonic()
+    shown = started
     while not check():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"{what}: not within {timeout:.0f}s")
+        now = time.monotonic()
+        if now - started > timeout:
+            got = f" ({progress()})" if progress else ""
+            raise PhaseTimeout(f"{what}: not within {timeout:.0f}s{got}")
+        if progress is not None and now - shown >= 30:
+            shown = now
+            print(f"    {now - started:.0f}s: {progress()}", flush=True)
         await asyncio.sleep(0.2)
     return time.monotonic() - started
 
@@ -275,32 +297,81 @@ class Figures:
     served: str = ""
     cpu: dict[str, float] = field(default_factory=dict)
     rss: dict[str, float] = field(default_factory=dict)
+    failed: str = ""  # the phase that did not finish in time, and how far it got
+
+
+def profiled(
+    procs: ProcGroup, service: str, url: str, *args: str, prefix: str, name: str, out: Path
+) -> Proc:
+    """``procs.service`` under pyinstrument: a text profile in ``out`` when it stops."""
+    argv = [
+        sys.executable,
+        "-m",
+        "pyinstrument",
+        "--interval",
+        "0.01",
+        "--renderer",
+        "text",
+        "--outfile",
+        str(out),
+        "-m",
+        f"services.{service}",
+        "--broker",
+        url,
+        "--prefix",
+        prefix,
+        *args,
+    ]
+    return procs.spawn(name, argv)
+
+
+@dataclass
+class RunOptions:
+    services: frozenset[str] = frozenset()  # names as in the CPU table: health-0, scheduler
+    out: Path = Path(".")
+    lost_grace: float = 10.0  # the scheduler's --lost-grace
 
 
 @contextmanager
 def control_plane(
-    procs: ProcGroup, url: str, prefix: str, health: int, listen: int
+    procs: ProcGroup,
+    url: str,
+    prefix: str,
+    health: int,
+    listen: int,
+    options: RunOptions,
+    nodes: int,
 ) -> Iterator[dict[str, Proc]]:
     quiet = ("--log-level", "info")  # procs.service asks for debug; the last one counts
+
+    def start(service: str, name: str, *args: str) -> Proc:
+        if name in options.services:
+            out = options.out / f"{name}-{nodes}-nodes.txt"
+            return profiled(procs, service, url, *args, *quiet, prefix=prefix, name=name, out=out)
+        return procs.service(service, url, *args, *quiet, prefix=prefix, name=name)
+
     services = {
-        "controller": procs.service(
-            "controller", url, "--data-dir", str(procs.workdir / "data"), *quiet, prefix=prefix
+        "controller": start("controller", "controller", "--data-dir", str(procs.workdir / "data")),
+        "scheduler": start(
+            "scheduler",
+            "scheduler",
+            "--node-grace",
+            "15",
+            "--lost-grace",
+            f"{options.lost_grace:g}",
         ),
-        "scheduler": procs.service(
-            "scheduler", url, "--node-grace", "15", "--lost-grace", "10", *quiet, prefix=prefix
-        ),
-        "balancer": procs.service(
-            "balancer", url, "--listen", f"127.0.0.1:{listen}", *quiet, prefix=prefix
-        ),
+        "balancer": start("balancer", "balancer", "--listen", f"127.0.0.1:{listen}"),
     }
     for i in range(health):
-        services[f"health-{i}"] = procs.service(
-            "health", url, "--instance", f"h{i}", *quiet, prefix=prefix, name=f"health-{i}"
-        )
-    yield services
+        services[f"health-{i}"] = start("health", f"health-{i}", "--instance", f"h{i}")
+    try:
+        yield services
+    finally:
+        for name in options.services & services.keys():
+            services[name].stop(timeout=120)  # rendering a long profile takes a while
 
 
-async def run_size(nodes: int, health: int, timeout: float) -> Figures:
+async def run_size(nodes: int, health: int, timeout: float, options: RunOptions) -> Figures:
     apps, per_app = max(1, nodes // 2), 20
     fig = Figures(nodes, apps, apps * per_app, health)
     prefix = f"fleet{uuid.uuid4().hex[:8]}"
@@ -309,12 +380,17 @@ async def run_size(nodes: int, health: int, timeout: float) -> Figures:
         listen = free_port()
         hosts = NodeHosts(broker.url, prefix, nodes, procs.workdir)
         try:
-            with control_plane(procs, broker.url, prefix, health, listen) as services:
+            with control_plane(
+                procs, broker.url, prefix, health, listen, options, nodes
+            ) as services:
                 wait_port("127.0.0.1", listen, timeout=60)
                 hosts.wait_ready()
                 watch = await Watch.open(broker.url, prefix)
                 try:
                     await run_phases(fig, watch, hosts, apps, per_app, listen, timeout)
+                except PhaseTimeout as err:
+                    fig.failed = str(err)
+                    print(f"  {nodes} nodes: {err}", flush=True)
                 finally:
                     for name, proc in services.items():
                         pids = with_children(proc.pid)
@@ -348,10 +424,14 @@ async def run_phases(
     def all_ready() -> bool:
         return all(watch.ready(k, per_app) for k in keys)
 
+    def ready_count() -> str:
+        ready = sum(len(h.ready) for k in keys if (h := watch.health.get(k)) is not None)
+        return f"{ready:,} of {len(keys) * per_app:,} replicas ready"
+
     await controller_answering(watch.bus, timeout)
     started = time.monotonic()
     await apply_all(watch.bus, specs)
-    await until(all_ready, timeout, "every replica ready")
+    await until(all_ready, timeout, "apply -> every replica ready", ready_count)
     fig.apply_ready = time.monotonic() - started
     print(f"  {fig.nodes} nodes: apply -> all ready {fig.apply_ready:.1f}s", flush=True)
 
@@ -391,7 +471,7 @@ async def run_phases(
                 return False
         return all_ready()
 
-    await until(replaced, timeout, f"{victim}'s replicas ready elsewhere")
+    await until(replaced, timeout, f"{victim}'s replicas ready elsewhere", ready_count)
     fig.node_lost = time.monotonic() - started
     print(f"  {fig.nodes} nodes: node lost -> replaced {fig.node_lost:.1f}s", flush=True)
 
@@ -412,7 +492,18 @@ async def run_phases(
                 return False
         return True
 
-    await until(settled, timeout, "100 apps rolled out")
+    def rolled_count() -> str:
+        done = sum(
+            1
+            for i in rolled
+            if (state := watch.apps.get(keys[i])) is not None
+            and state.generation > before[i]
+            and len(state.versions) == 1
+            and watch.ready(keys[i], per_app, state.revision)
+        )
+        return f"{done} of {len(rolled)} apps rolled and ready"
+
+    await until(settled, timeout, "100 apps rolled out", rolled_count)
     fig.rollout = time.monotonic() - started
     fig.rolled_back = sum(
         1 for i in rolled if str(watch.apps[keys[i]].spec.env.get("ROLLOUT")) != "2"
@@ -431,13 +522,18 @@ def table(figures: list[Figures]) -> str:
         "replaced | rollout of 100 apps | bus msgs/s steady | served via balancer |"
     )
     rows = [head, "|" + "---|" * 9]
+
+    def sec(value: float, extra: str = "") -> str:
+        return f"{value:.1f} s{extra}" if value else "—"
+
     for f in figures:
         rows.append(
-            f"| {f.nodes:,} | {f.apps:,} | {f.replicas:,} | {f.health} | {f.apply_ready:.1f} s "
-            f"| {f.node_lost:.1f} s ({f.lost_replicas} replicas) | {f.rollout:.1f} s "
-            f"({f.rolled_back} rolled back) "
-            f"| {f.msgs_per_s:,.0f} | {f.served} |"
+            f"| {f.nodes:,} | {f.apps:,} | {f.replicas:,} | {f.health} | {sec(f.apply_ready)} "
+            f"| {sec(f.node_lost, f' ({f.lost_replicas} replicas)')} "
+            f"| {sec(f.rollout, f' ({f.rolled_back} rolled back)')} "
+            f"| {f.msgs_per_s:,.0f} | {f.served or '—'} |"
         )
+    rows += [f"- {f.nodes:,} nodes: {f.failed}" for f in figures if f.failed]
     rows += ["", "| nodes | " + " | ".join(services) + " |", "|" + "---|" * (len(services) + 1)]
     for f in figures:
         cells = [f"{f.cpu.get(s, 0):.0f} s, {f.rss.get(s, 0):.0f} MB" for s in services]
@@ -450,11 +546,19 @@ def main() -> None:
     parser.add_argument("--sizes", default="100", help="node counts, comma-separated")
     parser.add_argument("--health", type=int, default=1, help="health instances")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per phase")
+    parser.add_argument("--profile", default="", help="services under pyinstrument: health-0,...")
+    parser.add_argument("--profile-dir", type=Path, default=Path("."), help="for the profiles")
+    parser.add_argument("--lost-grace", type=float, default=10.0, help="the scheduler's")
     args = parser.parse_args()
+    options = RunOptions(
+        frozenset(filter(None, args.profile.split(","))), args.profile_dir, args.lost_grace
+    )
+    if options.services:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
     figures = []
     for size in (int(s) for s in args.sizes.split(",")):
         print(f"fleet: {size} nodes ...", flush=True)
-        figures.append(asyncio.run(run_size(size, args.health, args.timeout)))
+        figures.append(asyncio.run(run_size(size, args.health, args.timeout, options)))
     print(
         "\nCPU seconds over the whole run and peak RSS per service (its processes summed; "
         "shared 2-core machine):"

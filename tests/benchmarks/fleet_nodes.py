@@ -32,6 +32,7 @@ from core.bus import Bus, LastWill, connect_bus  # noqa: E402
 from core.channels import NODE_ASSIGN, NODE_INFO, NODE_REPLICAS  # noqa: E402
 from core.config import BrokerURL  # noqa: E402
 from core.logs import setup_logging  # noqa: E402
+from core.service import install_event_loop_policy  # noqa: E402
 from core.state import NodeAssignment, NodeInfo, NodeReplicas, ReplicaStatus  # noqa: E402
 from core.topics import Topics  # noqa: E402
 
@@ -199,4 +200,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    install_event_loop_policy()  # uvloop, as the real agent runs
     asyncio.run(main())

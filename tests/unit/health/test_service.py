@@ -187,3 +187,51 @@ async def test_a_replica_its_node_is_no_longer_assigned_leaves_rotation() -> Non
         )
         assert not verdict.ready
         assert verdict.replicas[0].reason == "no longer assigned to node n1"
+
+
+async def test_probes_in_flight_are_bounded_and_every_replica_still_gets_its_verdict() -> None:
+    """An apply's first probes do not all start in the same instant: they wait for a slot."""
+    inflight, peak = 0, 0
+
+    async def slow_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal inflight, peak
+        inflight += 1
+        peak = max(peak, inflight)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(0.02)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+        finally:
+            inflight -= 1
+            writer.close()
+
+    server = await asyncio.start_server(slow_ok, "127.0.0.1", 0)
+    endpoint = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    spec = AppSpec.model_validate(
+        {
+            "name": "web",
+            "image": "x:1",
+            "ports": {"http": 8080},
+            "route": {"port": "http"},
+            "health": {"readiness": {"http": "/healthz", "port": "http", "interval": "30s"}},
+        }
+    )
+    app = web_app().model_copy(update={"spec": spec, "replicas": 40})
+    app = app.model_copy(update={"versions": [AppVersion(revision=1, spec=spec, replicas=40)]})
+    statuses = [
+        report("n1")
+        .replicas[0]
+        .model_copy(update={"id": f"default.web.{i:08x}", "endpoints": {"http": endpoint}})
+        for i in range(40)
+    ]
+    broker = MemoryBroker()
+    service = HealthService(ServiceConfig(broker=broker, prefix=PREFIX, instance="h1"))
+    service.probe_slots = asyncio.Semaphore(4)
+    async with server, serving(service), connected(broker, PREFIX) as bus:
+        health = await bus.view(HEALTH)
+        await bus.publish(NODE_INFO, node_info(address="127.0.0.1"))
+        await bus.publish(APPS, app)
+        await bus.publish(NODE_REPLICAS, NodeReplicas(node="n1", replicas=statuses))
+        await eventually(lambda: (h := health.get(WEB)) and len(h.ready) == 40, timeout=20)
+    assert 1 <= peak <= 4
