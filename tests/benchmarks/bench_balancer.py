@@ -135,6 +135,44 @@ def at_rate(
     return wrk(url, duration, connections, max(0.0, cycle_ms - service_ms), workdir)
 
 
+def half_load(
+    title: str,
+    width: int,
+    contenders: list[tuple[str, str, int]],
+    results: dict[str, dict[str, float]],
+    direct: str,
+    duration: int,
+    connections: int,
+    workdir: Path,
+) -> None:
+    """Each contender at half the rate it reached, beside the direct replica at the same
+    rate in the same moment: the p99 the proxy adds."""
+    head = f"{'rate':>10}{'p50 ms':>9}{'p99 ms':>9}{'direct p99':>12}{'added p99':>11}"
+    print(f"\n{title:<{width}}{head}")
+    for label, url, _pid in contenders:
+        rate = results[label]["rps"] / 2
+        half = at_rate(url, duration, connections, rate, workdir)
+        ref = at_rate(direct, duration, connections, rate, workdir)
+        p50, p99, ref99 = half.get("p50", 0), half.get("p99", 0), ref.get("p99", 0)
+        print(
+            f"{label:<{width}}{half['rps']:>10.0f}{p50:>9.2f}{p99:>9.2f}"
+            f"{ref99:>12.2f}{p99 - ref99:>11.2f}"
+        )
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], workdir: Path) -> None:
+    """Terminate what a benchmark started (newest first), kill what lingers, drop its files."""
+    for p in reversed(procs):
+        with contextlib.suppress(ProcessLookupError):
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) used so far by ``pid`` and all its descendants."""
     table: dict[int, tuple[int, int]] = {}
@@ -308,27 +346,11 @@ def main() -> None:
                 f"{r['cpu_us']:>12.1f}{1e6 / r['cpu_us']:>12.0f}"
                 f"{base['cpu_us'] / r['cpu_us']:>9.0%}"
             )
-        head = f"{'rate':>10}{'p50 ms':>9}{'p99 ms':>9}{'direct p99':>12}{'added p99':>11}"
-        print(f"\n{'half load':<22}{head}")
-        for label, url, _pid in contenders:
-            rate = results[label]["rps"] / 2
-            half = at_rate(url, args.duration, args.connections, rate, workdir)
-            ref = at_rate(direct, args.duration, args.connections, rate, workdir)
-            p50, p99, ref99 = half.get("p50", 0), half.get("p99", 0), ref.get("p99", 0)
-            print(
-                f"{label:<22}{half['rps']:>10.0f}{p50:>9.2f}{p99:>9.2f}"
-                f"{ref99:>12.2f}{p99 - ref99:>11.2f}"
-            )
+        half_load(
+            "half load", 22, contenders, results, direct, args.duration, args.connections, workdir
+        )
     finally:
-        for p in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_all(procs, workdir)
 
 
 if __name__ == "__main__":

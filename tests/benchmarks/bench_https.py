@@ -47,9 +47,10 @@ from core.topics import Topics  # noqa: E402
 from tests.benchmarks.bench_balancer import (  # noqa: E402
     MOSQUITTO,
     NGINX,
-    at_rate,
     backend_conf,
+    half_load,
     nginx_conf,
+    stop_all,
     tree_cpu,
     wait_routed,
     wrk,
@@ -323,27 +324,18 @@ def main() -> None:
                 f"{r['rps'] / base['rps']:>8.0%}{r['errors']:>8.0f}{r['cpu_us']:>12.1f}"
             )
         direct = f"http://127.0.0.1:{ports[0]}/"
-        head = f"{'rate':>10}{'p50 ms':>9}{'p99 ms':>9}{'direct p99':>12}{'added p99':>11}"
-        print(f"\n{'keep-alive, half load':<24}{head}")
-        for label, url, _pid in contenders:
-            rate = keep[label]["rps"] / 2
-            half = at_rate(url, args.duration, args.connections, rate, workdir)
-            ref = at_rate(direct, args.duration, args.connections, rate, workdir)
-            p50, p99, ref99 = half.get("p50", 0), half.get("p99", 0), ref.get("p99", 0)
-            print(
-                f"{label:<24}{half['rps']:>10.0f}{p50:>9.2f}{p99:>9.2f}"
-                f"{ref99:>12.2f}{p99 - ref99:>11.2f}"
-            )
+        half_load(
+            "keep-alive, half load",
+            24,
+            contenders,
+            keep,
+            direct,
+            args.duration,
+            args.connections,
+            workdir,
+        )
     finally:
-        for p in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_all(procs, workdir)
 
 
 def new_connections(url: str, duration: int, connections: int, script: Path) -> dict[str, float]:
