@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from core import wire_memo
 from core.errors import CodecError
 from core.logs import get_logger
 
@@ -41,6 +42,8 @@ MAX_DEPTH = 64
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _JSON_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+#: what msgpack and JSON decode nested values into
+_CONTAINERS = (dict, list, tuple)
 
 log = get_logger("shoal.codec")
 
@@ -84,10 +87,11 @@ class Envelope(BaseModel):
         ``lenient`` ignores fields ``model`` does not know, at any depth (a newer peer's
         additions), and says so at debug level; otherwise they are errors.
         """
+        context = None if self._json else _WIRE_CONTEXTS[lenient]
         try:
             if not lenient:
-                return model.model_validate(self.body)
-            value = model.model_validate(self.body, extra="ignore")
+                return model.model_validate(self.body, context=context)
+            value = model.model_validate(self.body, extra="ignore", context=context)
         except ValidationError as err:
             raise CodecError(f"{self.kind} body is invalid: {err}") from err
         if _debug_enabled():
@@ -104,6 +108,14 @@ class Envelope(BaseModel):
         if model is None:
             raise CodecError(f"unknown message kind {self.kind!r}")
         return self.open(model, lenient=True)
+
+
+#: Validation contexts of msgpack payloads (``core.wire_memo``), strict and lenient:
+#: a value read leniently may have dropped fields a strict read refuses.
+_WIRE_CONTEXTS = {
+    lenient: {wire_memo.MEMO: wire_memo.DecodeMemo(), wire_memo.WIRE: True}
+    for lenient in (False, True)
+}
 
 
 def _debug_enabled() -> bool:
@@ -124,7 +136,13 @@ def _unknown_fields(model: type[BaseModel], body: dict[str, Any]) -> list[str]:
 
 
 def make(kind: str, body: BaseModel | dict[str, Any], *, src: str = "", **extra: Any) -> Envelope:
-    data = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+    """An envelope of ``body``; a model with a ``wire_dump()`` (its ``model_dump(mode=
+    "json")`` with parts shared between messages, ``core.wire_memo``) is dumped by it."""
+    if isinstance(body, BaseModel):
+        wire_dump = getattr(type(body), "wire_dump", None)
+        data = wire_dump(body) if wire_dump is not None else body.model_dump(mode="json")
+    else:
+        data = body
     return Envelope(kind=kind, body=data, src=src, **extra)
 
 
@@ -197,18 +215,21 @@ def _check_json_depth(payload: bytes) -> None:
 
 
 def _check_depth(value: object) -> None:
-    """Refuse a decoded value nested deeper than ``MAX_DEPTH`` (iteratively: no recursion).
+    """Refuse a decoded value nested deeper than ``MAX_DEPTH`` (level by level: no
+    recursion; a comprehension per level, several times faster than a stack of items).
 
     Only containers are visited (a map's keys are never containers: msgpack's arrays are
     lists, unhashable, and a map key that is one fails to decode)."""
-    if not isinstance(value, dict | list | tuple):
+    if type(value) not in _CONTAINERS:
         return
-    stack: list[tuple[dict[object, object] | list[object] | tuple[object, ...], int]]
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise CodecError(f"payload is nested deeper than {MAX_DEPTH}")
-        for child in item.values() if isinstance(item, dict) else item:
-            if isinstance(child, dict | list | tuple):
-                stack.append((child, depth + 1))
+    level: list[Any] = [value]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if type(item) is dict else item)
+            if type(child) in _CONTAINERS
+        ]
+        if not level:
+            return
+    raise CodecError(f"payload is nested deeper than {MAX_DEPTH}")

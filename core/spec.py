@@ -19,7 +19,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -30,6 +32,7 @@ from core.errors import SpecError
 from core.keys import AppKey
 from core.spec_yaml import Document, read_documents
 from core.units import parse_cpu, parse_duration, parse_memory, shown
+from core.wire_memo import from_wire, memoized
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]{0,61}[A-Za-z0-9])?$")
@@ -679,6 +682,14 @@ class AppSpec(Model):
                 raise ValueError(f"env name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
         return v
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _memo(
+        cls, data: Any, handler: ModelWrapValidatorHandler[AppSpec], info: ValidationInfo
+    ) -> AppSpec:
+        # a spec read off the bus is nearly always one validated a moment ago
+        return memoized(cls, data, handler, info)
+
     @model_validator(mode="after")
     def _references(self) -> AppSpec:
         def check_port(ref: str | int | None, where: str) -> None:
@@ -739,8 +750,11 @@ class AppSpec(Model):
                 envs.add(use.env)
 
     @model_validator(mode="after")
-    def _fits_the_wire(self) -> AppSpec:
-        """What validates can be sent and stored: valid Unicode, and at most 1 MiB."""
+    def _fits_the_wire(self, info: ValidationInfo) -> AppSpec:
+        """What validates can be sent and stored: valid Unicode, and at most 1 MiB
+        (known of a spec decoded from a msgpack payload: no need to encode it again)."""
+        if from_wire(info):
+            return self
         try:
             size = len(self.model_dump_json())
         except PydanticSerializationError:

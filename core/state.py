@@ -7,13 +7,14 @@ missed a hundred updates needs only the last one).
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from core.bounds import MAX_COUNT, Count, Int64, Serial
 from core.keys import AppKey
 from core.spec import AppSpec, Model, Resources
+from core.wire_memo import dumped
 
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 
@@ -41,6 +42,12 @@ class AppVersion(Model):
     replicas: Count
     weight: int | None = Field(default=None, ge=0, le=100)
 
+    def wire_dump(self) -> dict[str, Any]:
+        """``model_dump(mode="json")``, the spec's dump shared (``core.wire_memo``)."""
+        data = self.model_dump(mode="json", exclude={"spec"})
+        data["spec"] = dumped(self.spec)
+        return data
+
 
 AppPhase = Literal["stable", "progressing", "rolling_back", "rolled_back", "paused", "failed"]
 
@@ -66,6 +73,14 @@ class AppState(Model):
     @property
     def key(self) -> AppKey:
         return AppKey(self.namespace, self.name)
+
+    def wire_dump(self) -> dict[str, Any]:
+        """``model_dump(mode="json")``, the specs' dumps shared (``core.wire_memo``): a
+        rollout step sends the same specs as the step before."""
+        data = self.model_dump(mode="json", exclude={"spec", "versions"})
+        data["spec"] = dumped(self.spec)
+        data["versions"] = [v.wire_dump() for v in self.versions]
+        return data
 
 
 # -- nodes (writer: each agent for itself) ---------------------------------------------
@@ -121,6 +136,13 @@ class NodeAssignment(Model):
 
     def spec_for(self, replica: AssignedReplica) -> AppSpec:
         return self.specs[replica.spec_key]
+
+    def wire_dump(self) -> dict[str, Any]:
+        """``model_dump(mode="json")``, the specs' dumps shared (``core.wire_memo``): a
+        node's next assignment carries nearly the same specs."""
+        data = self.model_dump(mode="json", exclude={"specs"})
+        data["specs"] = {key: dumped(spec) for key, spec in self.specs.items()}
+        return data
 
 
 class NodeCordon(Model):

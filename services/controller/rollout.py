@@ -48,8 +48,10 @@ from pydantic import Field, ValidationError
 from core.spec import TEMPLATE_FIELDS, AppSpec, Model
 from core.state import AppHealth, AppPhase, AppState, AppVersion, ReplicaStatus
 
-#: How often an active rollout is re-planned even without a health change (deadlines).
+#: An active rollout is planned again after every health change, and without any: when
+#: its progress deadline can expire (at least ``TICK`` from now, at most ``IDLE_TICK``).
 TICK = 1.0
+IDLE_TICK = 5.0
 #: Restarts after which a replica of a new revision counts as crash-looping.
 CRASH_RESTARTS = 3
 
@@ -171,6 +173,19 @@ def failing_replicas(replicas: Iterable[ReplicaStatus], revision: int) -> list[s
             exit_code = f", last exit code {r.exit_code}" if r.exit_code is not None else ""
             out.append(f"replica {r.id} restarted {r.restarts} times{exit_code}")
     return out
+
+
+def failure_signature(replicas: Iterable[ReplicaStatus]) -> tuple[object, ...]:
+    """What ``failing_replicas`` reads of ``replicas``, for those that fail for good
+    (empty when none does): a node's new report changes a rollout's plan only when this
+    changes."""
+    return tuple(
+        sorted(
+            (r.id, r.revision, r.phase, r.restarts, r.exit_code, r.reason)
+            for r in replicas
+            if r.phase == "image_pull_failed" or r.restarts >= CRASH_RESTARTS
+        )
+    )
 
 
 def plan_rollout(
@@ -429,5 +444,12 @@ def _finish(
         failed_revision=failed_revision,
         failed_reason=failed_reason,
         changed=changed,
-        requeue=TICK if rollout is not None else None,
+        requeue=None if rollout is None else next_plan_in(state, rollout, now),
     )
+
+
+def next_plan_in(state: AppState, rollout: Rollout, now: float) -> float:
+    """Seconds until the rollout must be planned again if nothing changes meanwhile: when
+    its progress deadline expires (health changes plan it sooner)."""
+    expiry = rollout.progress_at + state.spec.update.progress_deadline - now
+    return min(IDLE_TICK, max(TICK, expiry + 0.01))

@@ -98,7 +98,7 @@ from services.controller.apps import (
 )
 from services.controller.diff import redact_lines
 from services.controller.prom import ControllerCollector
-from services.controller.rollout import Note, failing_replicas, plan_rollout
+from services.controller.rollout import Note, failing_replicas, failure_signature, plan_rollout
 from services.controller.secret_box import SecretBox, SecretKeyError, load_key, row_label
 from services.controller.store import Fenced, SecretRow, Store, Transaction
 from services.controller.stores import open_store
@@ -166,6 +166,10 @@ class ControllerService(Service):
         self.retained: dict[AppKey, Envelope] = {}
         #: observed replicas, node -> app -> replicas (to see new revisions crash-loop)
         self.observed: dict[str, dict[AppKey, list[ReplicaStatus]]] = {}
+        #: app -> the nodes whose report lists replicas of it (``_failing`` reads only those)
+        self.observed_on: dict[AppKey, set[str]] = {}
+        #: node -> app -> its replicas there that fail for good, as ``failure_signature``
+        self.failing_on: dict[str, dict[AppKey, tuple[object, ...]]] = {}
         self.rollouts: Reconciler[AppKey] = Reconciler(
             "rollouts", self._step, keys=self._active, resync=RESYNC
         )
@@ -361,13 +365,36 @@ class ControllerService(Service):
             for replica in observed.replicas:
                 by_app.setdefault(AppKey(replica.namespace, replica.app), []).append(replica)
             self.observed[node] = by_app
-        for key in before | set(self.observed.get(node, {})):
+        after = set(self.observed.get(node, {}))
+        signatures = self.failing_on.setdefault(node, {})
+        for key in before - after:
+            nodes = self.observed_on.get(key)
+            if nodes is not None:
+                nodes.discard(node)
+                if not nodes:
+                    del self.observed_on[key]
+        for key in after - before:
+            self.observed_on.setdefault(key, set()).add(node)
+        for key in before | after:
+            # only failures change a rollout's plan (readiness comes from health)
+            signature = failure_signature(self.observed.get(node, {}).get(key, ()))
+            if signature == signatures.get(key, ()):
+                continue
+            if signature:
+                signatures[key] = signature
+            else:
+                signatures.pop(key, None)
             record = self.apps.get(key)
             if record is not None and record.rollout is not None:
                 self.rollouts.mark(key)
+        if not signatures:
+            self.failing_on.pop(node, None)
 
     def _failing(self, record: AppRecord) -> list[str]:
-        replicas = [r for apps in self.observed.values() for r in apps.get(record.key, [])]
+        key = record.key
+        replicas = [
+            r for node in self.observed_on.get(key, ()) for r in self.observed[node].get(key, [])
+        ]
         return failing_replicas(replicas, record.state.revision)
 
     # -- commands -----------------------------------------------------------------------

@@ -44,12 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from core.bus import Bus, connect_bus  # noqa: E402
 from core.channels import APPLY, APPS, HEALTH, NODE_ASSIGN  # noqa: E402
-from core.codec import Envelope  # noqa: E402
 from core.commands import ApplyCommand, Reply  # noqa: E402
 from core.config import BrokerURL  # noqa: E402
 from core.errors import RequestTimeout  # noqa: E402
@@ -199,6 +200,7 @@ class Watch:
     assigns: Any = None
     messages: int = 0
     task: asyncio.Task[None] | None = None
+    counter: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str, prefix: str) -> Watch:
@@ -212,11 +214,16 @@ class Watch:
         watch.apps = await bus.view(APPS)
         watch.assigns = await bus.view(NODE_ASSIGN)
 
-        def count(_: str, __: Envelope | None) -> None:
-            watch.messages += 1
-
-        await bus.watch(f"{prefix}/#", count)
+        watch.counter = asyncio.create_task(watch._count(BrokerURL.parse(url), prefix))
         return watch
+
+    async def _count(self, broker: BrokerURL, prefix: str) -> None:
+        """Count every message under ``prefix``, undecoded (on a client of its own: the
+        benchmark's watch must not be the slowest reader of the bus)."""
+        async with aiomqtt.Client(broker.host, broker.port, identifier=f"count-{prefix}") as c:
+            await c.subscribe(f"{prefix}/#")
+            async for _ in c.messages:
+                self.messages += 1
 
     def ready(self, key: AppKey, want: int, revision: int | None = None) -> bool:
         h = self.health.get(key)
@@ -229,9 +236,10 @@ class Watch:
 
     async def close(self) -> None:
         self.bus.close()
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.wait({self.task}, timeout=10)
+        for task in (self.task, self.counter):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task}, timeout=10)
 
 
 class PhaseTimeout(Exception):

@@ -12,8 +12,11 @@ from core.spec import AppSpec
 from core.state import AppHealth, AppState, AppVersion, ReplicaStatus
 from services.controller.apps import AppRecord, decide_apply, decide_promote
 from services.controller.rollout import (
+    IDLE_TICK,
+    TICK,
     Rollout,
     failing_replicas,
+    failure_signature,
     plan_rollout,
     ready_counts,
     split_weights,
@@ -371,3 +374,33 @@ def test_without_health_nothing_is_removed(
     for v in plan.state.versions:
         if v.revision != state.revision:
             assert v.replicas >= before.get(v.revision, 0)
+
+
+def test_without_news_the_next_plan_is_when_the_deadline_can_expire() -> None:
+    record = rolling(replicas=3, progress_deadline=30, max_surge=1)
+    assert record.rollout is not None
+    stalled = health(record.state, ready={1: 3})  # no new replica ever gets ready
+    plan = plan_rollout(record.state, record.rollout, stalled, record.rollout.progress_at)
+    assert plan.requeue == IDLE_TICK  # 30 s to go: looked at again within IDLE_TICK
+    late = record.rollout.progress_at + 29.5
+    plan = plan_rollout(record.state, record.rollout, stalled, late)
+    assert plan.requeue is not None
+    assert TICK <= plan.requeue < IDLE_TICK
+    expired = plan_rollout(record.state, record.rollout, stalled, late + plan.requeue)
+    assert expired.failed_revision == 2  # the deadline expired: rolled back
+
+
+def test_the_failure_signature_changes_only_with_failures() -> None:
+    def status(rid: str, **kw: Any) -> ReplicaStatus:
+        base: dict[str, Any] = {"id": rid, "namespace": "default", "app": "web", "revision": 2}
+        return ReplicaStatus(**(base | {"node": "n1", "phase": "running"} | kw))
+
+    healthy = [status("a"), status("b", restarts=1)]
+    assert failure_signature(healthy) == ()
+    assert failure_signature([*healthy, status("c", phase="pulling")]) == ()
+    looping = [*healthy, status("c", restarts=3, exit_code=1)]
+    assert failure_signature(looping) != ()
+    assert failure_signature(looping) == failure_signature(list(reversed(looping)))
+    pulled = [status("d", phase="image_pull_failed", reason="no such image")]
+    assert failure_signature(pulled) != failure_signature(looping)
+    assert failing_replicas(pulled, 2) == ["replica d: no such image"]

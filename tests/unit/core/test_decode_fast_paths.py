@@ -40,3 +40,14 @@ def test_depth_limit_over_lists_and_map_values(container: str) -> None:
     deep = {"v": 1, "kind": "x", "body": {"deep": nested(MAX_DEPTH + 2, container)}}
     with pytest.raises(CodecError, match="nested deeper"):
         decode(msgpack.packb(deep))
+
+
+@pytest.mark.parametrize("container", ["list", "map"])
+def test_depth_limit_is_exact(container: str) -> None:
+    """The envelope and its body are two levels: MAX_DEPTH containers in all pass, one
+    more does not."""
+    at_limit = {"v": 1, "kind": "x", "body": {"deep": nested(MAX_DEPTH - 1, container)}}
+    assert decode(msgpack.packb(at_limit)) is not None
+    over = {"v": 1, "kind": "x", "body": {"deep": nested(MAX_DEPTH, container)}}
+    with pytest.raises(CodecError, match="nested deeper"):
+        decode(msgpack.packb(over))
