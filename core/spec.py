@@ -682,14 +682,6 @@ class AppSpec(Model):
                 raise ValueError(f"env name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
         return v
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _memo(
-        cls, data: Any, handler: ModelWrapValidatorHandler[AppSpec], info: ValidationInfo
-    ) -> AppSpec:
-        # a spec read off the bus is nearly always one validated a moment ago
-        return memoized(cls, data, handler, info)
-
     @model_validator(mode="after")
     def _references(self) -> AppSpec:
         def check_port(ref: str | int | None, where: str) -> None:
@@ -768,6 +760,19 @@ class AppSpec(Model):
                 "large data in an image or a volume"
             )
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _memo(
+        cls, data: Any, handler: ModelWrapValidatorHandler[AppSpec], info: ValidationInfo
+    ) -> AppSpec:
+        # Defined last, so it runs first, around every other validator of the model.
+        if isinstance(data, AppSpec):
+            # validated when it was made: taken as is (without this the after-validators
+            # ran again for every model built around a spec, an assignment or app state)
+            return data
+        # a spec read off the bus is nearly always one validated a moment ago
+        return memoized(cls, data, handler, info)
 
     # -- derived values ---------------------------------------------------------------
 

@@ -188,20 +188,26 @@ class ReplicaIndex:
         self._by_node: dict[str, list[ReplicaStatus]] = {}
 
     def update(self, node: str, report: NodeReplicas | None) -> set[AppKey]:
-        """Fold in ``node``'s report (None: deleted); returns the apps it touched."""
+        """Fold in ``node``'s report (None: deleted); returns the apps whose statuses it
+        changed (an agent sends its whole node's report when one replica changes)."""
         touched: set[AppKey] = set()
+        now = {st.id for st in report.replicas} if report is not None else set()
         for st in self._by_node.pop(node, ()):
+            if st.id in now:
+                continue
             key = AppKey(st.namespace, st.app)
-            touched.add(key)
             bucket = self._by_app.get(key)
             if bucket is not None and st.id in bucket and bucket[st.id].node == node:
                 del bucket[st.id]
+                touched.add(key)
         if report is not None:
             self._by_node[node] = report.replicas
             for st in report.replicas:
                 key = AppKey(st.namespace, st.app)
-                touched.add(key)
-                self._by_app.setdefault(key, {})[st.id] = st
+                bucket = self._by_app.setdefault(key, {})
+                if bucket.get(st.id) != st:
+                    bucket[st.id] = st
+                    touched.add(key)
         for key in touched:
             if not self._by_app.get(key):
                 self._by_app.pop(key, None)

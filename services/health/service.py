@@ -63,6 +63,7 @@ class HealthService(Service):
         self.replicas = ReplicaIndex()
         self.offline_nodes: set[str] = set()  # nodes whose agent is offline (last will)
         self.assigned: dict[str, frozenset[str]] = {}  # node -> replica ids it must run
+        self.assigned_apps: dict[str, dict[str, AppKey]] = {}  # node -> replica id -> app
         self.live: list[str] = [self.instance]  # online health instances, self included
         self.mine: dict[AppKey, AppHealth] = {}  # what this instance last published
         self.targets: dict[tuple[str, float | None], Target] = {}
@@ -133,15 +134,22 @@ class HealthService(Service):
 
     def _on_assign(self, node: str, assignment: NodeAssignment | None) -> None:
         before = self.assigned.get(node)
+        before_apps = self.assigned_apps.pop(node, {})
         if assignment is None:
             self.assigned.pop(node, None)
         else:
             self.assigned[node] = frozenset(r.id for r in assignment.replicas)
-        if self.assigned.get(node) == before:
+            self.assigned_apps[node] = {
+                r.id: AppKey(r.namespace, r.app) for r in assignment.replicas
+            }
+        after = self.assigned.get(node)
+        if after == before:
             return
-        touched = self.replicas.apps_on(node)
-        if assignment is not None:
-            touched |= {AppKey(r.namespace, r.app) for r in assignment.replicas}
+        if before is None or after is None:  # known from now on, or no longer: every app
+            touched = self.replicas.apps_on(node) | set(self.assigned_apps.get(node, {}).values())
+        else:  # the apps of the replicas that came or went
+            apps = self.assigned_apps[node]
+            touched = {apps.get(r) or before_apps[r] for r in before ^ after}
         for key in touched:
             self.runner.mark(key)
 

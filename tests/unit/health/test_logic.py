@@ -368,8 +368,13 @@ def test_replica_index_replaces_each_nodes_report() -> None:
     assert index.update("n2", NodeReplicas(node="n2", replicas=[status("r3", node="n2")])) == {web}
     assert {st.id for st in index.of(web)} == {"r1", "r3"}
     assert index.apps_on("n1") == {web, api}
-    # n1 now runs only r1: api is touched (and gone), web keeps r1 and n2's r3
-    assert index.update("n1", NodeReplicas(node="n1", replicas=[status("r1")])) == {web, api}
+    # n1 now runs only r1: api is touched (and gone), web keeps r1 and n2's r3 unchanged
+    assert index.update("n1", NodeReplicas(node="n1", replicas=[status("r1")])) == {api}
+    # the same report again changes nothing; a changed status touches its app only
+    assert index.update("n1", NodeReplicas(node="n1", replicas=[status("r1")])) == set()
+    exited = status("r1").model_copy(update={"phase": "exited"})
+    assert index.update("n1", NodeReplicas(node="n1", replicas=[exited])) == {web}
+    assert index.update("n1", NodeReplicas(node="n1", replicas=[status("r1")])) == {web}
     assert index.apps() == {web}
     assert list(index.of(api)) == []
     assert index.update("n2", None) == {web}
