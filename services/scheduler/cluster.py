@@ -252,8 +252,11 @@ class Cluster:
         self.dirty.add(node_id)
         return affected
 
-    def expire(self, now: float, grace: float) -> tuple[list[str], set[AppKey]]:
+    def expire(self, now: float, grace: float, lag: float = 0.0) -> tuple[list[str], set[AppKey]]:
         """Apply ``node_condition`` to every node: (lost nodes, apps to reconcile).
+
+        ``lag``: how far behind its reading of the bus the caller is (``read_lag``); it
+        is added to both graces, so a backlog of unread heartbeats loses no node.
 
         A node silent for more than ``grace`` becomes unreachable (its apps are
         reconciled: replicas health does not find ready move); one not heard from for
@@ -263,6 +266,7 @@ class Cluster:
         ``all_silent`` is set. Replicas that fail their probes still move.
         """
         live = [n for n in self.nodes.values() if not n.lost]
+        grace += lag
         silent = [n for n in live if now - n.seen > grace]
         self.all_silent = bool(silent) and len(silent) == len(live)
         if self.all_silent:
@@ -270,7 +274,7 @@ class Cluster:
         affected: set[AppKey] = set()
         lost: list[str] = []
         for node in silent:
-            condition = node_condition(node.status, node.seen, now, grace, self.lost_grace)
+            condition = node_condition(node.status, node.seen, now, grace, self.lost_grace + lag)
             if condition == "lost":
                 lost.append(node.id)
                 affected |= self.lose_node(node.id)

@@ -34,4 +34,10 @@ class SchedulerCollector(Collector):
             for key, st in sorted(s.statuses.items()):
                 placed.add_metric([key.namespace, key.name], st.placed)
                 unplaceable.add_metric([key.namespace, key.name], st.unplaceable)
-        yield from (nodes, placed, unplaceable)
+        lag = GaugeMetricFamily(
+            "shoal_scheduler_read_lag_seconds",
+            "How far behind the bus the scheduler reads, from heartbeat timestamps "
+            "(added to the node graces)",
+        )
+        lag.add_metric([], s.read_lag.current())
+        yield from (nodes, placed, unplaceable, lag)

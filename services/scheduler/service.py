@@ -45,6 +45,7 @@ from core.state import (
 )
 from services.scheduler.cluster import LOST_GRACE, Cluster, Outcome
 from services.scheduler.prom import SchedulerCollector
+from services.scheduler.read_lag import ReadLag
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,9 @@ class SchedulerService(Service):
         self.health: Mapping[AppKey, AppHealth] = {}
         self.statuses: Mapping[AppKey, SchedulerStatus] = {}
         self._seen: dict[str, float] = {}
+        #: how far behind the bus we read, from the heartbeats' timestamps
+        self.read_lag = ReadLag()
+        self._lag_said = 0.0
         #: node -> the assignments we published, from the last one the broker sent back
         self._published: dict[str, list[NodeAssignment]] = {}
         self._status_sent: dict[AppKey, SchedulerStatus] = {}
@@ -222,6 +226,7 @@ class SchedulerService(Service):
         cluster = self.cluster
         if info is None:
             self._seen.pop(node_id, None)
+            self.read_lag.forget(node_id)
             if cluster is not None:
                 self._mark_apps(cluster.remove_node(node_id))
                 self._flush()
@@ -229,6 +234,8 @@ class SchedulerService(Service):
         now = time.monotonic()
         if info.status != "offline":
             self._seen[node_id] = now
+            if info.heartbeat > 0:
+                self.read_lag.observe(node_id, info.heartbeat, time.time())
         if cluster is None:
             return
         before = cluster.nodes.get(node_id)
@@ -445,7 +452,8 @@ class SchedulerService(Service):
                 cluster.refresh(time.monotonic())
                 continue
             before = {n.id for n in cluster.nodes.values() if n.unreachable}
-            lost, affected = cluster.expire(time.monotonic(), self.options.node_grace)
+            lag = self._current_lag()
+            lost, affected = cluster.expire(time.monotonic(), self.options.node_grace, lag)
             if cluster.all_silent and not silent:
                 self.log.warning("no node heard from: assuming a broker problem, moving nothing")
             silent = cluster.all_silent
@@ -458,6 +466,20 @@ class SchedulerService(Service):
                 self._node_lost(node_id, f"no word from it for {self.options.lost_grace:g}s")
             self._mark_apps(affected)
             self._flush()
+
+    def _current_lag(self) -> float:
+        """The read lag, said in the log when it first passes a second (and again after
+        it fell back below half of that)."""
+        lag = self.read_lag.current()
+        if lag > 1.0 and not self._lag_said:
+            self._lag_said = lag
+            self.log.warning(
+                "reading the bus behind; node graces extended by the lag", lag=round(lag, 2)
+            )
+        elif lag < 0.5 and self._lag_said:
+            self._lag_said = 0.0
+            self.log.info("reading the bus in time again", lag=round(lag, 2))
+        return lag
 
     def _node_lost(self, node_id: str, why: str) -> None:
         self.log.warning("node lost; replacing its replicas", node=node_id, reason=why)

@@ -430,3 +430,15 @@ def test_a_node_that_shrinks_sheds_its_largest_replicas() -> None:
     assert cluster.nodes[big_node].cpu_used <= 1
     out = cluster.reconcile(BIG)
     assert [r.node for r in out.placed] == [n for n in ("n1", "n2") if n != big_node]
+
+
+def test_a_read_lag_extends_both_graces() -> None:
+    """Silence that is the scheduler's own backlog (heartbeats waiting unread) loses no
+    node; the same silence without the lag does."""
+    cluster = cluster_with(node_info("n1"), node_info("n2"))
+    apply(cluster, app_state("web", 2))
+    cluster.upsert_node(node_info("n1"), seen=31.0)  # n2 silent since 0.0
+    assert cluster.expire(now=31.0, grace=6.0, lag=5.0) == ([], {WEB})  # unreachable only
+    assert not cluster.nodes["n2"].lost
+    lost, _ = cluster.expire(now=31.0, grace=6.0)
+    assert lost == ["n2"]
