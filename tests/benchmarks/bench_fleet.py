@@ -304,6 +304,8 @@ class Figures:
     msgs_per_s: float = 0.0
     served: str = ""
     cpu: dict[str, float] = field(default_factory=dict)
+    #: share of one core each service used in steady state (the 10 s of msgs/s)
+    steady_cpu: dict[str, float] = field(default_factory=dict)
     rss: dict[str, float] = field(default_factory=dict)
     failed: str = ""  # the phase that did not finish in time, and how far it got
 
@@ -395,7 +397,17 @@ async def run_size(nodes: int, health: int, timeout: float, options: RunOptions)
                 hosts.wait_ready()
                 watch = await Watch.open(broker.url, prefix)
                 try:
-                    await run_phases(fig, watch, hosts, apps, per_app, listen, timeout)
+
+                    def cpu_now() -> dict[str, float]:
+                        out = {
+                            name: sum(cpu_seconds(p) for p in with_children(proc.pid))
+                            for name, proc in services.items()
+                        }
+                        out["broker"] = cpu_seconds(broker.proc.pid)
+                        out["nodes (sim)"] = sum(cpu_seconds(p) for p in hosts.pids)
+                        return out
+
+                    await run_phases(fig, watch, hosts, apps, per_app, listen, timeout, cpu_now)
                 except PhaseTimeout as err:
                     fig.failed = str(err)
                     print(f"  {nodes} nodes: {err}", flush=True)
@@ -425,6 +437,7 @@ async def run_phases(
     per_app: int,
     listen: int,
     timeout: float,
+    cpu_now: Callable[[], dict[str, float]],
 ) -> None:
     keys = [AppKey("default", f"app{i:04d}") for i in range(apps)]
     specs = [app_spec(i, per_app) for i in range(apps)]
@@ -445,9 +458,13 @@ async def run_phases(
 
     # steady state: nothing changes, heartbeats and probes go on
     await asyncio.sleep(2)
-    before, t0 = watch.messages, time.monotonic()
+    before, t0, cpu0 = watch.messages, time.monotonic(), cpu_now()
     await asyncio.sleep(10)
-    fig.msgs_per_s = (watch.messages - before) / (time.monotonic() - t0)
+    elapsed = time.monotonic() - t0
+    fig.msgs_per_s = (watch.messages - before) / elapsed
+    fig.steady_cpu = {
+        name: (used - cpu0.get(name, 0.0)) / elapsed for name, used in cpu_now().items()
+    }
 
     # through the balancer: a sample of apps answer
     ok = 0
@@ -485,7 +502,7 @@ async def run_phases(
 
     # a rollout of 100 apps at once
     rolled = list(range(min(100, apps)))
-    before = {i: watch.apps[keys[i]].generation for i in rolled}
+    generations = {i: watch.apps[keys[i]].generation for i in rolled}
     started = time.monotonic()
     await apply_all(watch.bus, [app_spec(i, per_app, rev=2) for i in rolled])
 
@@ -494,7 +511,7 @@ async def run_phases(
         again when the controller rolled it back (its progress deadline, 60 s)."""
         for i in rolled:
             state = watch.apps.get(keys[i])
-            if state is None or state.generation <= before[i] or len(state.versions) != 1:
+            if state is None or state.generation <= generations[i] or len(state.versions) != 1:
                 return False
             if not watch.ready(keys[i], per_app, state.revision):
                 return False
@@ -505,7 +522,7 @@ async def run_phases(
             1
             for i in rolled
             if (state := watch.apps.get(keys[i])) is not None
-            and state.generation > before[i]
+            and state.generation > generations[i]
             and len(state.versions) == 1
             and watch.ready(keys[i], per_app, state.revision)
         )
@@ -545,6 +562,11 @@ def table(figures: list[Figures]) -> str:
     rows += ["", "| nodes | " + " | ".join(services) + " |", "|" + "---|" * (len(services) + 1)]
     for f in figures:
         cells = [f"{f.cpu.get(s, 0):.0f} s, {f.rss.get(s, 0):.0f} MB" for s in services]
+        rows.append(f"| {f.nodes:,} | " + " | ".join(cells) + " |")
+    rows += ["", "Steady state, share of one core (10 s after apply -> all ready):", ""]
+    rows += ["| nodes | " + " | ".join(services) + " |", "|" + "---|" * (len(services) + 1)]
+    for f in figures:
+        cells = [f"{100 * f.steady_cpu[s]:.0f} %" if s in f.steady_cpu else "—" for s in services]
         rows.append(f"| {f.nodes:,} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
