@@ -491,6 +491,18 @@ class Bus:
         else:
             self._pages_left.pop(topic, None)
 
+    def note_pages(self, topic: str, env: Envelope) -> None:
+        """A retained value read raw (``watch``): if it is a paged value's head, note how
+        many pages it has, so that clearing or rewriting ``topic`` clears them too (a
+        channel read with ``subscribe`` notes them itself)."""
+        if env.kind != paging.HEAD_KIND:
+            return
+        try:
+            pages = env.open(paging.PageHead, lenient=True).pages
+        except CodecError:
+            return  # not a head after all: nothing of it to clear
+        self._pages_left[topic] = max(self._pages_left.get(topic, 0), pages)
+
     async def clear(self, channel: Channel[Any, K], key: K) -> None:
         """Delete the retained value of one key (an empty retained payload)."""
         topic = channel.topic(self.prefix, key)

@@ -41,7 +41,8 @@ async def follow_keys(
 ) -> dict[K, Envelope]:
     """Subscribe to ``channel``; the returned dict holds every key with a retained value
     (any envelope counts) and that value; ``on_value(key, env)`` runs for every value that
-    arrives."""
+    arrives. A paged value's head is passed as it is (its pages are noted, so clearing the
+    key clears them too)."""
     values: dict[K, Envelope] = {}
 
     async def update(topic: str, env: Envelope | None) -> None:
@@ -53,6 +54,8 @@ async def follow_keys(
             values.pop(key, None)
             return
         values[key] = env
+        if channel.paged:
+            bus.note_pages(topic, env)
         await on_value(key, env)
 
     await bus.watch(channel.pattern(bus.prefix), update, qos=channel.qos, allow_json=channel.json)

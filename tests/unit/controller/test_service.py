@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from core import paging
 from core.bus import Bus
 from core.channels import APPLY, APPS, HEALTH, HISTORY, NODE
 from core.codec import Envelope
@@ -112,6 +113,25 @@ async def test_strays_on_the_apps_topic_are_cleared(tmp_path: Path) -> None:
             APPS.topic(PREFIX, WEB)
         ]
         assert set(controller.retained) == {WEB}
+
+
+async def test_a_stray_paged_value_is_cleared_with_its_pages(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    async with (
+        running(broker, tmp_path) as (controller, bus),
+        connected(broker, PREFIX, "stray-writer", max_message=2048) as small,
+    ):
+        apps = await bus.view(APPS)
+        big = {**app(), "env": {f"VAR{i}": "x" * 200 for i in range(30)}}
+        await apply(bus, big)
+        mine = await eventually(lambda: apps.get(WEB))
+        stray = APPS.topic(PREFIX, AppKey("default", "stray"))
+        await small.publish(APPS, mine, key=AppKey("default", "stray"))  # paged: > 2 KiB
+        pages = paging.page_pattern(stray)
+        await eventually(lambda: stray not in broker.retained)
+        await bus.sync()
+        assert not [t for t in broker.retained if matches(pages, t)]
+        assert small.counters.paged == 1
 
 
 async def test_a_handler_failure_still_gets_an_answer(tmp_path: Path) -> None:
