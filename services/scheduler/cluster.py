@@ -233,12 +233,15 @@ class Cluster:
         return affected
 
     def remove_node(self, node_id: str) -> set[AppKey]:
-        """The node's info was deleted: it is gone for good."""
+        """The node's info was deleted: it is gone for good. Its replicas are placed
+        elsewhere and it leaves the books (marked dirty: its assignment is to be cleared;
+        an agent reads a cleared assignment as an empty one)."""
         node = self.nodes.get(node_id)
         if node is None:
             return set()
-        node.status = "offline"
-        return self.lose_node(node_id) if not node.lost else set()
+        affected = self.lose_node(node_id) if not node.lost else set()
+        del self.nodes[node_id]
+        return affected
 
     def lose_node(self, node_id: str) -> set[AppKey]:
         """Declare a node lost: its replicas leave the books (to be placed elsewhere) and

@@ -407,6 +407,11 @@ class SchedulerService(Service):
         if cluster is None:
             return
         node = cluster.nodes.get(node_id)
+        if node is None:
+            # the node was removed (its info cleared): no empty assignment left behind
+            self._published.pop(node_id, None)
+            await self.bus.clear(NODE_ASSIGN, node_id)
+            return
         message = cluster.assignment(node_id)
         sent = self._published.setdefault(node_id, [])
         sent.append(message)

@@ -118,7 +118,7 @@ async def test_strays_on_the_apps_topic_are_cleared(tmp_path: Path) -> None:
 async def test_a_stray_paged_value_is_cleared_with_its_pages(tmp_path: Path) -> None:
     broker = MemoryBroker()
     async with (
-        running(broker, tmp_path) as (controller, bus),
+        running(broker, tmp_path) as (_, bus),
         connected(broker, PREFIX, "stray-writer", max_message=2048) as small,
     ):
         apps = await bus.view(APPS)

@@ -78,6 +78,19 @@ async def test_a_node_and_an_app_make_an_assignment() -> None:
         await eventually(lambda: not placed(assignments) and WEB not in statuses)
 
 
+async def test_a_removed_node_leaves_no_assignment_behind() -> None:
+    broker = MemoryBroker()
+    async with client(broker) as bus, scheduler(broker, "s1"):
+        assignments = await bus.view(NODE_ASSIGN)
+        await bus.publish(NODE_INFO, node_info("n1"))
+        await bus.publish(NODE_INFO, node_info("n2"))
+        await bus.publish(APPS, app_state("web", 4))
+        await eventually(lambda: len(placed(assignments)) + len(placed(assignments, "n2")) == 4)
+        await bus.clear(NODE_INFO, "n2")  # removed (shoal node rm, the provisioner)
+        await eventually(lambda: len(placed(assignments)) == 4 and "n2" not in assignments)
+        assert NODE_ASSIGN.topic(PREFIX, "n2") not in broker.retained
+
+
 async def test_an_assignment_written_by_someone_else_is_rewritten() -> None:
     broker = MemoryBroker()
     async with client(broker) as bus, scheduler(broker, "s1"):
