@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ pytestmark = pytest.mark.e2e
 
 APP = Path(__file__).parent / "compose_app"
 BUSYBOX = Path("/bin/busybox")
+#: db's readiness delay (``compose_app/compose.yaml``)
+START_DELAY = 3.0
 
 
 def ready(cluster: Cluster, name: str) -> int:
@@ -28,6 +31,20 @@ def ready(cluster: Cluster, name: str) -> int:
         if app["name"] == name and app["namespace"] == "composetest":
             return int(app["ready"])  # type: ignore[call-overload]
     return 0
+
+
+def container_time(container: str, field: str) -> float:
+    """A container's timestamp (``docker inspect`` template ``field``), as Unix seconds."""
+    out = subprocess.run(
+        ["docker", "inspect", "--format", field, container],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # RFC 3339 with nanoseconds: 2026-12-03T06:57:01.123456789Z
+    whole, _, fraction = out.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp()
+    return seconds + float(f"0.{fraction or 0}")
 
 
 def built_images(tag_prefix: str) -> list[str]:
@@ -63,19 +80,21 @@ def test_compose_build_depends_on_healthy_serve_and_delete(cluster: Cluster) -> 
         # after: web having a container then means db was ready before it.
         wait_for(lambda: cluster.containers(app="db"), 30, message="db container running")
 
-        held_seen = []
-
         def db_ready_and_web_held() -> bool:
             web = cluster.containers(app="web", all_states=True)
             db_is_ready = ready(cluster, "db") == 1
             assert db_is_ready or web == [], "web started before db was ready"
-            if not db_is_ready:
-                held_seen.append(True)
             return db_is_ready
 
         wait_for(db_ready_and_web_held, 60, message="db ready")
-        assert held_seen, "db was ready at once: START_DELAY did not hold it"
         wait_for(lambda: ready(cluster, "web") == 2, 60, message="2 web replicas ready")
+        # and by the engine's own clock: no web container was created before db could be
+        # ready (START_DELAY after it started), however late the polls above came
+        [db] = cluster.containers(app="db")
+        db_started = container_time(db, "{{.State.StartedAt}}")
+        for web in cluster.containers(app="web", all_states=True):
+            held = container_time(web, "{{.Created}}") - db_started
+            assert held >= START_DELAY - 0.1, f"web created {held:.2f}s after db started"
 
         # served through the balancer; the page comes from the build argument in .env
         def served() -> bool:
