@@ -157,6 +157,8 @@ def parse_memory(value: object) -> int:
 
     Fractions of a byte are dropped, as Docker does (``"1.5k"`` -> 1536).
     """
+    if type(value) is int and 0 <= value <= MAX_MEMORY:
+        return value  # bytes, as a decoded message carries them
     size = _number(value, "memory size")
     if size is None:
         if not isinstance(value, str):
@@ -193,6 +195,8 @@ def _memory_text(value: str) -> Fraction:
 
 def parse_cpu(value: object) -> float:
     """Cores: ``"250m"`` -> 0.25; ``0.5`` or ``"0.5"`` -> 0.5."""
+    if type(value) is float and 0.0 <= value <= MAX_CPU:
+        return value + 0.0  # as parse_duration: what a decoded message carries, as is
     cores = _number(value, "cpu amount")
     if cores is None:
         match = _CPU.match(value.strip()) if isinstance(value, str) else None

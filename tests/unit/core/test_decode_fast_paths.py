@@ -51,3 +51,21 @@ def test_depth_limit_is_exact(container: str) -> None:
     over = {"v": 1, "kind": "x", "body": {"deep": nested(MAX_DEPTH, container)}}
     with pytest.raises(CodecError, match="nested deeper"):
         decode(msgpack.packb(over))
+
+
+def test_cpu_and_memory_fast_paths_as_before() -> None:
+    from core.units import MAX_CPU, MAX_MEMORY, parse_cpu, parse_memory
+
+    assert parse_cpu(0.25) == 0.25
+    assert parse_cpu(MAX_CPU) == MAX_CPU
+    assert math.copysign(1, parse_cpu(-0.0)) == 1
+    for bad in (-0.5, math.nan, math.inf, MAX_CPU * 1.0000001):
+        with pytest.raises(ValueError, match="cpu"):
+            parse_cpu(bad)
+    assert parse_memory(134217728) == 134217728
+    assert parse_memory(MAX_MEMORY) == MAX_MEMORY
+    for bad_memory in (-1, MAX_MEMORY + 1):
+        with pytest.raises(ValueError, match="memory"):
+            parse_memory(bad_memory)
+    with pytest.raises(ValueError, match="memory"):
+        parse_memory(True)
