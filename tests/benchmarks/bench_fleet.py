@@ -85,7 +85,13 @@ def app_spec(i: int, replicas: int, rev: int = 1) -> dict[str, Any]:
         },
         "route": {"host": f"app{i:04d}.fleet", "path": "/", "port": "http"},
         "termination": {"drain": 0, "grace": "1s"},
-        "update": {"max_surge": max(1, replicas // 4)},  # Kubernetes' default: 25 %
+        "update": {
+            "max_surge": max(1, replicas // 4),  # Kubernetes' default: 25 %
+            # Kubernetes' default progressDeadlineSeconds; Shoal's default (60 s) rolls
+            # back a fleet-wide rollout whose steps wait for cores the fleet's steady
+            # state already uses (see the README's Fleet section)
+            "progress_deadline": "600s",
+        },
     }
 
 
