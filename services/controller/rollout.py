@@ -2,7 +2,8 @@
 
 The controller keeps, per app, the retained ``AppState`` (what every other service reads)
 and a private ``Rollout`` record (bookkeeping persisted with it). While a rollout is
-active, every health change and a one-second tick call::
+active, every health change, every failure a node reports (``failure_signature``) and the
+moment the progress deadline can expire (``next_plan_in``) call::
 
     plan_rollout(state, rollout, health, now) -> RolloutPlan
 
