@@ -40,13 +40,16 @@ def make_identities(
     nodes: tuple[str, ...] = ("node-1",),
     users: dict[str, dict[str, list[str]]] | None = None,
     admins: tuple[str, ...] = ("ops",),
+    bridges: tuple[str, ...] = (),
 ) -> Identities:
-    """Every service, an agent per node, ``users`` with their grants, ``admins``."""
+    """Every service, an agent per node, ``users`` with their grants, ``admins``, and a
+    ``bridge-<region>`` identity per region in ``bridges``."""
     directory.mkdir(parents=True, exist_ok=True)
     wanted: dict[str, dict[str, object]] = {s: {"role": s} for s in SERVICES}
     wanted |= {f"agent-{n}": {"role": "agent", "node": n} for n in nodes}
     wanted |= {u: {"role": "user", "grants": g} for u, g in (users or {}).items()}
     wanted |= {a: {"role": "user", "admin": True} for a in admins}
+    wanted |= {f"bridge-{r}": {"role": "bridge"} for r in bridges}
     passwords = {name: new_password() for name in wanted}
     auth = AuthFile(
         prefix=prefix,
