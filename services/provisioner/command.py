@@ -275,6 +275,13 @@ def command(
             raise click.UsageError("--provider command needs --provider-command")
         options["argv"] = shlex.split(provider_command)
     else:
+        if isinstance(config.broker, BrokerURL) and config.broker.username:
+            raise click.UsageError(
+                "--provider local starts agents without identities of their own, and this "
+                "broker asks for one (its URL has a user): every node needs its own "
+                "(`shoal auth add-node NODE`). Use --provider command, whose executable "
+                "gives each new machine its node's credentials."
+            )
         import ipaddress
 
         try:
