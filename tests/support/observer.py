@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from core import codec, paging
 from core.bus import Bus, connect_bus
 from core.channels import Channel
 from core.codec import Envelope
@@ -64,18 +65,40 @@ class Observer:
         return channel.topic(self.prefix, key)
 
     def value(self, channel: Channel[M, K], key: K) -> M | None:
-        """The latest value of one key of ``channel``, or None."""
-        env = self.cache.get(channel.topic(self.prefix, key))
+        """The latest value of one key of ``channel``, or None (also while the pages of a
+        paged value are not all in)."""
+        topic = channel.topic(self.prefix, key)
+        env = self._whole(topic, self.cache.get(topic))
         return env.open(channel.model, lenient=True) if env is not None else None
 
     def values(self, channel: Channel[M, K], **fixed: str) -> dict[K, M]:
-        """Every cached value of ``channel`` (optionally with some levels fixed), by key."""
+        """Every cached value of ``channel`` (optionally with some levels fixed), by key;
+        paged values assembled from their pages."""
         pattern = channel.pattern(self.prefix, **fixed)
-        return {
-            channel.parse(self.prefix, t): e.open(channel.model, lenient=True)
-            for t, e in self.cache.items()
-            if matches(pattern, t)
-        }
+        out: dict[K, M] = {}
+        for topic, env in self.cache.items():
+            if matches(pattern, topic):
+                whole = self._whole(topic, env)
+                if whole is not None:
+                    out[channel.parse(self.prefix, topic)] = whole.open(channel.model, lenient=True)
+        return out
+
+    def _whole(self, topic: str, env: Envelope | None) -> Envelope | None:
+        """``env``, or the value its pages make when it is a paged value's head (None while
+        a page is missing)."""
+        if env is None or env.kind != paging.HEAD_KIND:
+            return env
+        head = env.open(paging.PageHead, lenient=True)
+        pages = paging.Assembler()
+        payload = pages.head(topic, head)
+        for index in range(head.pages):
+            page = self.cache.get(paging.page_topic(topic, index))
+            if page is None:
+                return None
+            payload = pages.page(topic, index, page.open(paging.Page)) or payload
+        if payload is None:
+            return None
+        return codec.decode(payload, allow_json=False, limit=paging.MAX_ASSEMBLED)
 
     # -- raw reads ------------------------------------------------------------------------
 
