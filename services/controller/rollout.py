@@ -2,8 +2,9 @@
 
 The controller keeps, per app, the retained ``AppState`` (what every other service reads)
 and a private ``Rollout`` record (bookkeeping persisted with it). While a rollout is
-active, every health change, every failure a node reports (``failure_signature``) and the
-moment the progress deadline can expire (``next_plan_in``) call::
+active, every health change, every change in the failing replicas a node reports
+(``fails_for_good``) and the moment the progress deadline can expire (``next_plan_in``)
+call::
 
     plan_rollout(state, rollout, health, now) -> RolloutPlan
 
@@ -162,11 +163,16 @@ def begin_rollback(state: AppState, rollout: Rollout, now: float, reason: str) -
 # -- the step --------------------------------------------------------------------------
 
 
+def fails_for_good(replica: ReplicaStatus) -> bool:
+    """A crash loop (``CRASH_RESTARTS`` restarts) or an image that cannot be pulled."""
+    return replica.phase == "image_pull_failed" or replica.restarts >= CRASH_RESTARTS
+
+
 def failing_replicas(replicas: Iterable[ReplicaStatus], revision: int) -> list[str]:
     """Why replicas of ``revision`` are failing for good (crash loop, image not pullable)."""
     out = []
     for r in sorted(replicas, key=lambda r: r.id):
-        if r.revision != revision:
+        if r.revision != revision or not fails_for_good(r):
             continue
         if r.phase == "image_pull_failed":
             out.append(f"replica {r.id}: {r.reason or 'image pull failed'}")
@@ -174,19 +180,6 @@ def failing_replicas(replicas: Iterable[ReplicaStatus], revision: int) -> list[s
             exit_code = f", last exit code {r.exit_code}" if r.exit_code is not None else ""
             out.append(f"replica {r.id} restarted {r.restarts} times{exit_code}")
     return out
-
-
-def failure_signature(replicas: Iterable[ReplicaStatus]) -> tuple[object, ...]:
-    """What ``failing_replicas`` reads of ``replicas``, for those that fail for good
-    (empty when none does): a node's new report changes a rollout's plan only when this
-    changes."""
-    return tuple(
-        sorted(
-            (r.id, r.revision, r.phase, r.restarts, r.exit_code, r.reason)
-            for r in replicas
-            if r.phase == "image_pull_failed" or r.restarts >= CRASH_RESTARTS
-        )
-    )
 
 
 def plan_rollout(

@@ -98,7 +98,7 @@ from services.controller.apps import (
 )
 from services.controller.diff import redact_lines
 from services.controller.prom import ControllerCollector
-from services.controller.rollout import Note, failing_replicas, failure_signature, plan_rollout
+from services.controller.rollout import Note, failing_replicas, fails_for_good, plan_rollout
 from services.controller.secret_box import SecretBox, SecretKeyError, load_key, row_label
 from services.controller.store import Fenced, SecretRow, Store, Transaction
 from services.controller.stores import open_store
@@ -164,12 +164,9 @@ class ControllerService(Service):
         self.health: Mapping[AppKey, AppHealth] = {}
         #: every app with a retained value on ``apps/``, whatever that value is
         self.retained: dict[AppKey, Envelope] = {}
-        #: observed replicas, node -> app -> replicas (to see new revisions crash-loop)
-        self.observed: dict[str, dict[AppKey, list[ReplicaStatus]]] = {}
-        #: app -> the nodes whose report lists replicas of it (``_failing`` reads only those)
-        self.observed_on: dict[AppKey, set[str]] = {}
-        #: node -> app -> its replicas there that fail for good, as ``failure_signature``
-        self.failing_on: dict[str, dict[AppKey, tuple[object, ...]]] = {}
+        #: node -> app -> its replicas there that fail for good (``fails_for_good``; only
+        #: nodes and apps with any): how a rollout sees its new revision crash-loop
+        self.failing: dict[str, dict[AppKey, list[ReplicaStatus]]] = {}
         self.rollouts: Reconciler[AppKey] = Reconciler(
             "rollouts", self._step, keys=self._active, resync=RESYNC
         )
@@ -357,44 +354,24 @@ class ControllerService(Service):
             self.rollouts.mark(key)
 
     def _on_node_replicas(self, node: str, observed: NodeReplicas | None) -> None:
-        before = set(self.observed.get(node, {}))
-        if observed is None:
-            self.observed.pop(node, None)
-        else:
-            by_app: dict[AppKey, list[ReplicaStatus]] = {}
-            for replica in observed.replicas:
-                by_app.setdefault(AppKey(replica.namespace, replica.app), []).append(replica)
-            self.observed[node] = by_app
-        after = set(self.observed.get(node, {}))
-        signatures = self.failing_on.setdefault(node, {})
-        for key in before - after:
-            nodes = self.observed_on.get(key)
-            if nodes is not None:
-                nodes.discard(node)
-                if not nodes:
-                    del self.observed_on[key]
-        for key in after - before:
-            self.observed_on.setdefault(key, set()).add(node)
-        for key in before | after:
-            # only failures change a rollout's plan (readiness comes from health)
-            signature = failure_signature(self.observed.get(node, {}).get(key, ()))
-            if signature == signatures.get(key, ()):
+        failing: dict[AppKey, list[ReplicaStatus]] = {}
+        for replica in observed.replicas if observed is not None else ():
+            if fails_for_good(replica):
+                failing.setdefault(AppKey(replica.namespace, replica.app), []).append(replica)
+        before = self.failing.pop(node, {})
+        if failing:
+            self.failing[node] = failing
+        # only failures change a rollout's plan (readiness comes from health)
+        for key in before.keys() | failing.keys():
+            if before.get(key) == failing.get(key):
                 continue
-            if signature:
-                signatures[key] = signature
-            else:
-                signatures.pop(key, None)
             record = self.apps.get(key)
             if record is not None and record.rollout is not None:
                 self.rollouts.mark(key)
-        if not signatures:
-            self.failing_on.pop(node, None)
 
     def _failing(self, record: AppRecord) -> list[str]:
         key = record.key
-        replicas = [
-            r for node in self.observed_on.get(key, ()) for r in self.observed[node].get(key, [])
-        ]
+        replicas = [r for apps in self.failing.values() for r in apps.get(key, ())]
         return failing_replicas(replicas, record.state.revision)
 
     # -- commands -----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from services.controller.rollout import (
     TICK,
     Rollout,
     failing_replicas,
-    failure_signature,
+    fails_for_good,
     plan_rollout,
     ready_counts,
     split_weights,
@@ -390,17 +390,20 @@ def test_without_news_the_next_plan_is_when_the_deadline_can_expire() -> None:
     assert expired.failed_revision == 2  # the deadline expired: rolled back
 
 
-def test_the_failure_signature_changes_only_with_failures() -> None:
+def test_failing_for_good_is_a_crash_loop_or_an_image_that_cannot_be_pulled() -> None:
     def status(rid: str, **kw: Any) -> ReplicaStatus:
         base: dict[str, Any] = {"id": rid, "namespace": "default", "app": "web", "revision": 2}
         return ReplicaStatus(**(base | {"node": "n1", "phase": "running"} | kw))
 
-    healthy = [status("a"), status("b", restarts=1)]
-    assert failure_signature(healthy) == ()
-    assert failure_signature([*healthy, status("c", phase="pulling")]) == ()
-    looping = [*healthy, status("c", restarts=3, exit_code=1)]
-    assert failure_signature(looping) != ()
-    assert failure_signature(looping) == failure_signature(list(reversed(looping)))
-    pulled = [status("d", phase="image_pull_failed", reason="no such image")]
-    assert failure_signature(pulled) != failure_signature(looping)
-    assert failing_replicas(pulled, 2) == ["replica d: no such image"]
+    healthy = [status("a"), status("b", restarts=1), status("c", phase="pulling")]
+    assert not any(fails_for_good(r) for r in healthy)
+    assert failing_replicas(healthy, 2) == []
+    looping = status("d", restarts=3, exit_code=1)
+    pulled = status("e", phase="image_pull_failed", reason="no such image")
+    assert fails_for_good(looping)
+    assert fails_for_good(pulled)
+    assert failing_replicas([*healthy, pulled, looping], 2) == [
+        "replica d restarted 3 times, last exit code 1",
+        "replica e: no such image",
+    ]
+    assert failing_replicas([looping], 1) == []  # another revision's
