@@ -25,7 +25,7 @@ Vocabulary:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Mapping, Set
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -111,7 +111,7 @@ def targets_for(
     app: AppState,
     statuses: Iterable[ReplicaStatus],
     offline_nodes: Collection[str] = (),
-    assigned: Mapping[str, Set[str]] | None = None,
+    assigned: Mapping[str, Collection[str]] | None = None,
     addresses: Mapping[str, str] | None = None,
 ) -> list[Target]:
     """Every observed replica of ``app``, sorted by replica id.

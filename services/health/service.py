@@ -62,8 +62,8 @@ class HealthService(Service):
         super().__init__(config)
         self.replicas = ReplicaIndex()
         self.offline_nodes: set[str] = set()  # nodes whose agent is offline (last will)
-        self.assigned: dict[str, frozenset[str]] = {}  # node -> replica ids it must run
-        self.assigned_apps: dict[str, dict[str, AppKey]] = {}  # node -> replica id -> app
+        #: node -> the replicas it must run (their ids) -> their apps
+        self.assigned: dict[str, dict[str, AppKey]] = {}
         self.live: list[str] = [self.instance]  # online health instances, self included
         self.mine: dict[AppKey, AppHealth] = {}  # what this instance last published
         self.targets: dict[tuple[str, float | None], Target] = {}
@@ -133,23 +133,16 @@ class HealthService(Service):
             self.runner.mark(key)
 
     def _on_assign(self, node: str, assignment: NodeAssignment | None) -> None:
-        before = self.assigned.get(node)
-        before_apps = self.assigned_apps.pop(node, {})
-        if assignment is None:
-            self.assigned.pop(node, None)
-        else:
-            self.assigned[node] = frozenset(r.id for r in assignment.replicas)
-            self.assigned_apps[node] = {
-                r.id: AppKey(r.namespace, r.app) for r in assignment.replicas
-            }
+        before = self.assigned.pop(node, None)
+        if assignment is not None:
+            self.assigned[node] = {r.id: AppKey(r.namespace, r.app) for r in assignment.replicas}
         after = self.assigned.get(node)
         if after == before:
             return
         if before is None or after is None:  # known from now on, or no longer: every app
-            touched = self.replicas.apps_on(node) | set(self.assigned_apps.get(node, {}).values())
+            touched = self.replicas.apps_on(node) | set((after or {}).values())
         else:  # the apps of the replicas that came or went
-            apps = self.assigned_apps[node]
-            touched = {apps.get(r) or before_apps[r] for r in before ^ after}
+            touched = {after.get(r) or before[r] for r in before.keys() ^ after.keys()}
         for key in touched:
             self.runner.mark(key)
 
