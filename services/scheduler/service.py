@@ -105,7 +105,7 @@ class SchedulerService(Service):
         self._seen: dict[str, float] = {}
         #: how far behind the bus we read, from the heartbeats' timestamps
         self.read_lag = ReadLag()
-        self._lag_said = 0.0
+        self._lag_said = False  # the lag passed a second and was logged
         #: node -> the assignments we published, from the last one the broker sent back
         self._published: dict[str, list[NodeAssignment]] = {}
         self._status_sent: dict[AppKey, SchedulerStatus] = {}
@@ -477,12 +477,12 @@ class SchedulerService(Service):
         it fell back below half of that)."""
         lag = self.read_lag.current()
         if lag > 1.0 and not self._lag_said:
-            self._lag_said = lag
+            self._lag_said = True
             self.log.warning(
                 "reading the bus behind; node graces extended by the lag", lag=round(lag, 2)
             )
         elif lag < 0.5 and self._lag_said:
-            self._lag_said = 0.0
+            self._lag_said = False
             self.log.info("reading the bus in time again", lag=round(lag, 2))
         return lag
 

@@ -404,28 +404,23 @@ async def run_size(nodes: int, health: int, timeout: float, options: RunOptions)
                 watch = await Watch.open(broker.url, prefix)
                 try:
 
-                    def cpu_now() -> dict[str, float]:
-                        out = {
-                            name: sum(cpu_seconds(p) for p in with_children(proc.pid))
-                            for name, proc in services.items()
-                        }
-                        out["broker"] = cpu_seconds(broker.proc.pid)
-                        out["nodes (sim)"] = sum(cpu_seconds(p) for p in hosts.pids)
+                    def pids() -> dict[str, list[int]]:
+                        """Each figure's processes (a service's children included)."""
+                        out = {name: with_children(p.pid) for name, p in services.items()}
+                        out["broker"] = [broker.proc.pid]
+                        out["nodes (sim)"] = hosts.pids
                         return out
+
+                    def cpu_now() -> dict[str, float]:
+                        return {n: sum(map(cpu_seconds, ps)) for n, ps in pids().items()}
 
                     await run_phases(fig, watch, hosts, apps, per_app, listen, timeout, cpu_now)
                 except PhaseTimeout as err:
                     fig.failed = str(err)
                     print(f"  {nodes} nodes: {err}", flush=True)
                 finally:
-                    for name, proc in services.items():
-                        pids = with_children(proc.pid)
-                        fig.cpu[name] = sum(cpu_seconds(p) for p in pids)
-                        fig.rss[name] = sum(peak_rss_mb(p) for p in pids)
-                    fig.cpu["broker"] = cpu_seconds(broker.proc.pid)
-                    fig.rss["broker"] = peak_rss_mb(broker.proc.pid)
-                    fig.cpu["nodes (sim)"] = sum(cpu_seconds(p) for p in hosts.pids)
-                    fig.rss["nodes (sim)"] = sum(peak_rss_mb(p) for p in hosts.pids)
+                    fig.cpu = cpu_now()
+                    fig.rss = {n: sum(map(peak_rss_mb, ps)) for n, ps in pids().items()}
                     await watch.close()
         except Exception:
             print(procs.dump()[-8000:], file=sys.stderr)
